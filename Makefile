@@ -1,0 +1,43 @@
+# cdrflow — make install | run | test | lint | bench
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8080
+export CDRFLOW_SOURCES ?= deploy/sources.dev.toml
+
+.PHONY: install run test lint format bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+# Migrate, then run the ingress and one worker until Ctrl-C (both stop gracefully).
+run: install
+	$(BIN)/cdrflow migrate
+	@trap 'kill -TERM $$worker $$ingress 2>/dev/null; wait' INT TERM EXIT; \
+	$(BIN)/cdrflow worker & worker=$$!; \
+	$(BIN)/cdrflow ingress --host $(HOST) --port $(PORT) & ingress=$$!; \
+	wait
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""cdrflow: telephony call-status callbacks, from HTTP to PostgreSQL and RabbitMQ."""

@@ -1,0 +1,174 @@
+"""RabbitMQ: declaring the topology, and a publishing link that survives broker restarts.
+
+aio-pika's robust connections have lost consumers and channels across broker restarts
+(aio-pika #231, #626, still open), so cdrflow uses plain connections and owns the
+reconnect loop: on any loss the whole connection is rebuilt and re-declared."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractExchange,
+    AbstractMessage,
+)
+
+from cdrflow.logs import get_logger
+from schemas.topology import Topology
+
+log = get_logger("cdrflow.amqp")
+
+CONNECT_TIMEOUT = 10.0
+
+
+class BrokerUnavailable(Exception):
+    """No usable connection to RabbitMQ right now."""
+
+
+class TopologyMismatch(Exception):
+    """A queue or exchange exists with other arguments than ours."""
+
+
+async def connect(url: str, name: str) -> AbstractConnection:
+    return await aio_pika.connect(
+        url, timeout=CONNECT_TIMEOUT, client_properties={"connection_name": name}
+    )
+
+
+async def declare(channel: AbstractChannel, topology: Topology) -> dict[str, AbstractExchange]:
+    """Declare every queue and exchange cdrflow uses, idempotently. Returns the exchanges."""
+    try:
+        dead = await channel.declare_exchange(
+            topology.dead_exchange.name, topology.dead_exchange.kind, durable=True
+        )
+        dead_queue = await channel.declare_queue(
+            topology.dead_queue.name, durable=True, arguments=topology.dead_queue.arguments
+        )
+        await dead_queue.bind(dead, routing_key="#")
+        await channel.declare_queue(
+            topology.raw_queue.name, durable=True, arguments=topology.raw_queue.arguments
+        )
+        records = await channel.declare_exchange(
+            topology.records_exchange.name, topology.records_exchange.kind, durable=True
+        )
+    except aiormq.exceptions.ChannelPreconditionFailed as exc:
+        raise TopologyMismatch(
+            f"RabbitMQ already has a queue or exchange of the same name with other "
+            f"arguments ({exc}); delete it or change the names in the settings"
+        ) from exc
+    return {topology.records_exchange.name: records, topology.dead_exchange.name: dead}
+
+
+class BrokerLink:
+    """One connection with one publisher-confirm channel (unroutable publishes raise),
+    kept open by a background task that reconnects with backoff."""
+
+    def __init__(self, url: str, topology: Topology, *, name: str) -> None:
+        self.url = url
+        self.topology = topology
+        self.name = name
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._ready = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return (
+            self._ready.is_set()
+            and self._channel is not None
+            and not self._channel.is_closed
+            and self._connection is not None
+            and not self._connection.is_closed
+        )
+
+    async def start(self, wait: float = 5.0) -> None:
+        """Start connecting; wait up to `wait` seconds for the first connection (a broker
+        that is down at start-up is not fatal: the link keeps trying)."""
+        self._task = asyncio.create_task(self._run(), name=f"broker-link-{self.name}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), wait)
+
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        return self.ready
+
+    async def close(self) -> None:
+        self._closing = True
+        self._lost.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._teardown()
+
+    async def publish(
+        self,
+        message: AbstractMessage,
+        routing_key: str,
+        *,
+        exchange: str = "",
+        mandatory: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        """Publish and wait for the broker's confirm. Raises on nack, on return (when
+        `mandatory`), on a lost connection and on timeout."""
+        channel = self._channel
+        if not self.ready or channel is None:
+            raise BrokerUnavailable("no connection to RabbitMQ")
+        target = channel.default_exchange if not exchange else self._exchanges[exchange]
+        await target.publish(message, routing_key, mandatory=mandatory, timeout=timeout)
+
+    async def _run(self) -> None:
+        delay = 0.25
+        while not self._closing:
+            try:
+                await self._open()
+                delay = 0.25
+                log.info("broker_connected", link=self.name)
+                await self._lost.wait()
+                if not self._closing:
+                    log.warning("broker_connection_lost", link=self.name)
+            except asyncio.CancelledError:
+                raise
+            except TopologyMismatch as exc:
+                log.error("broker_topology_mismatch", link=self.name, error=str(exc))
+            except Exception as exc:
+                log.warning("broker_unavailable", link=self.name, error=str(exc), retry_in=delay)
+            finally:
+                self._ready.clear()
+            await self._teardown()
+            if not self._closing:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _open(self) -> None:
+        self._lost.clear()
+        connection = await connect(self.url, self.name)
+        self._connection = connection
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        self._channel = channel
+        self._exchanges = await declare(channel, self.topology)
+        connection.close_callbacks.add(self._on_close)
+        channel.close_callbacks.add(self._on_close)
+        self._ready.set()
+
+    def _on_close(self, *_: Any) -> None:
+        self._ready.clear()
+        self._lost.set()
+
+    async def _teardown(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None and not connection.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), 5)

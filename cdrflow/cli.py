@@ -1,0 +1,196 @@
+"""The `cdrflow` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from cdrflow import logs
+from cdrflow.settings import Settings, SettingsError, load_sources
+from schemas.providers import default_registry
+from schemas.sources import Sources, SourcesError
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cdrflow", description="Telephony call-status callbacks into PostgreSQL and RabbitMQ."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ingress = commands.add_parser("ingress", help="run the HTTP ingress")
+    ingress.add_argument("--host", default="0.0.0.0", help="address to listen on (0.0.0.0)")  # noqa: S104
+    ingress.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
+
+    commands.add_parser("worker", help="run one worker process")
+    commands.add_parser("migrate", help="create or upgrade the database schema")
+    commands.add_parser("check", help="check the settings and the sources file, then exit")
+
+    replay = commands.add_parser("replay", help="send rejected callbacks through the workers again")
+    replay.add_argument("--source", help="only this source")
+    replay.add_argument("--reason", help="only this reason code (e.g. unparseable_body)")
+    replay.add_argument("--since", type=_when, help="received at or after (ISO 8601)")
+    replay.add_argument("--until", type=_when, help="received before (ISO 8601)")
+    replay.add_argument("--limit", type=int, help="at most this many requests")
+    replay.add_argument("--dry-run", action="store_true", help="count, send nothing")
+
+    tail = commands.add_parser("tail", help="print records from cdr.records as they arrive")
+    tail.add_argument("binding", nargs="?", default="#", help="topic pattern (default: #)")
+    tail.add_argument("--count", type=int, help="exit after this many records")
+
+    simulate = commands.add_parser("simulate", help="push realistic callbacks at a chosen rate")
+    simulate.add_argument("--url", default="http://127.0.0.1:8080", help="the ingress")
+    simulate.add_argument("--rate", type=float, default=20.0, help="callbacks per second (20)")
+    simulate.add_argument("--count", type=int, default=200, help="callbacks to push (200)")
+    simulate.add_argument("--repush", type=float, default=0.2, help="share re-pushed 1-3 times")
+    simulate.add_argument("--bad", type=float, default=0.05, help="share with a malformed body")
+    simulate.add_argument("--seed", type=int, help="random seed, for repeatable runs")
+    return parser
+
+
+def _when(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"cdrflow: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        return COMMANDS[args.command](settings, args)
+    except (SourcesError, SettingsError) as exc:
+        print(f"cdrflow: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+def _sources(settings: Settings, *, secrets: bool = True) -> Sources:
+    sources = load_sources(settings, resolve_secrets=secrets)
+    logs.REDACTOR.add(sources.secrets())
+    return sources
+
+
+def _run_until_signalled(
+    start: Callable[[asyncio.Event], Coroutine[Any, Any, int]],
+) -> int:
+    """Run a coroutine; SIGTERM and SIGINT set the event it watches to stop gracefully."""
+
+    async def runner() -> int:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        return await start(stopping)
+
+    return asyncio.run(runner())
+
+
+def cmd_ingress(settings: Settings, args: argparse.Namespace) -> int:
+    from ingress.server import serve
+
+    serve(settings, _sources(settings), args.host, args.port)
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.worker import Worker
+
+    sources = _sources(settings, secrets=False)
+
+    async def start(stopping: asyncio.Event) -> int:
+        worker = Worker(settings, sources, default_registry())
+        watcher = asyncio.create_task(_stop_on(stopping, worker.stop))
+        try:
+            await worker.run()
+        finally:
+            watcher.cancel()
+        return 0
+
+    return _run_until_signalled(start)
+
+
+async def _stop_on(event: asyncio.Event, stop: Callable[[], None]) -> None:
+    await event.wait()
+    stop()
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.migrate import LATEST, migrate
+
+    applied = asyncio.run(migrate(settings.database_url))
+    print(f"schema at version {LATEST}" + (f" (applied {applied})" if applied else " (up to date)"))
+    return 0
+
+
+def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    sources = _sources(settings)
+    for name, source in sources.items():
+        print(f"{name}: {source.provider} tenant={source.tenant} timezone={source.timezone_name} signing={source.signing}")
+    return 0
+
+
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.replay import ReplaySelection, replay
+
+    selection = ReplaySelection(args.source, args.reason, args.since, args.until, args.limit)
+    count = asyncio.run(replay(settings, selection, dry_run=args.dry_run))
+    print(f"{count} request(s) {'would be ' if args.dry_run else ''}sent again")
+    return 0
+
+
+def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.tail import tail
+
+    async def start(stopping: asyncio.Event) -> int:
+        await tail(settings, args.binding, sys.stdout, stopping, count=args.count)
+        return 0
+
+    return _run_until_signalled(start)
+
+
+def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from cdrflow.simulate import simulate
+
+    report = asyncio.run(
+        simulate(
+            args.url,
+            _sources(settings),
+            default_registry(),
+            rate=args.rate,
+            count=args.count,
+            repush=args.repush,
+            bad=args.bad,
+            seed=args.seed,
+        )
+    )
+    print(orjson.dumps(report.as_dict()).decode())
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+    "ingress": cmd_ingress,
+    "worker": cmd_worker,
+    "migrate": cmd_migrate,
+    "check": cmd_check,
+    "replay": cmd_replay,
+    "tail": cmd_tail,
+    "simulate": cmd_simulate,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Structured logging: one line per meaningful event, JSON when not on a terminal.
+
+Every line passes a redaction step, so no URL token, signing secret or password can reach a
+log, whatever code wrote the line (ours, aiohttp, aio-pika or asyncpg)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any, TextIO
+
+import orjson
+import structlog
+
+_CALLBACK_TOKEN = re.compile(r"(/v1/callbacks/[^/\s?#\"']+/)[^/\s?#\"']+")
+_URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@", re.IGNORECASE)
+REDACTED = "[redacted]"
+
+
+class Redactor:
+    """A structlog processor that scrubs secrets from every string in an event."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self.secrets: list[str] = []
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str]) -> None:
+        # Longest first, so a secret that contains another is scrubbed whole.
+        merged = {s for s in [*self.secrets, *secrets] if s and len(s) >= 4}
+        self.secrets = sorted(merged, key=len, reverse=True)
+
+    def scrub(self, text: str) -> str:
+        text = _CALLBACK_TOKEN.sub(r"\1" + REDACTED, text)
+        text = _URL_PASSWORD.sub(r"\1" + REDACTED + "@", text)
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+    def _clean(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.scrub(value)
+        if isinstance(value, dict):
+            return {k: self._clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._clean(v) for v in value]
+        if isinstance(value, bytes | bytearray):
+            return self.scrub(bytes(value).decode("utf-8", "replace"))
+        if isinstance(value, BaseException):
+            return self.scrub(f"{type(value).__name__}: {value}")
+        return value
+
+    def __call__(
+        self, logger: Any, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for key, value in event.items():
+            event[key] = self._clean(value)
+        return event
+
+
+REDACTOR = Redactor()
+
+
+def _json_renderer(logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
+    return orjson.dumps(event, default=str).decode()
+
+
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
+    stream = stream or sys.stderr
+    as_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
+    renderer: Any = _json_renderer if as_json else structlog.dev.ConsoleRenderer(colors=False)
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+        structlog.processors.format_exc_info,
+        REDACTOR,
+    ]
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared[:-3],
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared[:-3],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *shared[-3:],
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Library chatter below WARNING is not a meaningful event for an operator.
+    for noisy in ("aio_pika", "aiormq", "asyncpg", "aiohttp.access", "aiohttp.server"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    logger: structlog.stdlib.BoundLogger = structlog.stdlib.get_logger(name)
+    return logger

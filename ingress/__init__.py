@@ -1,0 +1,1 @@
+"""The HTTP ingress: authenticate, bound, wrap, make durable, answer."""

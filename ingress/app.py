@@ -1,0 +1,223 @@
+"""The ingress application: `create_app(settings, sources)`.
+
+    POST|GET /v1/callbacks/{source}/{token}   a provider's callback
+    GET /healthz                              alive
+    GET /readyz                               callbacks can be made durable now
+    GET /metrics                              Prometheus text format
+
+The ingress never parses a body beyond what a signature check needs, and never talks to
+PostgreSQL: it wraps the request in an envelope and answers once that is durable."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from aiohttp import web
+
+from cdrflow.amqp import BrokerLink
+from cdrflow.logs import get_logger
+from cdrflow.settings import Settings
+from ingress.metrics import CONTENT_TYPE, IngressMetrics
+from ingress.publisher import CoalescingPublisher, NotDurable
+from schemas.envelope import KEPT_HEADERS, RawEnvelope, uuid7
+from schemas.providers import Registry, default_registry
+from schemas.providers.base import Outcome, Provider, Unauthenticated
+from schemas.sources import IPNetwork, Source, Sources
+
+log = get_logger("cdrflow.ingress")
+
+CALLBACK_PATH = "/v1/callbacks/{source}/{token}"
+_DUMMY_TOKEN = b"0" * 32
+
+
+class TooLarge(Exception):
+    pass
+
+
+@dataclass
+class Ingress:
+    settings: Settings
+    sources: Sources
+    registry: Registry
+    metrics: IngressMetrics
+    publisher: CoalescingPublisher | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.publisher is not None and self.publisher.ready
+
+
+INGRESS = web.AppKey("ingress", Ingress)
+
+
+def create_app(
+    settings: Settings, sources: Sources, registry: Registry | None = None
+) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[INGRESS] = Ingress(settings, sources, registry or default_registry(), IngressMetrics())
+    app.cleanup_ctx.append(broker_ctx)
+    app.router.add_route("POST", CALLBACK_PATH, handle_callback)
+    app.router.add_route("GET", CALLBACK_PATH, handle_callback)
+    app.router.add_get("/healthz", handle_health)
+    app.router.add_get("/readyz", handle_ready)
+    app.router.add_get("/metrics", handle_metrics)
+    return app
+
+
+async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
+    ingress = app[INGRESS]
+    settings = ingress.settings
+    link = BrokerLink(settings.amqp_url, settings.topology(), name="cdrflow-ingress")
+    await link.start()
+    ingress.publisher = CoalescingPublisher(
+        link,
+        queue=settings.raw_queue,
+        max_envelopes=settings.coalesce_max_envelopes,
+        max_bytes=settings.coalesce_max_bytes,
+        linger_ms=settings.coalesce_linger_ms,
+        confirm_timeout=settings.confirm_timeout,
+        metrics=ingress.metrics,
+    )
+    yield
+    # aiohttp has stopped accepting and waited for requests in flight: ship what is left.
+    await ingress.publisher.drain()
+    await link.close()
+
+
+async def handle_callback(request: web.Request) -> web.StreamResponse:
+    ingress = request.app[INGRESS]
+    source = _authorize(ingress.sources, request)
+    if source is None:
+        ingress.metrics.requests.labels("-", "not_found").inc()
+        raise web.HTTPNotFound()
+    provider = ingress.registry[source.provider]
+    client = client_address(request, ingress.settings.trusted_proxies)
+
+    def finish(outcome: Outcome, **fields: object) -> web.Response:
+        ingress.metrics.requests.labels(source.name, outcome.value).inc()
+        if outcome is not Outcome.ACCEPTED:
+            log.info("callback_refused", source=source.name, outcome=outcome.value, client=client, **fields)
+        answer = provider.answer(outcome)
+        response = web.Response(status=answer.status, body=answer.body, content_type=answer.content_type)
+        if outcome is Outcome.METHOD_NOT_ALLOWED:
+            response.headers["Allow"] = ", ".join(sorted(provider.methods))
+        return response
+
+    if not source.allows(client):
+        return finish(Outcome.FORBIDDEN)
+    if request.method not in provider.methods:
+        return finish(Outcome.METHOD_NOT_ALLOWED, method=request.method)
+    try:
+        body = await read_body(request, ingress.settings.max_body_bytes, ingress.settings.body_timeout)
+    except TooLarge:
+        return _close_after(finish(Outcome.TOO_LARGE))
+    except TimeoutError:
+        return _close_after(finish(Outcome.TIMEOUT))
+
+    envelope = _envelope(request, source, provider, client, body)
+    try:
+        provider.authenticate(envelope, source, time.time())
+    except Unauthenticated as exc:
+        return finish(Outcome.UNAUTHORIZED, reason=str(exc))
+    if ingress.publisher is None:
+        return finish(Outcome.UNAVAILABLE, reason="starting")
+    try:
+        await ingress.publisher.make_durable(envelope.encode())
+    except NotDurable as exc:
+        return finish(Outcome.UNAVAILABLE, reason=str(exc), ingest_id=envelope.ingest_id)
+    log.debug("callback_accepted", source=source.name, ingest_id=envelope.ingest_id, bytes=len(body))
+    return finish(Outcome.ACCEPTED)
+
+
+def _authorize(sources: Sources, request: web.Request) -> Source | None:
+    """The source, if the name exists and the token matches; one answer for both failures."""
+    source = sources.get(request.match_info["source"])
+    token = request.match_info["token"]
+    if source is None:
+        hmac.compare_digest(token.encode(), _DUMMY_TOKEN)  # same work as a real comparison
+        return None
+    return source if source.token_matches(token) else None
+
+
+def _envelope(
+    request: web.Request, source: Source, provider: Provider, client: str, body: bytes
+) -> RawEnvelope:
+    return RawEnvelope(
+        ingest_id=str(uuid7()),
+        source=source.name,
+        tenant=source.tenant,
+        provider=provider.name,
+        received_at=datetime.now(UTC),
+        method=request.method,
+        path=f"/v1/callbacks/{source.name}",
+        query=request.rel_url.raw_query_string,
+        content_type=request.headers.get("Content-Type", ""),
+        headers={k.lower(): v for k, v in request.headers.items() if k.lower() in KEPT_HEADERS},
+        client=client,
+        body=body,
+    )
+
+
+async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async with asyncio.timeout(timeout):
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _close_after(response: web.Response) -> web.Response:
+    # The rest of the body is not worth reading: end the connection with the answer.
+    response.force_close()
+    return response
+
+
+def client_address(request: web.Request, trusted_proxies: Iterable[IPNetwork]) -> str:
+    """The peer address, or, behind a trusted proxy, the last X-Forwarded-For hop that is
+    not itself a trusted proxy."""
+    peer = request.remote or ""
+    proxies = tuple(trusted_proxies)
+    if not proxies or not _within(peer, proxies):
+        return peer
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _within(hop, proxies):
+            return hop
+    return peer
+
+
+def _within(address: str, networks: tuple[IPNetwork, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+async def handle_health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "alive"})
+
+
+async def handle_ready(request: web.Request) -> web.Response:
+    ingress = request.app[INGRESS]
+    ready = ingress.ready
+    ingress.metrics.broker_ready.set(1 if ready else 0)
+    return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    ingress = request.app[INGRESS]
+    ingress.metrics.broker_ready.set(1 if ingress.ready else 0)
+    return web.Response(body=ingress.metrics.render(), headers={"Content-Type": CONTENT_TYPE})

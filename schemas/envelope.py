@@ -1,0 +1,185 @@
+"""The raw envelope: one provider HTTP request exactly as the ingress received it.
+
+Wire format on `cdr.raw` (JSON Schema: `raw_batch.schema.json`). The ingress coalesces
+requests that arrive together into one AMQP message, so a message body is a batch:
+
+    {
+      "format": "cdrflow.raw/1",
+      "envelopes": [
+        {
+          "ingest_id": "01937c5e-...",          # uuid7, unique per HTTP request
+          "source": "nxcloud-cc",              # source name (the URL slug)
+          "tenant": "acme",
+          "provider": "nxcloud.call_center_report",
+          "received_at": "2026-11-22T10:00:00.123456Z",   # UTC, microseconds
+          "method": "POST",
+          "path": "/v1/callbacks/nxcloud-cc",  # never the token
+          "query": "a=1&b=2",                  # raw query string, as received
+          "content_type": "application/json;charset=UTF-8",
+          "headers": {"user-agent": "..."},     # only the headers in KEPT_HEADERS
+          "client": "203.0.113.7",
+          "body": "eyJjYWxs...",               # base64 of the body bytes, exactly as received
+          "replay": false                       # true when sent again by `cdrflow replay`
+        }
+      ]
+    }
+
+AMQP properties: persistent, `message_id` = batch id, `content_type` application/json,
+header `cdrflow-format` = "cdrflow.raw/1", header `cdrflow-envelopes` = count.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+
+from schemas.jsoncodec import dumps
+
+FORMAT = "cdrflow.raw/1"
+FORMAT_HEADER = "cdrflow-format"
+COUNT_HEADER = "cdrflow-envelopes"
+
+# Headers worth keeping for diagnosis and replay. Never Authorization, Cookie or the like.
+KEPT_HEADERS = frozenset(
+    {
+        "content-type",
+        "content-length",
+        "content-encoding",
+        "user-agent",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-real-ip",
+        "x-request-id",
+    }
+)
+
+
+class EnvelopeError(ValueError):
+    """A message on the raw queue that is not a well-formed envelope batch."""
+
+
+def uuid7() -> uuid.UUID:
+    """Time-ordered UUID (RFC 9562 version 7): keeps B-tree inserts local."""
+    millis = time.time_ns() // 1_000_000
+    value = (millis & ((1 << 48) - 1)) << 80 | int.from_bytes(os.urandom(10)) & ((1 << 80) - 1)
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # variant
+    return uuid.UUID(int=value)
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True)
+class RawEnvelope:
+    ingest_id: str
+    source: str
+    tenant: str
+    provider: str
+    received_at: datetime
+    method: str
+    path: str
+    query: str
+    content_type: str
+    body: bytes
+    client: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    replay: bool = False
+
+    def query_params(self) -> list[tuple[str, str]]:
+        return parse_qsl(self.query, keep_blank_values=True)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "ingest_id": self.ingest_id,
+            "source": self.source,
+            "tenant": self.tenant,
+            "provider": self.provider,
+            "received_at": format_time(self.received_at),
+            "method": self.method,
+            "path": self.path,
+            "query": self.query,
+            "content_type": self.content_type,
+            "headers": dict(self.headers),
+            "client": self.client,
+            "body": base64.b64encode(self.body).decode("ascii"),
+            "replay": self.replay,
+        }
+
+    def encode(self) -> bytes:
+        return dumps(self.to_wire())
+
+    @classmethod
+    def from_wire(cls, data: Any) -> RawEnvelope:
+        if not isinstance(data, dict):
+            raise EnvelopeError("envelope is not an object")
+        try:
+            headers = data.get("headers") or {}
+            if not isinstance(headers, dict):
+                raise EnvelopeError("headers is not an object")
+            return cls(
+                ingest_id=str(uuid.UUID(_text(data, "ingest_id"))),
+                source=_text(data, "source"),
+                tenant=_text(data, "tenant"),
+                provider=_text(data, "provider"),
+                received_at=_parse_time(_text(data, "received_at")),
+                method=_text(data, "method"),
+                path=_text(data, "path"),
+                query=_text(data, "query", required=False),
+                content_type=_text(data, "content_type", required=False),
+                headers={str(k): str(v) for k, v in headers.items()},
+                client=_text(data, "client", required=False),
+                body=base64.b64decode(_text(data, "body", required=False), validate=True),
+                replay=bool(data.get("replay", False)),
+            )
+        except (ValueError, binascii.Error) as exc:
+            if isinstance(exc, EnvelopeError):
+                raise
+            raise EnvelopeError(f"bad envelope: {exc}") from exc
+
+
+def _text(data: dict[str, Any], key: str, *, required: bool = True) -> str:
+    value = data.get(key)
+    if value is None:
+        if required:
+            raise EnvelopeError(f"envelope has no {key}")
+        return ""
+    if not isinstance(value, str):
+        raise EnvelopeError(f"envelope {key} is not a string")
+    return value
+
+
+def _parse_time(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        raise EnvelopeError("received_at has no time zone")
+    return moment.astimezone(UTC)
+
+
+def encode_batch(encoded_envelopes: list[bytes]) -> bytes:
+    """Join envelopes already rendered by `RawEnvelope.encode` into one message body."""
+    return b'{"format":"' + FORMAT.encode() + b'","envelopes":[' + b",".join(encoded_envelopes) + b"]}"
+
+
+def decode_batch(body: bytes) -> list[RawEnvelope]:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise EnvelopeError(f"message is not JSON: {exc}") from exc
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise EnvelopeError(f"message is not a {FORMAT} batch")
+    envelopes = document.get("envelopes")
+    if not isinstance(envelopes, list) or not envelopes:
+        raise EnvelopeError("batch has no envelopes")
+    return [RawEnvelope.from_wire(item) for item in envelopes]

@@ -1,0 +1,56 @@
+"""JSON in and out without ever passing money through a float.
+
+Provider bodies are parsed with the standard library so that every JSON number with a
+fraction becomes a `Decimal` (orjson would make it a float); everything we write is
+rendered by orjson, with decimals written back as the same JSON number text."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+
+class JSONError(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity; JSON does not, and neither do we.
+    raise JSONError(f"{name} is not valid JSON")
+
+
+def loads_exact(text: str | bytes) -> Any:
+    """Parse JSON with fractional numbers as Decimal (exact), rejecting NaN/Infinity."""
+    try:
+        return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise JSONError(str(exc)) from exc
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return orjson.Fragment(format(value, "f").encode())
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, frozenset | set):
+        return sorted(value)
+    raise TypeError(f"cannot serialize {type(value).__name__}")
+
+
+_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value, default=_default, option=_OPTIONS)
+
+
+def canonical_json(value: Any) -> bytes:
+    """Key-sorted rendering: equal documents give equal bytes."""
+    return orjson.dumps(value, default=_default, option=_OPTIONS | orjson.OPT_SORT_KEYS)
+
+
+loads = orjson.loads

@@ -1,0 +1,275 @@
+"""Huawei Cloud AICC (CEC) release event (`huawei-aicc-release-event.txt`).
+
+No Content-Type is promised and the documented example is a Java `Map.toString()`
+rendering, `{key=value, key=value}` with `null` for nulls; JSON and form bodies are read
+too. The answer is HTTP 200 `{"retCode":"0","retMsg":"success"}`; any other retCode fails.
+
+Signing (when the callback URL was registered with shared-key authentication): the body
+carries `timestamp`, `nonce`, `signature`. The other parameters, sorted by name, rendered
+as a TreeMap with every space removed; string to sign = appSecret_timestamp_nonce_params;
+signature = Base64(SHA-256(string)) per the prose, or Base64(HMAC-SHA256(appSecret, string))
+per the reference code: `signing = "sha256" | "hmac-sha256"`, per source. Whether the
+rendering keeps the TreeMap braces is not settled by the document: both are accepted.
+`timestamp` may be seconds or milliseconds.
+
+Times are `yyyy/MM/dd,HH:mm:ss:SSS` with no zone: read in the source's zone (default
+UTC+8). The documented example puts a timestamp into `agentTalkDuration`: a duration
+that is not a number is kept raw in `extra`."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import random
+import re
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from schemas.envelope import RawEnvelope
+from schemas.jsoncodec import dumps
+from schemas.providers.base import (
+    HTTP_STATUS,
+    Answer,
+    Fields,
+    Outcome,
+    Reason,
+    Reject,
+    SimulatedCallback,
+    Unauthenticated,
+    body_text,
+    charset_of,
+    is_connected,
+    parse_form,
+    parse_json,
+    require_text,
+    to_int,
+)
+from schemas.record import CallRecord, CallType, Direction, HangupBy, Status
+from schemas.sources import Source
+
+TIME_FORMATS = ("%Y/%m/%d,%H:%M:%S:%f", "%Y/%m/%d,%H:%M:%S", "%Y-%m-%d %H:%M:%S")
+SIGNATURE_FIELDS = frozenset({"timestamp", "nonce", "signature"})
+_PAIR_BOUNDARY = re.compile(r",\s*(?=[A-Za-z_][A-Za-z0-9_.]*=)")
+# releaseReason, for a call that never connected.
+_REASON_STATUS = {
+    0: Status.REJECTED,  # the called party hung up while it rang
+    1: Status.CANCELLED,  # the calling party (agent) hung up first
+    2: Status.FAILED,  # call to the calling party failed
+    3: Status.FAILED,  # call to the called party failed
+    4: Status.NO_ANSWER,  # calling party did not answer
+    5: Status.NO_ANSWER,  # called party did not answer
+}
+_HANGUP_BY = {0: HangupBy.CALLEE, 1: HangupBy.CALLER}
+
+
+class HuaweiAiccRelease:
+    name = "huawei.aicc_release"
+    methods = frozenset({"POST"})
+    default_timezone = "+08:00"
+    signing_modes = frozenset({"sha256", "hmac-sha256"})
+    volatile_fields = SIGNATURE_FIELDS
+
+    def answer(self, outcome: Outcome) -> Answer:
+        if outcome is Outcome.ACCEPTED:
+            code, message = "0", "success"
+        else:
+            code, message = str(HTTP_STATUS[outcome]), outcome.value.replace("_", " ")
+        body = dumps({"retCode": code, "retMsg": message})
+        return Answer(HTTP_STATUS[outcome], body, "application/json")
+
+    def authenticate(self, envelope: RawEnvelope, source: Source, now: float) -> None:
+        if source.signing == "none":
+            return
+        try:
+            (params,) = self.parse(envelope)
+        except Reject as exc:
+            raise Unauthenticated(f"signed body cannot be read: {exc.message}") from exc
+        verify_signature(params, source.signing, source.secret or "", now, source.max_skew_seconds)
+
+    def parse(self, envelope: RawEnvelope) -> list[Any]:
+        text = body_text(envelope).strip()
+        if not text:
+            raise Reject(Reason.EMPTY_BODY, "body is empty")
+        if text.startswith("{"):
+            document = parse_json(text) if _looks_like_json(text) else parse_map_rendering(text)
+        elif "json" in envelope.content_type.lower():
+            document = parse_json(text)
+        else:
+            document = parse_form(text, charset_of(envelope.content_type))
+        if not isinstance(document, dict):
+            raise Reject(Reason.NOT_AN_OBJECT, "body is not an object of fields")
+        return [document]
+
+    def normalize(self, payload: Mapping[str, Any], source: Source) -> CallRecord:
+        serial = require_text(payload, "callSerialNo")
+        f = Fields(payload, source.timezone)
+        f.take("callSerialNo")
+        answered_at = _time(f, "talkingTime")
+        talk_seconds = f.integer("talkDuration")
+        reason = to_int(f.peek("releaseReason"))
+        status = Status.ANSWERED if is_connected(answered_at, talk_seconds) else None
+        if status is None:
+            status = _REASON_STATUS.get(reason, Status.FAILED) if reason is not None else None
+        return CallRecord(
+            source=source.name,
+            tenant=source.tenant,
+            provider="huawei",
+            event="aicc_release",
+            external_id=serial,
+            raw=payload,
+            status=status or Status.UNKNOWN,
+            call_type=CallType.BIDIRECTIONAL,
+            direction=Direction.OUTBOUND,
+            caller=f.text("caller"),
+            callee=f.text("called"),
+            display_number=f.text("callerPresent"),
+            hangup_cause=f.text("releaseReason"),
+            hangup_by=_HANGUP_BY.get(reason if reason is not None else -1),
+            started_at=_time(f, "createCallTime"),
+            ringing_at=_time(f, "alertingTime"),
+            answered_at=answered_at,
+            ended_at=_time(f, "releaseTime"),
+            talk_seconds=talk_seconds,
+            recording_url=f.text("recordfile"),
+            user_data=f.text("callData"),
+            agent_id=f.text("serviceNo"),
+            extra=f.extra(),
+        )
+
+    def simulate(self, rng: random.Random, now: datetime, source: Source) -> SimulatedCallback:
+        event = sample_event(rng, now.astimezone(source.timezone))
+        if source.signing != "none":
+            event = sign(event, source.signing, source.secret or "", now, rng)
+        if rng.random() < 0.5:
+            body, content_type = render_map(event).encode(), ""
+        else:
+            body, content_type = dumps(event), "application/json"
+        return SimulatedCallback("POST", body, content_type, external_id=event["callSerialNo"])
+
+
+def _looks_like_json(text: str) -> bool:
+    return text.lstrip("{ \t\r\n").startswith('"')
+
+
+def _time(f: Fields, key: str) -> datetime | None:
+    value = f.peek(key)
+    if isinstance(value, str) and value.isdigit() and len(value) == 13:
+        return f.epoch_millis(key)
+    return f.local_time(key, *TIME_FORMATS)
+
+
+def parse_map_rendering(text: str) -> dict[str, Any]:
+    """`{k=v, k2=v2}` as Java's Map.toString() writes it; `null` is None."""
+    inner = text.strip()
+    if not (inner.startswith("{") and inner.endswith("}")):
+        raise Reject(Reason.UNPARSEABLE_BODY, "body is neither JSON, form data nor {k=v, ...}")
+    inner = inner[1:-1].strip()
+    fields: dict[str, Any] = {}
+    if not inner:
+        return fields
+    for pair in _PAIR_BOUNDARY.split(inner):
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise Reject(Reason.UNPARSEABLE_BODY, f"{pair.strip()[:40]!r} is not key=value")
+        value = value.strip()
+        fields[key.strip()] = None if value == "null" else value
+    return fields
+
+
+def render_map(fields: Mapping[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}={_render(v)}" for k, v in fields.items()) + "}"
+
+
+def _render(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    return str(value)
+
+
+def signing_strings(params: Mapping[str, Any], timestamp: str, nonce: str, secret: str) -> list[str]:
+    """Both readings of the documented rendering: with and without the TreeMap braces."""
+    pairs = ",".join(
+        f"{key}={_render(params[key])}" for key in sorted(params) if key not in SIGNATURE_FIELDS
+    ).replace(" ", "")
+    return [f"{secret}_{timestamp}_{nonce}_{rendering}" for rendering in ("{" + pairs + "}", pairs)]
+
+
+def signature_of(text: str, mode: str, secret: str) -> str:
+    if mode == "hmac-sha256":
+        digest = hmac.new(secret.encode(), text.encode(), hashlib.sha256).digest()
+    else:
+        digest = hashlib.sha256(text.encode()).digest()
+    return base64.b64encode(digest).decode()
+
+
+def verify_signature(
+    params: Mapping[str, Any], mode: str, secret: str, now: float, max_skew: int
+) -> None:
+    timestamp, nonce = _render(params.get("timestamp")), _render(params.get("nonce"))
+    # A '+' in an unescaped form body arrives as a space; Base64 has no spaces.
+    signature = _render(params.get("signature")).strip().replace(" ", "+")
+    if "null" in (timestamp, nonce, signature) or not signature:
+        raise Unauthenticated("timestamp, nonce or signature is missing")
+    stamp = to_int(timestamp)
+    if stamp is None:
+        raise Unauthenticated("timestamp is not a number")
+    seconds = stamp / 1000 if stamp > 100_000_000_000 else stamp  # milliseconds or seconds
+    if abs(now - seconds) > max_skew:
+        raise Unauthenticated("timestamp is outside the allowed clock skew")
+    matched = False
+    for text in signing_strings(params, timestamp, nonce, secret):
+        matched |= hmac.compare_digest(signature_of(text, mode, secret), signature)
+    if not matched:
+        raise Unauthenticated("signature does not match")
+
+
+def sign(
+    fields: Mapping[str, Any], mode: str, secret: str, now: datetime, rng: random.Random
+) -> dict[str, Any]:
+    """Sign as the platform does (braced rendering, millisecond timestamp)."""
+    timestamp = str(int(now.timestamp() * 1000))
+    nonce = str(rng.randrange(-(2**63), 2**63))
+    text = signing_strings(fields, timestamp, nonce, secret)[0]
+    return {**fields, "timestamp": timestamp, "nonce": nonce, "signature": signature_of(text, mode, secret)}
+
+
+def sample_event(rng: random.Random, local_now: datetime) -> dict[str, Any]:
+    def stamp(moment: datetime) -> str:
+        return f"{moment:%Y/%m/%d,%H:%M:%S}:{moment.microsecond // 1000:03d}"
+
+    release = local_now.replace(tzinfo=None) - timedelta(seconds=rng.randint(0, 30))
+    connected = rng.random() < 0.65
+    talk = rng.randint(1, 400) if connected else 0
+    talking = release - timedelta(seconds=talk) if connected else None
+    alerting = (talking or release) - timedelta(seconds=rng.randint(2, 20))
+    created = alerting - timedelta(milliseconds=rng.randint(100, 2_000))
+    return {
+        "callSerialNo": str(rng.randrange(10**18, 10**19)),
+        "serviceNo": rng.choice([None, str(rng.randrange(100, 999))]),
+        "called": f"8888{rng.randrange(10**4):04d}",
+        "caller": f"96{rng.randrange(10**4):04d}",
+        "callerPresent": f"96{rng.randrange(10**4):04d}",
+        "callData": None,
+        "createCallTime": stamp(created),
+        "alertingTime": stamp(alerting),
+        "talkingTime": stamp(talking) if talking else None,
+        "releaseTime": stamp(release),
+        "talkDuration": str(talk),
+        "recordfile": f"Y:/2/mobileAgent/{release:%Y%m%d}/{int(release.timestamp())}.wav",
+        "locationId": "0",
+        "releaseReason": rng.choice(["0", "1"]) if connected else rng.choice(["3", "5"]),
+        "agentAlertingTime": stamp(alerting),
+        "agentTalkingTime": stamp(talking or alerting),
+        "agentReleaseTime": stamp(release),
+        "agentTalkDuration": str(talk),
+    }
+
+
+PROVIDER = HuaweiAiccRelease()

@@ -1,0 +1,1 @@
+"""Workers: normalize, deduplicate, batch-store and publish call records."""

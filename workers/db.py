@@ -1,0 +1,70 @@
+"""PostgreSQL connections for the workers, and what a database error means for a batch."""
+
+from __future__ import annotations
+
+import asyncpg
+from asyncpg.exceptions import _base as asyncpg_base
+
+from schemas.record import RECORD_COLUMNS
+
+# Per connection, a staging table shaped after call_records (so it cannot drift from the
+# migrations): a batch is COPYed here, then upserted. ON COMMIT DELETE ROWS empties it.
+STAGE_TABLE = "cdr_stage"
+STAGE_COLUMNS: tuple[str, ...] = (
+    "round",
+    "deliveries",
+    "first_received_at",
+    "last_received_at",
+    "ingest_id",
+    "item",
+    "content_hash",
+    *RECORD_COLUMNS,
+)
+_CREATE_STAGE = f"""
+CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} ON COMMIT DELETE ROWS AS
+SELECT 0::integer AS round, 0::integer AS deliveries,
+       received_at AS first_received_at, received_at AS last_received_at,
+       content_ingest_id AS ingest_id, content_item AS item, content_hash,
+       {", ".join(RECORD_COLUMNS)}
+FROM call_records WITH NO DATA
+"""
+
+
+async def _prepare_connection(connection: asyncpg.Connection) -> None:
+    await connection.execute(_CREATE_STAGE)
+
+
+async def create_pool(url: str, size: int, name: str = "cdrflow-worker") -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        url,
+        min_size=1,
+        max_size=max(1, size),
+        init=_prepare_connection,
+        command_timeout=60,
+        server_settings={"application_name": name, "timezone": "UTC"},
+    )
+    assert pool is not None
+    return pool
+
+
+class BatchDataError(Exception):
+    """The database refused the batch's content (not its own state): some row is poison."""
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """Class 22 (data exception) and 23 (integrity violation), and asyncpg's own refusal to
+    encode a value: retrying the same rows cannot help."""
+    return isinstance(
+        exc,
+        asyncpg.DataError | asyncpg_base.DataError | asyncpg.IntegrityConstraintViolationError,
+    )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """The database is down, restarting, failing over, overloaded or not migrated yet:
+    hold the batch and try again."""
+    if is_data_error(exc):
+        return False
+    return isinstance(
+        exc, OSError | TimeoutError | asyncpg.PostgresError | asyncpg.InterfaceError
+    )

@@ -1,0 +1,104 @@
+"""`cdrflow migrate`: create the database if it is missing, then apply the versioned SQL
+steps in `workers/migrations/` that it has not seen, each in its own transaction, under an
+advisory lock so that concurrent runs are safe. Running it again changes nothing."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from importlib import resources
+from urllib.parse import unquote, urlsplit
+
+import asyncpg
+
+from cdrflow.logs import get_logger
+
+log = get_logger("cdrflow.migrate")
+
+_LOCK_KEY = 0x63647266  # "cdrf": serializes concurrent migrate runs
+_STEP = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def available() -> list[Migration]:
+    found = []
+    for entry in resources.files("workers.migrations").iterdir():
+        match = _STEP.fullmatch(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    return sorted(found, key=lambda m: m.version)
+
+
+LATEST = available()[-1].version
+
+
+def database_name(url: str) -> str:
+    name = unquote(urlsplit(url).path.lstrip("/"))
+    if not name:
+        raise ValueError("the database URL names no database")
+    return name
+
+
+async def ensure_database(url: str) -> bool:
+    """Create the URL's database when it does not exist. True when it was created."""
+    try:
+        connection = await asyncpg.connect(url)
+    except asyncpg.InvalidCatalogNameError:
+        pass
+    else:
+        await connection.close()
+        return False
+    name = database_name(url)
+    admin = await asyncpg.connect(url, database="postgres")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name.replace(chr(34), chr(34) * 2)}"')
+    except asyncpg.DuplicateDatabaseError:
+        return False  # created by a concurrent run
+    finally:
+        await admin.close()
+    log.info("database_created", database=name)
+    return True
+
+
+async def schema_version(connection: asyncpg.Connection) -> int:
+    exists = await connection.fetchval("SELECT to_regclass('cdrflow_migrations') IS NOT NULL")
+    if not exists:
+        return 0
+    return int(await connection.fetchval("SELECT coalesce(max(version), 0) FROM cdrflow_migrations"))
+
+
+async def migrate(url: str) -> list[int]:
+    """Bring the schema to the latest version; returns the versions applied now."""
+    await ensure_database(url)
+    connection = await asyncpg.connect(url)
+    applied = []
+    try:
+        await connection.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+        await connection.execute(
+            "CREATE TABLE IF NOT EXISTS cdrflow_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {row["version"] for row in await connection.fetch("SELECT version FROM cdrflow_migrations")}
+        for step in available():
+            if step.version in done:
+                continue
+            async with connection.transaction():
+                await connection.execute(step.sql)
+                await connection.execute(
+                    "INSERT INTO cdrflow_migrations (version, name) VALUES ($1, $2)",
+                    step.version,
+                    step.name,
+                )
+            applied.append(step.version)
+            log.info("migration_applied", version=step.version, name=step.name)
+    finally:
+        await connection.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+        await connection.close()
+    return applied

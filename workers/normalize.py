@@ -1,0 +1,158 @@
+"""From raw envelopes to what a batch will store: deliveries (one per call report) and
+rejections (one per request or report that cannot become a record). Pure: no I/O."""
+
+from __future__ import annotations
+
+import traceback
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import groupby
+from typing import Any
+
+from cdrflow.logs import get_logger
+from schemas.envelope import RawEnvelope
+from schemas.providers.base import Provider, Reason, Reject, sanitize
+from schemas.record import CallRecord, content_hash
+from schemas.sources import Source
+
+log = get_logger("cdrflow.worker")
+
+WHOLE_REQUEST = -1  # `item` of a rejection that concerns the request, not one report in it
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One report of one request, normalized."""
+
+    envelope: RawEnvelope
+    item: int
+    record: CallRecord
+    content_hash: bytes
+
+    @property
+    def ingest_id(self) -> uuid.UUID:
+        return uuid.UUID(self.envelope.ingest_id)
+
+    @property
+    def received_at(self) -> datetime:
+        return self.envelope.received_at
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.record.source, self.record.external_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    envelope: RawEnvelope
+    item: int
+    reason: str
+    message: str
+
+
+@dataclass
+class Normalized:
+    deliveries: list[Delivery] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+    def extend(self, other: Normalized) -> None:
+        self.deliveries.extend(other.deliveries)
+        self.rejections.extend(other.rejections)
+
+
+def normalize_envelope(
+    envelope: RawEnvelope, sources: Mapping[str, Source], providers: Mapping[str, Provider]
+) -> Normalized:
+    result = Normalized()
+
+    def reject(item: int, reason: str, message: str) -> Normalized:
+        result.rejections.append(Rejection(envelope, item, reason, message))
+        return result
+
+    source = sources.get(envelope.source)
+    if source is None:
+        return reject(
+            WHOLE_REQUEST,
+            Reason.UNKNOWN_SOURCE,
+            f"source {envelope.source!r} is not in this worker's sources file",
+        )
+    provider = providers.get(envelope.provider)
+    if provider is None:
+        return reject(
+            WHOLE_REQUEST, Reason.UNKNOWN_PROVIDER, f"no provider module {envelope.provider!r}"
+        )
+    try:
+        payloads = provider.parse(envelope)
+    except Reject as exc:
+        return reject(WHOLE_REQUEST, exc.reason, exc.message)
+    except Exception as exc:
+        return reject(WHOLE_REQUEST, Reason.INTERNAL_ERROR, _crash(envelope, provider, exc))
+    for item, payload in enumerate(payloads):
+        clean = sanitize(payload)
+        try:
+            record = provider.normalize(clean, source)
+        except Reject as exc:
+            reject(item, exc.reason, exc.message)
+            continue
+        except Exception as exc:
+            reject(item, Reason.INTERNAL_ERROR, _crash(envelope, provider, exc))
+            continue
+        digest = content_hash(clean, provider.volatile_fields)
+        result.deliveries.append(Delivery(envelope, item, record, digest))
+    return result
+
+
+def _crash(envelope: RawEnvelope, provider: Provider, exc: Exception) -> str:
+    # A bug in a provider module must not stall the queue: the callback is kept, with the
+    # error, and `cdrflow replay` sends it through again once the module is fixed.
+    log.error(
+        "provider_crashed",
+        provider=provider.name,
+        ingest_id=envelope.ingest_id,
+        error=f"{type(exc).__name__}: {exc}",
+        traceback="".join(traceback.format_exception(exc)[-3:]),
+    )
+    return f"{provider.name} failed: {type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One content of one record within a batch, and the deliveries that carried it.
+    `round` orders the versions of a key: one statement may not touch a key twice."""
+
+    round: int
+    first: Delivery
+    deliveries: int
+    first_received_at: datetime
+    last_received_at: datetime
+
+
+def plan_versions(deliveries: Iterable[Delivery]) -> list[Version]:
+    """Merge a batch's deliveries per record: consecutive deliveries of the same content
+    (in order of arrival) become one version; each change of content starts the next."""
+    by_key: dict[tuple[str, str], list[Delivery]] = {}
+    for delivery in deliveries:
+        by_key.setdefault(delivery.key, []).append(delivery)
+    versions = []
+    for items in by_key.values():
+        items.sort(key=lambda d: (d.received_at, d.envelope.ingest_id, d.item))
+        for round_, (_, run) in enumerate(groupby(items, key=lambda d: d.content_hash)):
+            group = list(run)
+            versions.append(
+                Version(
+                    round=round_,
+                    first=group[0],
+                    deliveries=len(group),
+                    first_received_at=group[0].received_at,
+                    last_received_at=group[-1].received_at,
+                )
+            )
+    return versions
+
+
+def as_request(envelope: RawEnvelope) -> dict[str, Any]:
+    """The request, without its body, as kept in `rejected_callbacks.request`."""
+    wire = envelope.to_wire()
+    return {k: wire[k] for k in ("method", "path", "query", "content_type", "headers", "client")}

@@ -1,0 +1,161 @@
+"""Publishing committed records on `cdr.records`, at least once.
+
+Right after a batch commits, its new records and revisions are published with publisher
+confirms and their outbox rows deleted. A worker that dies in between leaves the rows: the
+relay of any worker publishes outbox rows older than `outbox_grace_seconds` (claimed with
+FOR UPDATE SKIP LOCKED, so two relays never take the same rows). Consumers may therefore
+see a message twice; `message_id` = `{record_id}:{revision}` tells them it is the same."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import aio_pika
+import asyncpg
+from aio_pika import DeliveryMode
+
+from cdrflow.amqp import BrokerLink
+from cdrflow.logs import get_logger
+from schemas.record import SCHEMA_VERSION
+from workers.db import is_transient
+from workers.store import OutboxEntry
+
+log = get_logger("cdrflow.worker.outbox")
+
+RELAY_BATCH = 500
+PRUNE_EVERY = 600.0  # seconds between prunes of the deliveries ledger
+PRUNE_CHUNK = 10_000
+
+_CLAIM_STALE = """
+SELECT outbox_id, record_id, revision, routing_key, body FROM outbox
+WHERE created_at < now() - make_interval(secs => $1)
+ORDER BY outbox_id LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+_DELETE = "DELETE FROM outbox WHERE outbox_id = ANY($1::bigint[])"
+_PRUNE = """
+DELETE FROM deliveries WHERE (ingest_id, item) IN (
+    SELECT ingest_id, item FROM deliveries
+    WHERE received_at < now() - make_interval(days => $1) LIMIT $2)
+"""
+
+
+def record_message(entry: OutboxEntry) -> aio_pika.Message:
+    return aio_pika.Message(
+        entry.body,
+        delivery_mode=DeliveryMode.PERSISTENT,
+        message_id=entry.message_id,
+        content_type="application/json",
+        timestamp=datetime.now(UTC),
+        headers={
+            "schema_version": SCHEMA_VERSION,
+            "record_id": str(entry.record_id),
+            "revision": entry.revision,
+        },
+    )
+
+
+class RecordPublisher:
+    def __init__(
+        self,
+        link: BrokerLink,
+        pool: asyncpg.Pool,
+        *,
+        exchange: str,
+        confirm_timeout: float,
+        grace_seconds: float,
+        interval_seconds: float,
+        retention_days: int,
+    ) -> None:
+        self.link = link
+        self.pool = pool
+        self.exchange = exchange
+        self.confirm_timeout = confirm_timeout
+        self.grace_seconds = grace_seconds
+        self.interval_seconds = interval_seconds
+        self.retention_days = retention_days
+
+    async def publish(self, entries: Sequence[OutboxEntry]) -> int:
+        """Publish committed records and forget the confirmed ones. Returns how many were
+        confirmed; the rest stay in the outbox for the relay."""
+        if not entries:
+            return 0
+        confirmed = await self._publish_all(entries)
+        if confirmed:
+            try:
+                await self.pool.execute(_DELETE, confirmed)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                # Published but still in the outbox: the relay publishes them again later.
+                log.warning("outbox_cleanup_failed", count=len(confirmed), error=str(exc))
+        return len(confirmed)
+
+    async def _publish_all(self, entries: Sequence[OutboxEntry]) -> list[int]:
+        results = await asyncio.gather(
+            *(
+                self.link.publish(
+                    record_message(entry),
+                    entry.routing_key,
+                    exchange=self.exchange,
+                    mandatory=False,  # no subscriber yet is not a failure
+                    timeout=self.confirm_timeout,
+                )
+                for entry in entries
+            ),
+            return_exceptions=True,
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            log.warning(
+                "records_not_published",
+                count=len(failures),
+                error=f"{type(failures[0]).__name__}: {failures[0]}",
+                will_retry_in=self.grace_seconds,
+            )
+        return [e.outbox_id for e, r in zip(entries, results, strict=True) if r is None]
+
+    async def relay_once(self) -> int:
+        """Publish outbox rows left behind (older than the grace period)."""
+        async with self.pool.acquire() as connection, connection.transaction():
+            rows = await connection.fetch(_CLAIM_STALE, self.grace_seconds, RELAY_BATCH)
+            if not rows:
+                return 0
+            entries = [
+                OutboxEntry(r["outbox_id"], r["record_id"], r["revision"], r["routing_key"], r["body"])
+                for r in rows
+            ]
+            confirmed = await self._publish_all(entries)
+            if confirmed:
+                await connection.execute(_DELETE, confirmed)
+        log.info("outbox_relayed", published=len(confirmed), pending=len(entries) - len(confirmed))
+        return len(confirmed)
+
+    async def prune_deliveries(self) -> int:
+        status = await self.pool.execute(_PRUNE, self.retention_days, PRUNE_CHUNK)
+        return int(status.split()[-1])
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """The relay loop, until `stopping` is set."""
+        last_prune = 0.0
+        loop = asyncio.get_running_loop()
+        while not stopping.is_set():
+            try:
+                if self.link.ready:
+                    while await self.relay_once() == RELAY_BATCH:
+                        pass
+                if loop.time() - last_prune > PRUNE_EVERY:
+                    pruned = await self.prune_deliveries()
+                    last_prune = loop.time()
+                    if pruned:
+                        log.info("deliveries_pruned", count=pruned, older_than_days=self.retention_days)
+            except Exception as exc:
+                if not is_transient(exc):
+                    log.exception("outbox_relay_failed")
+                else:
+                    log.warning("outbox_relay_deferred", error=f"{type(exc).__name__}: {exc}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.interval_seconds)
