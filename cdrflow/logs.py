@@ -17,6 +17,7 @@ import structlog
 _CALLBACK_TOKEN = re.compile(r"(/v1/callbacks/[^/\s?#\"']+/)[^/\s?#\"']+")
 _URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@", re.IGNORECASE)
 REDACTED = "[redacted]"
+_HANDLER_NAME = "cdrflow"
 
 
 class Redactor:
@@ -100,8 +101,11 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
+    handler.set_name(_HANDLER_NAME)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(old)
+    root.addHandler(handler)
     root.setLevel(level.upper())
     # Library chatter below WARNING is not a meaningful event for an operator.
     for noisy in ("aio_pika", "aiormq", "asyncpg", "aiohttp.access", "aiohttp.server"):

@@ -1,0 +1,110 @@
+"""Fixtures: a fresh database per test run, fresh RabbitMQ names per test."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+from collections.abc import AsyncIterator, Iterator
+
+import aio_pika
+import asyncpg
+import pytest
+from aio_pika.abc import AbstractChannel
+
+from cdrflow import logs
+from cdrflow.settings import Settings
+from schemas.sources import Sources
+from tests.support.env import AMQP_URL, POSTGRES_URL, RUN_ID, unique
+from tests.support.sources import load_test_sources
+from workers.migrate import migrate
+
+TABLES = ("call_records", "deliveries", "rejected_callbacks", "outbox")
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    url = f"{POSTGRES_URL}/cdrflow_test_{RUN_ID}"
+    asyncio.run(migrate(url))
+    yield url
+
+    async def drop() -> None:
+        admin = await asyncpg.connect(POSTGRES_URL + "/postgres")
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "cdrflow_test_{RUN_ID}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    asyncio.run(drop())
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the test database, emptied before the test."""
+    connection = await asyncpg.connect(database_url)
+    await connection.execute(f"TRUNCATE {', '.join(TABLES)}")
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+def sources() -> Sources:
+    return load_test_sources()
+
+
+@pytest.fixture
+async def settings(database_url: str) -> AsyncIterator[Settings]:
+    """Settings whose queue and exchange names belong to this test alone."""
+    base = unique("t")
+    settings = Settings(
+        amqp_url=AMQP_URL,
+        database_url=database_url,
+        raw_queue=f"{base}.raw",
+        dead_exchange=f"{base}.dead",
+        dead_queue=f"{base}.dead",
+        records_exchange=f"{base}.records",
+        delivery_limit=5,
+        batch_wait_ms=20,
+        outbox_grace_seconds=1,
+        outbox_interval_seconds=0.3,
+        shutdown_timeout=5,
+        db_retry_max_seconds=1,
+        header_timeout=5,
+        body_timeout=5,
+    )
+    yield settings
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        channel = await connection.channel()
+        for queue in (settings.raw_queue, settings.dead_queue):
+            with contextlib.suppress(Exception):
+                await channel.queue_delete(queue)
+            if channel.is_closed:
+                channel = await connection.channel()
+        for exchange in (settings.dead_exchange, settings.records_exchange):
+            with contextlib.suppress(Exception):
+                await channel.exchange_delete(exchange)
+            if channel.is_closed:
+                channel = await connection.channel()
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+async def channel() -> AsyncIterator[AbstractChannel]:
+    connection = await aio_pika.connect(AMQP_URL)
+    try:
+        yield await connection.channel()
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+def log_output() -> Iterator[io.StringIO]:
+    """Everything logged during the test, as the JSON lines a production process writes."""
+    stream = io.StringIO()
+    logs.configure("debug", "json", stream)
+    yield stream
+    logs.configure("warning", "json", io.StringIO())

@@ -1,0 +1,90 @@
+"""Reading what the code under test left on RabbitMQ."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from cdrflow.settings import Settings
+from schemas.envelope import RawEnvelope, decode_batch
+from schemas.jsoncodec import loads
+
+
+async def take_messages(
+    channel: AbstractChannel, queue: str, *, envelopes: int, timeout: float = 10.0
+) -> list[AbstractIncomingMessage]:
+    """Get (and ack) raw messages until they hold `envelopes` envelopes, or time runs out."""
+    found: list[AbstractIncomingMessage] = []
+    count = 0
+    target = await channel.get_queue(queue, ensure=False)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while count < envelopes and loop.time() < deadline:
+        message = await target.get(fail=False, timeout=5)
+        if message is None:
+            await asyncio.sleep(0.02)
+            continue
+        await message.ack()
+        found.append(message)
+        count += len(decode_batch(message.body))
+    return found
+
+
+async def take_envelopes(
+    channel: AbstractChannel, queue: str, *, count: int, timeout: float = 10.0
+) -> list[RawEnvelope]:
+    messages = await take_messages(channel, queue, envelopes=count, timeout=timeout)
+    return [e for m in messages for e in decode_batch(m.body)]
+
+
+async def queue_depth(channel: AbstractChannel, queue: str) -> int:
+    declared = await channel.declare_queue(queue, passive=True)
+    count = declared.declaration_result.message_count
+    return int(count or 0)
+
+
+class RecordTap:
+    """Every message published on the records exchange while the tap is open."""
+
+    def __init__(self) -> None:
+        self.messages: list[AbstractIncomingMessage] = []
+
+    @property
+    def bodies(self) -> list[dict[str, Any]]:
+        return [loads(m.body) for m in self.messages]
+
+    def of(self, record_id: str) -> list[AbstractIncomingMessage]:
+        return [m for m in self.messages if loads(m.body)["record_id"] == record_id]
+
+    async def wait_for(self, count: int, timeout: float = 15.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(self.messages) < count and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def record_tap(
+    channel: AbstractChannel, settings: Settings, binding: str = "#"
+) -> AsyncIterator[RecordTap]:
+    tap = RecordTap()
+    exchange = await channel.declare_exchange(
+        settings.records_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    queue = await channel.declare_queue("", exclusive=True, auto_delete=True)
+    await queue.bind(exchange, routing_key=binding)
+
+    async def collect(message: AbstractIncomingMessage) -> None:
+        tap.messages.append(message)
+        await message.ack()
+
+    tag = await queue.consume(collect)
+    try:
+        yield tap
+    finally:
+        await queue.cancel(tag)

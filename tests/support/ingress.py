@@ -1,0 +1,63 @@
+"""The ingress app served exactly as `cdrflow ingress` serves it (same runner options:
+aiohttp's TestServer would force handler cancellation on), and a client for it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from cdrflow.settings import Settings
+from ingress.app import create_app
+from ingress.server import runner_options
+from schemas.sources import Sources
+
+
+class IngressClient:
+    def __init__(self, session: aiohttp.ClientSession, app: web.Application, port: int) -> None:
+        self.session = session
+        self.app = app
+        self.host = "127.0.0.1"
+        self.port = port
+        self._responses: list[aiohttp.ClientResponse] = []
+
+    def make_url(self, path: str) -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        response = await self.session.request(method, self.make_url(path), **kwargs)
+        await response.read()  # the body stays readable; the connection is free again
+        self._responses.append(response)
+        return response
+
+    async def post(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        return await self.request("POST", path, **kwargs)
+
+    async def get(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        return await self.request("GET", path, **kwargs)
+
+    def release(self) -> None:
+        for response in self._responses:
+            response.release()
+
+
+@asynccontextmanager
+async def ingress_client(settings: Settings, sources: Sources) -> AsyncIterator[IngressClient]:
+    app = create_app(settings, sources)
+    runner = web.AppRunner(app, **runner_options(settings))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = IngressClient(session, app, port)
+            try:
+                yield client
+            finally:
+                client.release()
+    finally:
+        await runner.cleanup()

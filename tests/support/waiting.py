@@ -1,0 +1,20 @@
+"""Waiting for the pipeline to get somewhere, with a generous upper bound: the tests
+assert on what happened, never on how fast."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float = 20.0, interval: float = 0.05
+) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        if await check():
+            return True
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(interval)
