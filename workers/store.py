@@ -313,7 +313,7 @@ class Store:
     async def _write_retrying(self, batch: Normalized) -> BatchResult:
         retrying = AsyncRetrying(
             retry=retry_if_exception(is_transient),
-            wait=wait_exponential_jitter(initial=0.1, max=self.retry_max_seconds),
+            wait=wait_exponential_jitter(multiplier=0.1, max=self.retry_max_seconds),
             stop=lambda _: self.abandon.is_set(),
             sleep=self._sleep,
             before_sleep=self._log_retry,

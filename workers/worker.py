@@ -50,6 +50,7 @@ class Worker:
         self.sources = sources
         self.providers = providers
         self.stopping = asyncio.Event()
+        self.consuming = asyncio.Event()  # set while subscribed to the raw queue
         self.store: Store | None = None
         self._held: AbstractIncomingMessage | None = None
 
@@ -147,6 +148,7 @@ class Worker:
                 inbox.put_nowait(message)
 
             tag = await queue.consume(take, no_ack=False)
+            self.consuming.set()
             log.info("worker_consuming", queue=settings.raw_queue, prefetch=settings.effective_prefetch)
             while not self.stopping.is_set() and not lost.is_set():
                 messages = await self._collect(inbox, lost)
@@ -163,6 +165,7 @@ class Worker:
                     break
                 await self._handle(messages, publisher)
         finally:
+            self.consuming.clear()
             self._held = None
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(connection.close(), 5)
