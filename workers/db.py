@@ -52,11 +52,17 @@ class BatchDataError(Exception):
 
 
 def is_data_error(exc: BaseException) -> bool:
-    """Class 22 (data exception) and 23 (integrity violation), and asyncpg's own refusal to
-    encode a value: retrying the same rows cannot help."""
+    """Class 22 (data exception) and 23 (integrity violation), and the driver's refusal to
+    encode a value (COPY raises a bare OverflowError, TypeError or ValueError for a value
+    its column cannot take): retrying the same rows cannot help."""
     return isinstance(
         exc,
-        asyncpg.DataError | asyncpg_base.DataError | asyncpg.IntegrityConstraintViolationError,
+        asyncpg.DataError
+        | asyncpg_base.DataError
+        | asyncpg.IntegrityConstraintViolationError
+        | OverflowError
+        | TypeError
+        | ValueError,
     )
 
 

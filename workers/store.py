@@ -91,6 +91,7 @@ INSERT INTO call_records AS c (
 SELECT {", ".join(RECORD_COLUMNS)}, first_received_at, first_received_at, last_received_at,
     deliveries, 1, content_hash, first_received_at, ingest_id, item
 FROM {STAGE_TABLE} WHERE round = $1
+ORDER BY source, external_id  -- one lock order for all workers: no deadlocks between them
 ON CONFLICT (source, external_id) DO UPDATE SET
     delivery_count = c.delivery_count + excluded.delivery_count,
     received_at = least(c.received_at, excluded.received_at),

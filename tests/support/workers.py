@@ -14,8 +14,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel
 
+from cdrflow.amqp import declare
 from cdrflow.settings import PREFIX, Settings
 from schemas.envelope import COUNT_HEADER, FORMAT, FORMAT_HEADER, RawEnvelope, encode_batch, uuid7
 from schemas.providers import default_registry
@@ -102,25 +104,29 @@ class WorkerProcess:
 
 
 async def publish_envelopes(
-    channel: AbstractChannel, queue: str, envelopes: Iterable[RawEnvelope], per_message: int = 10
+    channel: AbstractChannel,
+    settings: Settings,
+    envelopes: Iterable[RawEnvelope],
+    per_message: int = 10,
 ) -> int:
-    """Put envelopes straight on the raw queue, as the ingress would; returns messages sent."""
+    """Put envelopes straight on the raw queue, as the ingress would (declaring the
+    topology first, as the ingress does); returns the number of messages sent."""
     items = list(envelopes)
-    confirming = await channel.connection.channel(publisher_confirms=True)
+    await declare(channel, settings.topology())
     sent = 0
     for start in range(0, len(items), per_message):
         chunk = items[start : start + per_message]
-        await confirming.default_exchange.publish(
+        result = await channel.default_exchange.publish(
             aio_pika.Message(
                 encode_batch([e.encode() for e in chunk]),
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 message_id=str(uuid7()),
                 headers={FORMAT_HEADER: FORMAT, COUNT_HEADER: len(chunk)},
             ),
-            routing_key=queue,
+            routing_key=settings.raw_queue,
         )
+        assert isinstance(result, aiormq.spec.Basic.Ack), result  # confirmed, not returned
         sent += 1
-    await confirming.close()
     return sent
 
 

@@ -1,0 +1,460 @@
+"""Workers on the real RabbitMQ and PostgreSQL: the ledger under redelivery and
+concurrency, faults (database down, crashes, poison), replay, outbox, tail."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import random
+import signal
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import asyncpg
+import pytest
+from aio_pika.abc import AbstractChannel
+
+from cdrflow.settings import Settings
+from schemas.jsoncodec import dumps, loads
+from schemas.providers import Registry, default_registry
+from schemas.providers.nxcloud_call_center_report import NXCloudCallCenterReport
+from schemas.providers.nxcloud_voice_report import NXCloudVoiceReport
+from schemas.record import CallRecord, record_id_for
+from schemas.sources import Source, Sources
+from tests.support.broker import queue_depth, record_tap
+from tests.support.proxy import TcpProxy
+from tests.support.samples import Sample, envelope, record_validator, sample
+from tests.support.waiting import eventually
+from tests.support.workers import WorkerProcess, publish_envelopes, running_worker, stop_all
+from workers.db import create_pool
+from workers.normalize import normalize_envelope
+from workers.outbox import RecordPublisher
+from workers.replay import ReplaySelection, replay
+from workers.store import Store
+from workers.tail import tail
+
+
+async def count(db: asyncpg.Connection, sql: str, *args: Any) -> int:
+    return int(await db.fetchval(sql, *args))
+
+
+async def total_deliveries(db: asyncpg.Connection) -> int:
+    return await count(db, "SELECT coalesce(sum(delivery_count), 0) FROM call_records")
+
+
+# --- the ledger ----------------------------------------------------------------------
+
+
+async def test_versions_of_one_record_in_one_batch_are_stored_in_rounds(
+    settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
+) -> None:
+    t0 = datetime.now(UTC)
+    first = sample("nx-cc", variant=0)
+    changed = sample("nx-cc", first.external_id, variant=1)
+    batch = [envelope(first, t0), envelope(first, t0 + timedelta(seconds=1)), envelope(changed, t0 + timedelta(seconds=2))]
+    async with record_tap(channel, settings) as tap:
+        await publish_envelopes(channel, settings, batch, per_message=3)
+        async with running_worker(settings, sources):
+            await tap.wait_for(2)
+    row = await db.fetchrow("SELECT * FROM call_records")
+    assert (row["delivery_count"], row["revision"]) == (3, 2)
+    assert row["labels"] == ["Intended customers", "High level"]  # the later content
+    assert row["first_seen_at"] == t0
+    assert row["last_seen_at"] == t0 + timedelta(seconds=2)
+    record_id = row["record_id"]
+    assert [m.message_id for m in tap.messages] == [f"{record_id}:1", f"{record_id}:2"]
+    assert [loads(m.body)["delivery_count"] for m in tap.messages] == [2, 3]
+
+
+async def test_a_late_older_version_counts_as_a_delivery_but_does_not_win(
+    settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
+) -> None:
+    t0 = datetime.now(UTC)
+    newer = sample("nx-dr", variant=1)
+    older = sample("nx-dr", newer.external_id, variant=0)
+    async with record_tap(channel, settings) as tap, running_worker(settings, sources):
+        await publish_envelopes(channel, settings, [envelope(newer, t0)])
+        await tap.wait_for(1)
+        await publish_envelopes(channel, settings, [envelope(older, t0 - timedelta(hours=1))])
+        barrier = sample("nx-voice")
+        await publish_envelopes(channel, settings, [envelope(barrier)])
+        await tap.wait_for(2)
+    row = await db.fetchrow("SELECT * FROM call_records WHERE source = 'nx-dr'")
+    assert (row["delivery_count"], row["revision"], row["talk_seconds"]) == (2, 1, 11)
+    assert row["first_seen_at"] == t0 - timedelta(hours=1)
+    assert len(tap.of(str(row["record_id"]))) == 1
+
+
+async def test_a_delivery_seen_before_is_not_counted_again(
+    settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
+) -> None:
+    # The same raw envelope twice: what a redelivery after commit-but-before-ack looks like.
+    item = envelope(sample("hw"))
+    await publish_envelopes(channel, settings, [item])
+    await publish_envelopes(channel, settings, [item])
+    async with running_worker(settings, sources):
+        assert await eventually(lambda: _queue_empty(channel, settings))
+        assert await eventually(lambda: _has_rows(db, 1))
+    row = await db.fetchrow("SELECT * FROM call_records")
+    assert (row["delivery_count"], row["revision"]) == (1, 1)
+    assert await count(db, "SELECT count(*) FROM deliveries") == 1
+
+
+async def _queue_empty(channel: AbstractChannel, settings: Settings) -> bool:
+    return await queue_depth(channel, settings.raw_queue) == 0
+
+
+async def _has_rows(db: asyncpg.Connection, rows: int, table: str = "call_records") -> bool:
+    return await count(db, f"SELECT count(*) FROM {table}") >= rows
+
+
+async def test_a_batch_variant_with_one_bad_report_keeps_the_others(
+    settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
+) -> None:
+    body = dumps([{"voiceId": "b-1", "callDuration": 3}, {"type": 1}, {"voiceId": "b-2"}])
+    item = Sample("nx-voice", "", "POST", body, "application/json")
+    await publish_envelopes(channel, settings, [envelope(item)])
+    async with running_worker(settings, sources):
+        assert await eventually(lambda: _has_rows(db, 1, "rejected_callbacks"))
+        assert await eventually(lambda: _has_rows(db, 2))
+    assert sorted(await db.fetch("SELECT external_id FROM call_records")) == [("b-1",), ("b-2",)]
+    rejected = await db.fetchrow("SELECT * FROM rejected_callbacks")
+    assert (rejected["item"], rejected["reason"]) == (1, "missing_field")
+    assert bytes(rejected["body"]) == body
+
+
+async def test_a_source_unknown_to_the_worker_is_rejected_not_dropped(
+    settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
+) -> None:
+    ghost = dataclasses.replace(envelope(sample("nx-cc")), source="ghost")
+    await publish_envelopes(channel, settings, [ghost])
+    async with running_worker(settings, sources):
+        assert await eventually(lambda: _has_rows(db, 1, "rejected_callbacks"))
+    assert await db.fetchval("SELECT reason FROM rejected_callbacks") == "unknown_source"
+
+
+# --- many workers, crashes ---------------------------------------------------------
+
+
+def duplicate_heavy_traffic(calls: int, seed: int) -> tuple[list[Any], dict[str, int]]:
+    rng = random.Random(seed)
+    sources = ["nx-voice", "nx-cc", "nx-dr", "hw"]
+    envelopes, expected = [], {}
+    start = datetime.now(UTC)
+    for n in range(calls):
+        item = sample(sources[n % 4], f"call-{seed}-{n}")
+        pushes = rng.randint(1, 4)
+        expected[f"{item.source}/{item.external_id}"] = pushes
+        for p in range(pushes):
+            envelopes.append(envelope(item, start + timedelta(milliseconds=n * 10 + p)))
+    rng.shuffle(envelopes)
+    return envelopes, expected
+
+
+async def stored_counts(db: asyncpg.Connection) -> dict[str, int]:
+    rows = await db.fetch("SELECT source, external_id, delivery_count FROM call_records")
+    return {f"{r['source']}/{r['external_id']}": r["delivery_count"] for r in rows}
+
+
+async def test_two_worker_processes_on_duplicate_heavy_traffic(
+    settings: Settings, channel: AbstractChannel, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    envelopes, expected = duplicate_heavy_traffic(calls=240, seed=1)
+    tuned = settings.with_(batch_size=40, batch_wait_ms=5)
+    workers = [WorkerProcess(tuned, tmp_path, f"w{i}").start() for i in range(2)]
+    try:
+        async with record_tap(channel, tuned) as tap:
+            await publish_envelopes(channel, tuned, envelopes, per_message=3)
+
+            async def all_counted() -> bool:
+                return await total_deliveries(db) == len(envelopes)
+
+            assert await eventually(all_counted, timeout=60), [w.logged()[-2000:] for w in workers]
+            await tap.wait_for(len(expected))
+        for worker in workers:
+            worker.signal(signal.SIGTERM)
+            assert await worker.wait() == 0
+    finally:
+        stop_all(workers)
+    assert await stored_counts(db) == expected  # no duplicate rows, none lost, exact counts
+    published = [loads(m.body)["record_id"] for m in tap.messages]
+    assert sorted(published) == sorted({*published}) and len(published) == len(expected)
+    for worker in workers:  # both really took part
+        assert '"batch_stored"' in worker.logged()
+
+
+async def test_a_worker_killed_mid_batch_loses_nothing_and_counts_nothing_twice(
+    settings: Settings, channel: AbstractChannel, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    envelopes, expected = duplicate_heavy_traffic(calls=800, seed=2)
+    tuned = settings.with_(batch_size=50, batch_wait_ms=5)
+    first = WorkerProcess(tuned, tmp_path, "first")
+    second = WorkerProcess(tuned, tmp_path, "second")
+    try:
+        async with record_tap(channel, tuned) as tap:
+            await publish_envelopes(channel, tuned, envelopes, per_message=2)
+            first.start()
+            assert await eventually(lambda: _has_rows(db, 1), timeout=30), first.logged()
+            first.signal(signal.SIGKILL)
+            assert await first.wait() == -signal.SIGKILL
+            stored_at_kill = await total_deliveries(db)
+            second.start()
+
+            async def all_counted() -> bool:
+                return await total_deliveries(db) == len(envelopes)
+
+            assert await eventually(all_counted, timeout=60), second.logged()[-3000:]
+            await tap.wait_for(len(expected), timeout=30)
+    finally:
+        stop_all([first, second])
+    assert 0 < stored_at_kill < len(envelopes)  # the kill did land mid-stream
+    assert await stored_counts(db) == expected  # exactly once, exact ledger
+    published = {loads(m.body)["record_id"] for m in tap.messages}
+    stored = {str(r["record_id"]) for r in await db.fetch("SELECT record_id FROM call_records")}
+    assert published == stored  # every record published at least once
+    for message in tap.messages[:50]:
+        record_validator().validate(loads(message.body))
+
+
+async def test_sigterm_finishes_the_work_in_hand_and_exits_cleanly(
+    settings: Settings, channel: AbstractChannel, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    envelopes, expected = duplicate_heavy_traffic(calls=200, seed=3)
+    worker = WorkerProcess(settings.with_(batch_size=20), tmp_path)
+    try:
+        await publish_envelopes(channel, settings, envelopes, per_message=1)
+        worker.start()
+        assert await eventually(lambda: _has_rows(db, 1), timeout=30)
+        worker.signal(signal.SIGTERM)
+        assert await worker.wait() == 0
+    finally:
+        worker.ensure_dead()
+    assert '"worker_stopped"' in worker.logged()
+    # what it took is stored, what it did not take is still queued: nothing lost
+    stored = await total_deliveries(db)
+    assert 0 < stored < len(envelopes)
+    assert stored + await _envelopes_queued(channel, settings) == len(envelopes)
+    assert set((await stored_counts(db)).keys()) <= set(expected)
+
+
+async def _depth_is(channel: AbstractChannel, settings: Settings, depth: int) -> bool:
+    return await queue_depth(channel, settings.raw_queue) == depth
+
+
+async def _envelopes_queued(channel: AbstractChannel, settings: Settings) -> int:
+    queue = await channel.get_queue(settings.raw_queue, ensure=False)
+    total = 0
+    while (message := await queue.get(fail=False)) is not None:
+        total += len(loads(message.body)["envelopes"])
+        await message.ack()
+    return total
+
+
+# --- faults -----------------------------------------------------------------------
+
+
+async def test_while_the_database_is_down_the_batch_is_held_and_nothing_more_is_taken(
+    settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
+) -> None:
+    proxy = TcpProxy("127.0.0.1", 5432)
+    await proxy.start()
+    via_proxy = settings.with_(
+        database_url=settings.database_url.replace(":5432/", f":{proxy.port}/"),
+        batch_size=10,
+        prefetch=10,
+        batch_wait_ms=5,
+    )
+    items = [envelope(sample("nx-cc")) for _ in range(50)]
+    try:
+        async with running_worker(via_proxy, sources):
+            await proxy.cut()
+            await publish_envelopes(channel, settings, items, per_message=1)
+            # the worker holds one prefetch's worth, unacknowledged; the rest waits queued
+            assert await eventually(lambda: _depth_is(channel, settings, 40))
+            await asyncio.sleep(1.5)  # several retry rounds later, still holding
+            assert await queue_depth(channel, settings.raw_queue) == 40
+            assert await count(db, "SELECT count(*) FROM call_records") == 0
+            await proxy.restore()
+            assert await eventually(lambda: _has_rows(db, 50), timeout=30)
+            assert await eventually(lambda: _queue_empty(channel, settings))
+    finally:
+        await proxy.close()
+    assert await total_deliveries(db) == 50
+
+
+async def test_a_message_that_keeps_crashing_its_consumer_is_parked_in_dead(
+    settings: Settings, channel: AbstractChannel
+) -> None:
+    limited = settings.with_(delivery_limit=2)
+    async with running_worker(limited, {}) as worker:  # declares the topology, then stops
+        worker.stop()
+    await publish_envelopes(channel, limited, [envelope(sample("nx-cc"))])
+    attempts = 0
+    for _ in range(10):  # a consumer that dies holding the message, again and again
+        connection = await aio_pika.connect(limited.amqp_url)
+        consumer = await connection.channel()
+        queue = await consumer.get_queue(limited.raw_queue, ensure=False)
+        message = await queue.get(fail=False)
+        await connection.close()  # no ack: the broker takes it back
+        if message is None:
+            break
+        attempts += 1
+    assert attempts == limited.delivery_limit + 1
+    assert await queue_depth(channel, limited.raw_queue) == 0
+    dead = await (await channel.get_queue(limited.dead_queue, ensure=False)).get(fail=False)
+    assert dead is not None
+    assert loads(dead.body)["format"] == "cdrflow.raw/1"
+    await dead.ack()
+
+
+async def test_a_message_that_is_not_an_envelope_batch_is_parked_at_once(
+    settings: Settings, sources: Sources, channel: AbstractChannel
+) -> None:
+    async with running_worker(settings, sources):
+        await channel.default_exchange.publish(
+            aio_pika.Message(b"this is not json", message_id="junk-1"), routing_key=settings.raw_queue
+        )
+        dead_queue = await channel.get_queue(settings.dead_queue, ensure=False)
+
+        async def parked() -> bool:
+            return await queue_depth(channel, settings.dead_queue) == 1
+
+        assert await eventually(parked)
+    dead = await dead_queue.get(fail=False)
+    assert dead is not None and dead.body == b"this is not json"
+    await dead.ack()
+
+
+class PoisonousVoiceReport(NXCloudVoiceReport):
+    """Makes records the database must refuse (an integer beyond its column)."""
+
+    def normalize(self, payload: Mapping[str, Any], source: Source) -> CallRecord:
+        record = super().normalize(payload, source)
+        if record.external_id.startswith("poison"):
+            return dataclasses.replace(record, talk_seconds=2**40)
+        return record
+
+
+async def test_a_record_the_database_refuses_is_isolated_and_the_rest_stored(
+    settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
+) -> None:
+    registry = Registry([PoisonousVoiceReport(), *(p for n, p in default_registry().items() if n != "nxcloud.voice_report")])
+    items = [envelope(sample("nx-voice", f"fine-{n}")) for n in range(7)]
+    items.insert(3, envelope(sample("nx-voice", "poison-1")))
+    await publish_envelopes(channel, settings, items, per_message=8)
+    async with running_worker(settings, sources, registry):
+        assert await eventually(lambda: _has_rows(db, 1, "rejected_callbacks"))
+        assert await eventually(lambda: _has_rows(db, 7))
+    assert await count(db, "SELECT count(*) FROM call_records") == 7
+    rejected = await db.fetchrow("SELECT * FROM rejected_callbacks")
+    assert rejected["reason"] == "store_error"
+    assert b"poison-1" in bytes(rejected["body"])
+
+
+# --- replay ---------------------------------------------------------------------
+
+
+class BuggyCallCenterReport(NXCloudCallCenterReport):
+    def normalize(self, payload: Mapping[str, Any], source: Source) -> CallRecord:
+        raise RuntimeError("a bug in the adapter")
+
+
+async def test_replay_after_a_fix_turns_a_rejected_callback_into_a_record(
+    settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
+) -> None:
+    buggy = Registry([BuggyCallCenterReport(), *(p for n, p in default_registry().items() if n != "nxcloud.call_center_report")])
+    item = sample("nx-cc")
+    other = sample("hw")
+    await publish_envelopes(channel, settings, [envelope(item), envelope(other)])
+    async with running_worker(settings, sources, buggy):
+        assert await eventually(lambda: _has_rows(db, 1, "rejected_callbacks"))
+        assert await eventually(lambda: _has_rows(db, 1))
+    rejected = await db.fetchrow("SELECT * FROM rejected_callbacks")
+    assert rejected["reason"] == "internal_error"
+    assert "a bug in the adapter" in rejected["message"]
+
+    assert await replay(settings, ReplaySelection(reason="internal_error"), dry_run=True) == 1
+    async with record_tap(channel, settings) as tap, running_worker(settings, sources):
+        assert await replay(settings, ReplaySelection(source="nx-cc")) == 1
+        await tap.wait_for(1)
+    row = await db.fetchrow("SELECT * FROM call_records WHERE source = 'nx-cc'")
+    assert row is not None
+    assert row["record_id"] == record_id_for("nx-cc", item.external_id)
+    assert row["received_at"] == rejected["received_at"]  # the original delivery time
+    assert row["delivery_count"] == 1
+    after = await db.fetchrow("SELECT * FROM rejected_callbacks")
+    assert after["replayed_at"] is not None and after["replay_count"] == 1
+    assert after["resolved_at"] is not None and after["record_id"] == row["record_id"]
+    assert await replay(settings, ReplaySelection()) == 0  # nothing left open
+    assert [m.message_id for m in tap.messages] == [f"{row['record_id']}:1"]
+
+
+async def test_replaying_a_batch_request_does_not_count_its_stored_reports_again(
+    settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
+) -> None:
+    body = dumps([{"voiceId": "r-1"}, {"voiceId": ""}, {"voiceId": "r-2"}])
+    await publish_envelopes(channel, settings, [envelope(Sample("nx-voice", "", "POST", body))])
+    async with running_worker(settings, sources):
+        assert await eventually(lambda: _has_rows(db, 2))
+        assert await eventually(lambda: _has_rows(db, 1, "rejected_callbacks"))
+        assert await replay(settings, ReplaySelection(source="nx-voice")) == 1
+
+        async def replayed() -> bool:  # the replay failed again: the row records it
+            return bool(await db.fetchval("SELECT last_failed_at > rejected_at FROM rejected_callbacks"))
+
+        assert await eventually(replayed)
+    assert await total_deliveries(db) == 2  # r-1 and r-2 once each, not twice
+    still_open = await db.fetchrow("SELECT * FROM rejected_callbacks")
+    assert still_open["resolved_at"] is None and still_open["replay_count"] == 1
+
+
+# --- outbox and tail ------------------------------------------------------------
+
+
+async def test_records_committed_but_never_published_are_relayed(
+    settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
+) -> None:
+    from cdrflow.amqp import BrokerLink
+
+    pool = await create_pool(settings.database_url, 2)
+    link = BrokerLink(settings.amqp_url, settings.topology(), name="test-relay")
+    try:
+        batch = normalize_envelope(envelope(sample("nx-voice")), sources, default_registry())
+        result = await Store(pool, retry_max_seconds=1).write(batch)  # committed, not published
+        assert len(result.published) == 1
+        assert await count(db, "SELECT count(*) FROM outbox") == 1
+        await link.start()
+        publisher = RecordPublisher(
+            link, pool, exchange=settings.records_exchange, confirm_timeout=5,
+            grace_seconds=0, interval_seconds=1, retention_days=35,
+        )
+        async with record_tap(channel, settings) as tap:
+            assert await publisher.relay_once() == 1
+            await tap.wait_for(1)
+        assert [m.message_id for m in tap.messages] == [result.published[0].message_id]
+        assert await count(db, "SELECT count(*) FROM outbox") == 0
+    finally:
+        await link.close()
+        await pool.close()
+
+
+async def test_tail_prints_each_record_as_one_json_line(
+    settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
+) -> None:
+    out = io.StringIO()
+    stopping, ready = asyncio.Event(), asyncio.Event()
+    async with running_worker(settings, sources):
+        printer = asyncio.create_task(tail(settings, "*.nxcloud.#", out, stopping, count=1, ready=ready))
+        await asyncio.wait_for(ready.wait(), 10)
+        item = sample("nx-dr")
+        await publish_envelopes(channel, settings, [envelope(sample("hw")), envelope(item)])
+        assert await asyncio.wait_for(printer, 20) == 1
+    (line,) = out.getvalue().splitlines()
+    record = loads(line)
+    assert record["external_id"] == item.external_id
+    assert record["provider"] == "nxcloud"
+    record_validator().validate(record)
