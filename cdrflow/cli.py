@@ -139,7 +139,10 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     sources = _sources(settings)
     for name, source in sources.items():
-        print(f"{name}: {source.provider} tenant={source.tenant} timezone={source.timezone_name} signing={source.signing}")
+        print(
+            f"{name}: {source.provider} tenant={source.tenant}"
+            f" timezone={source.timezone_name} signing={source.signing}"
+        )
     return 0
 
 

@@ -45,7 +45,9 @@ def corrupt(callback: SimulatedCallback, rng: random.Random) -> SimulatedCallbac
         body = callback.body[: max(1, len(callback.body) // 2)]
     else:
         body = b"\xff\xfe<garbage>" + bytes(rng.randrange(256) for _ in range(16))
-    return SimulatedCallback(callback.method if callback.body else "POST", body, callback.content_type)
+    return SimulatedCallback(
+        callback.method if callback.body else "POST", body, callback.content_type
+    )
 
 
 async def simulate(

@@ -102,9 +102,17 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
     def finish(outcome: Outcome, **fields: object) -> web.Response:
         ingress.metrics.requests.labels(source.name, outcome.value).inc()
         if outcome is not Outcome.ACCEPTED:
-            log.info("callback_refused", source=source.name, outcome=outcome.value, client=client, **fields)
+            log.info(
+                "callback_refused",
+                source=source.name,
+                outcome=outcome.value,
+                client=client,
+                **fields,
+            )
         answer = provider.answer(outcome)
-        response = web.Response(status=answer.status, body=answer.body, content_type=answer.content_type)
+        response = web.Response(
+            status=answer.status, body=answer.body, content_type=answer.content_type
+        )
         if outcome is Outcome.METHOD_NOT_ALLOWED:
             response.headers["Allow"] = ", ".join(sorted(provider.methods))
         return response
@@ -114,7 +122,9 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
     if request.method not in provider.methods:
         return finish(Outcome.METHOD_NOT_ALLOWED, method=request.method)
     try:
-        body = await read_body(request, ingress.settings.max_body_bytes, ingress.settings.body_timeout)
+        body = await read_body(
+            request, ingress.settings.max_body_bytes, ingress.settings.body_timeout
+        )
     except TooLarge:
         return _close_after(finish(Outcome.TOO_LARGE))
     except TimeoutError:
@@ -131,7 +141,9 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
         await ingress.publisher.make_durable(envelope.encode())
     except NotDurable as exc:
         return finish(Outcome.UNAVAILABLE, reason=str(exc), ingest_id=envelope.ingest_id)
-    log.debug("callback_accepted", source=source.name, ingest_id=envelope.ingest_id, bytes=len(body))
+    log.debug(
+        "callback_accepted", source=source.name, ingest_id=envelope.ingest_id, bytes=len(body)
+    )
     return finish(Outcome.ACCEPTED)
 
 

@@ -32,7 +32,9 @@ class NotDurable(Exception):
 class _Batch:
     parts: list[bytes] = field(default_factory=list)
     size: int = 0
-    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
     timer: asyncio.TimerHandle | None = None
 
 
@@ -106,7 +108,9 @@ class CoalescingPublisher:
         )
         started = time.perf_counter()
         try:
-            await self.link.publish(message, self.queue, mandatory=True, timeout=self.confirm_timeout)
+            await self.link.publish(
+                message, self.queue, mandatory=True, timeout=self.confirm_timeout
+            )
         except Exception as exc:
             reason = type(exc).__name__
             self.metrics.publish_failures.labels(reason).inc()

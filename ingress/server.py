@@ -35,5 +35,7 @@ def runner_options(settings: Settings) -> dict[str, Any]:
 def serve(settings: Settings, sources: Sources, host: str, port: int) -> None:
     app = create_app(settings, sources)
     log.info("ingress_starting", host=host, port=port, sources=sorted(sources))
-    web.run_app(app, host=host, port=port, print=None, handle_signals=True, **runner_options(settings))
+    web.run_app(
+        app, host=host, port=port, print=None, handle_signals=True, **runner_options(settings)
+    )
     log.info("ingress_stopped")

@@ -169,7 +169,9 @@ def _parse_time(text: str) -> datetime:
 
 def encode_batch(encoded_envelopes: list[bytes]) -> bytes:
     """Join envelopes already rendered by `RawEnvelope.encode` into one message body."""
-    return b'{"format":"' + FORMAT.encode() + b'","envelopes":[' + b",".join(encoded_envelopes) + b"]}"
+    return (
+        b'{"format":"' + FORMAT.encode() + b'","envelopes":[' + b",".join(encoded_envelopes) + b"]}"
+    )
 
 
 def decode_batch(body: bytes) -> list[RawEnvelope]:

@@ -48,7 +48,7 @@ class SourcesError(ValueError):
 
 
 def parse_zone(text: str) -> tzinfo:
-    """"+08:00", "-0530", "UTC", "Z" or an IANA name such as "Asia/Shanghai"."""
+    """ "+08:00", "-0530", "UTC", "Z" or an IANA name such as "Asia/Shanghai"."""
     if text in ("UTC", "Z", "utc"):
         return UTC
     offset = _OFFSET.fullmatch(text)
@@ -157,7 +157,7 @@ def _parse_source(
     unknown = sorted(set(entry) - _KEYS)
     if unknown:
         raise fail(unknown[0], "unknown key")
-    provider_name = _string(entry, "provider", fail, required=True)
+    provider_name = _string(entry, "provider", fail, required=True) or ""
     if provider_name not in providers:
         known = ", ".join(sorted(providers))
         raise fail("provider", f"unknown provider {provider_name!r} (known: {known})")
@@ -187,7 +187,7 @@ def _parse_source(
     if signing != "none":
         secret = _secret(entry, "secret", environ, fail, resolve_secrets, required=True)
     elif "secret" in entry or "secret_env" in entry:
-        raise fail("secret", "set, but signing is \"none\"")
+        raise fail("secret", 'set, but signing is "none"')
 
     skew = entry.get("max_skew_seconds", 300)
     if not isinstance(skew, int) or isinstance(skew, bool) or skew <= 0:

@@ -27,7 +27,7 @@ SELECT 0::integer AS round, 0::integer AS deliveries,
        content_ingest_id AS ingest_id, content_item AS item, content_hash,
        {", ".join(RECORD_COLUMNS)}
 FROM call_records WITH NO DATA
-"""
+"""  # noqa: S608 (identifiers are constants)
 
 
 async def _prepare_connection(connection: asyncpg.Connection) -> None:
@@ -71,6 +71,4 @@ def is_transient(exc: BaseException) -> bool:
     hold the batch and try again."""
     if is_data_error(exc):
         return False
-    return isinstance(
-        exc, OSError | TimeoutError | asyncpg.PostgresError | asyncpg.InterfaceError
-    )
+    return isinstance(exc, OSError | TimeoutError | asyncpg.PostgresError | asyncpg.InterfaceError)

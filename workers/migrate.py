@@ -70,7 +70,9 @@ async def schema_version(connection: asyncpg.Connection) -> int:
     exists = await connection.fetchval("SELECT to_regclass('cdrflow_migrations') IS NOT NULL")
     if not exists:
         return 0
-    return int(await connection.fetchval("SELECT coalesce(max(version), 0) FROM cdrflow_migrations"))
+    return int(
+        await connection.fetchval("SELECT coalesce(max(version), 0) FROM cdrflow_migrations")
+    )
 
 
 async def migrate(url: str) -> list[int]:
@@ -85,7 +87,10 @@ async def migrate(url: str) -> list[int]:
             " version integer PRIMARY KEY, name text NOT NULL,"
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        done = {row["version"] for row in await connection.fetch("SELECT version FROM cdrflow_migrations")}
+        done = {
+            row["version"]
+            for row in await connection.fetch("SELECT version FROM cdrflow_migrations")
+        }
         for step in available():
             if step.version in done:
                 continue

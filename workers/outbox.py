@@ -125,7 +125,9 @@ class RecordPublisher:
             if not rows:
                 return 0
             entries = [
-                OutboxEntry(r["outbox_id"], r["record_id"], r["revision"], r["routing_key"], r["body"])
+                OutboxEntry(
+                    r["outbox_id"], r["record_id"], r["revision"], r["routing_key"], r["body"]
+                )
                 for r in rows
             ]
             confirmed = await self._publish_all(entries)
@@ -151,7 +153,9 @@ class RecordPublisher:
                     pruned = await self.prune_deliveries()
                     last_prune = loop.time()
                     if pruned:
-                        log.info("deliveries_pruned", count=pruned, older_than_days=self.retention_days)
+                        log.info(
+                            "deliveries_pruned", count=pruned, older_than_days=self.retention_days
+                        )
             except Exception as exc:
                 if not is_transient(exc):
                     log.exception("outbox_relay_failed")

@@ -77,7 +77,9 @@ def envelope_of(row: Any) -> RawEnvelope:
     )
 
 
-async def select_requests(connection: asyncpg.Connection, selection: ReplaySelection) -> list[RawEnvelope]:
+async def select_requests(
+    connection: asyncpg.Connection, selection: ReplaySelection
+) -> list[RawEnvelope]:
     rows = await connection.fetch(
         _SELECT,
         selection.source,
@@ -110,11 +112,15 @@ async def replay(settings: Settings, selection: ReplaySelection, *, dry_run: boo
                     content_type="application/json",
                     headers={FORMAT_HEADER: FORMAT, COUNT_HEADER: len(chunk)},
                 )
-                await link.publish(message, settings.raw_queue, mandatory=True, timeout=settings.confirm_timeout)
+                await link.publish(
+                    message, settings.raw_queue, mandatory=True, timeout=settings.confirm_timeout
+                )
                 await connection.execute(_MARK, [uuid.UUID(e.ingest_id) for e in chunk])
         finally:
             await link.close()
     finally:
         await connection.close()
-    log.info("replay_sent", requests=len(envelopes), source=selection.source, reason=selection.reason)
+    log.info(
+        "replay_sent", requests=len(envelopes), source=selection.source, reason=selection.reason
+    )
     return len(envelopes)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from cdrflow.logs import get_logger
@@ -49,6 +50,8 @@ from workers.normalize import (
 )
 
 log = get_logger("cdrflow.worker.store")
+
+Connection = asyncpg.Connection | PoolConnectionProxy
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +86,13 @@ _NEWER = (
     "(c.content_hash <> excluded.content_hash"
     " AND excluded.content_received_at >= c.content_received_at)"
 )
-_REPLACED = (*CONTENT_COLUMNS, "content_hash", "content_received_at", "content_ingest_id", "content_item")
+_REPLACED = (
+    *CONTENT_COLUMNS,
+    "content_hash",
+    "content_received_at",
+    "content_ingest_id",
+    "content_item",
+)
 _UPSERT = f"""
 INSERT INTO call_records AS c (
     {", ".join(RECORD_COLUMNS)}, received_at, first_seen_at, last_seen_at, delivery_count,
@@ -99,10 +108,10 @@ ON CONFLICT (source, external_id) DO UPDATE SET
     last_seen_at = greatest(c.last_seen_at, excluded.last_seen_at),
     revision = c.revision + CASE WHEN {_NEWER} THEN 1 ELSE 0 END,
     updated_at = CASE WHEN {_NEWER} THEN now() ELSE c.updated_at END,
-    {", ".join(f"{col} = CASE WHEN {_NEWER} THEN excluded.{col} ELSE c.{col} END" for col in _REPLACED)}
+    {", ".join(f"{c} = CASE WHEN {_NEWER} THEN excluded.{c} ELSE c.{c} END" for c in _REPLACED)}
 RETURNING record_id, revision, delivery_count, received_at, stored_at, first_seen_at,
     last_seen_at, content_ingest_id, content_item
-"""
+"""  # noqa: S608 (identifiers are constants; values are parameters)
 
 _OUTBOX = """
 INSERT INTO outbox (record_id, revision, routing_key, body)
@@ -126,7 +135,7 @@ WHERE r.ingest_id = u.ingest_id AND r.item = u.item AND r.resolved_at IS NULL
 """
 
 
-async def write_batch(connection: asyncpg.Connection, batch: Normalized) -> BatchResult:
+async def write_batch(connection: Connection, batch: Normalized) -> BatchResult:
     """Store one batch in one transaction. Raises what the database raises."""
     async with connection.transaction():
         fresh = await _claim(connection, batch.deliveries)
@@ -141,7 +150,7 @@ async def write_batch(connection: asyncpg.Connection, batch: Normalized) -> Batc
     return BatchResult(published, len(fresh), len(versions), len(rejections))
 
 
-async def _claim(connection: asyncpg.Connection, deliveries: list[Delivery]) -> list[Delivery]:
+async def _claim(connection: Connection, deliveries: list[Delivery]) -> list[Delivery]:
     unique: dict[tuple[uuid.UUID, int], Delivery] = {}
     for delivery in deliveries:
         unique.setdefault((delivery.ingest_id, delivery.item), delivery)
@@ -184,7 +193,7 @@ def _plain(value: Any) -> Any:
     return str(value) if isinstance(value, str) else value
 
 
-async def _upsert(connection: asyncpg.Connection, versions: list[Version]) -> list[OutboxEntry]:
+async def _upsert(connection: Connection, versions: list[Version]) -> list[OutboxEntry]:
     await connection.copy_records_to_table(
         STAGE_TABLE, records=[_stage_row(v) for v in versions], columns=STAGE_COLUMNS
     )
@@ -218,7 +227,7 @@ async def _upsert(connection: asyncpg.Connection, versions: list[Version]) -> li
     return published
 
 
-async def _add_to_outbox(connection: asyncpg.Connection, entries: list[OutboxEntry]) -> None:
+async def _add_to_outbox(connection: Connection, entries: list[OutboxEntry]) -> None:
     rows = await connection.fetch(
         _OUTBOX,
         [e.record_id for e in entries],
@@ -260,9 +269,11 @@ def _rejection_columns(rejections: list[Rejection]) -> list[list[Any]]:
 
 
 async def _resolve_replays(
-    connection: asyncpg.Connection, fresh: list[Delivery], batch: Normalized
+    connection: Connection, fresh: list[Delivery], batch: Normalized
 ) -> None:
-    resolved = [(d.ingest_id, d.item, d.record.record_id) for d in fresh if d.envelope.replay]
+    resolved: list[tuple[uuid.UUID, int, uuid.UUID | None]] = [
+        (d.ingest_id, d.item, d.record.record_id) for d in fresh if d.envelope.replay
+    ]
     failed_whole = {r.envelope.ingest_id for r in batch.rejections if r.item == WHOLE_REQUEST}
     replayed = {d.envelope.ingest_id for d in batch.deliveries if d.envelope.replay}
     resolved += [(uuid.UUID(i), WHOLE_REQUEST, None) for i in replayed - failed_whole]
@@ -299,7 +310,10 @@ class Store:
                 error=str(error.__cause__),
             )
             refused = Rejection(
-                unit.envelope, unit.item, Reason.STORE_ERROR, f"database refused the record: {error.__cause__}"
+                unit.envelope,
+                unit.item,
+                Reason.STORE_ERROR,
+                f"database refused the record: {error.__cause__}",
             )
             return await self.write(Normalized(rejections=[refused]))
         half = len(units) // 2
@@ -346,7 +360,9 @@ class Store:
             attempt=state.attempt_number,
             retry_in=round(state.upcoming_sleep, 2),
             error=f"{type(error).__name__}: {error}",
-            hint="run `cdrflow migrate`" if isinstance(error, asyncpg.UndefinedTableError) else None,
+            hint="run `cdrflow migrate`"
+            if isinstance(error, asyncpg.UndefinedTableError)
+            else None,
         )
 
 

@@ -64,7 +64,9 @@ class Worker:
         if pool is None:
             return
         self.store = Store(pool, retry_max_seconds=self.settings.db_retry_max_seconds)
-        link = BrokerLink(self.settings.amqp_url, self.settings.topology(), name="cdrflow-worker-records")
+        link = BrokerLink(
+            self.settings.amqp_url, self.settings.topology(), name="cdrflow-worker-records"
+        )
         await link.start()
         publisher = RecordPublisher(
             link,
@@ -106,9 +108,16 @@ class Worker:
                     await connection.close()
                 if version >= LATEST:
                     return await create_pool(url, self.settings.db_pool_size)
-                log.error("database_schema_outdated", version=version, needed=LATEST, hint="run `cdrflow migrate`")
+                log.error(
+                    "database_schema_outdated",
+                    version=version,
+                    needed=LATEST,
+                    hint="run `cdrflow migrate`",
+                )
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("database_unavailable", error=f"{type(exc).__name__}: {exc}", retry_in=delay)
+                log.warning(
+                    "database_unavailable", error=f"{type(exc).__name__}: {exc}", retry_in=delay
+                )
             await self._pause(delay)
             delay = min(delay * 2, 30.0)
         return None
@@ -126,7 +135,9 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("consumer_interrupted", error=f"{type(exc).__name__}: {exc}", retry_in=delay)
+                log.warning(
+                    "consumer_interrupted", error=f"{type(exc).__name__}: {exc}", retry_in=delay
+                )
             if not self.stopping.is_set():
                 await self._pause(delay)
                 delay = min(delay * 2, 10.0)
@@ -149,7 +160,9 @@ class Worker:
 
             tag = await queue.consume(take, no_ack=False)
             self.consuming.set()
-            log.info("worker_consuming", queue=settings.raw_queue, prefetch=settings.effective_prefetch)
+            log.info(
+                "worker_consuming", queue=settings.raw_queue, prefetch=settings.effective_prefetch
+            )
             while not self.stopping.is_set() and not lost.is_set():
                 messages = await self._collect(inbox, lost)
                 if messages:
@@ -208,7 +221,9 @@ class Worker:
             envelopes += _envelope_count(message)
         return messages
 
-    async def _handle(self, messages: list[AbstractIncomingMessage], publisher: RecordPublisher) -> None:
+    async def _handle(
+        self, messages: list[AbstractIncomingMessage], publisher: RecordPublisher
+    ) -> None:
         assert self.store is not None
         started = time.perf_counter()
         batch = Normalized()

@@ -193,7 +193,9 @@ def _render(value: Any) -> str:
     return str(value)
 
 
-def signing_strings(params: Mapping[str, Any], timestamp: str, nonce: str, secret: str) -> list[str]:
+def signing_strings(
+    params: Mapping[str, Any], timestamp: str, nonce: str, secret: str
+) -> list[str]:
     """Both readings of the documented rendering: with and without the TreeMap braces."""
     pairs = ",".join(
         f"{key}={_render(params[key])}" for key in sorted(params) if key not in SIGNATURE_FIELDS
@@ -237,7 +239,12 @@ def sign(
     timestamp = str(int(now.timestamp() * 1000))
     nonce = str(rng.randrange(-(2**63), 2**63))
     text = signing_strings(fields, timestamp, nonce, secret)[0]
-    return {**fields, "timestamp": timestamp, "nonce": nonce, "signature": signature_of(text, mode, secret)}
+    return {
+        **fields,
+        "timestamp": timestamp,
+        "nonce": nonce,
+        "signature": signature_of(text, mode, secret),
+    }
 
 
 def sample_event(rng: random.Random, local_now: datetime) -> dict[str, Any]:

@@ -37,7 +37,9 @@ from schemas.sources import Source
 _ANSWER = text_answers(success="success", failure="error")
 TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S")
 _CALL_TYPES = {0: CallType.GROUP_CALL, 1: CallType.NOTIFICATION}
-_CONNECTED = frozenset({"successful connection", "success", "connected", "成功接通", "接通", "成功"})
+_CONNECTED = frozenset(
+    {"successful connection", "success", "connected", "成功接通", "接通", "成功"}
+)
 _NOT_CONNECTED = frozenset({"unsuccessful connection", "failed", "failure", "未接通", "失败"})
 # FreeSWITCH hangup causes (and their Q.850 numbers) that say why a call did not connect.
 _CAUSE_STATUS = {
@@ -54,7 +56,9 @@ _CAUSE_STATUS = {
     "487": Status.CANCELLED,
 }
 # Causes that say nothing about failure (a normal end).
-_NEUTRAL_CAUSES = frozenset({"NORMAL_CLEARING", "16", "NORMAL_UNSPECIFIED", "31", "SUCCESS", "NONE"})
+_NEUTRAL_CAUSES = frozenset(
+    {"NORMAL_CLEARING", "16", "NORMAL_UNSPECIFIED", "31", "SUCCESS", "NONE"}
+)
 _DISPOSITION = {
     "send_bye": (HangupBy.CALLER, None),
     "recv_bye": (HangupBy.CALLEE, None),
@@ -182,7 +186,7 @@ def sample_receipt(rng: random.Random, local_now: datetime) -> dict[str, str]:
         )
     )
     result = rng.choice(["Successful connection", "成功接通"]) if connected else "未接通"
-    fields = {
+    return {
         "phone": f"86150{rng.randrange(10**8):08d}",
         "countryCode": "86",
         "duration": str(talk),
@@ -201,7 +205,6 @@ def sample_receipt(rng: random.Random, local_now: datetime) -> dict[str, str]:
         "ivr_result": rng.choice(["", "-1", "1"]),
         "ext": f"campaign-{rng.randrange(100)}",
     }
-    return fields
 
 
 PROVIDER = NXCloudVoiceDR()

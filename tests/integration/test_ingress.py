@@ -14,15 +14,14 @@ from urllib.parse import urlencode
 import aiohttp
 import pytest
 from aio_pika.abc import AbstractChannel
-from tests.support.ingress import IngressClient
 
 from cdrflow.settings import Settings
 from schemas.envelope import decode_batch
 from schemas.jsoncodec import dumps, loads
 from schemas.providers.huawei_aicc_release import render_map, sign
 from schemas.sources import Sources
-from tests.support.ingress import ingress_client
 from tests.support.broker import queue_depth, take_envelopes, take_messages
+from tests.support.ingress import IngressClient, ingress_client
 from tests.support.proxy import TcpProxy
 from tests.support.sources import SECRETS, TOKENS, callback_path
 
@@ -71,13 +70,37 @@ def signed_body(source: str, now: datetime | None = None) -> bytes:
 
 CASES = [
     ("nx-voice", "POST", b'{"voiceId":"v1","type":1,"rate":"0.023625"}', "application/json", ""),
-    ("nx-voice", "POST", b'[{"voiceId":"v1"},{"voiceId":"v2","intent":"yes"}]', "application/json", ""),
+    (
+        "nx-voice",
+        "POST",
+        b'[{"voiceId":"v1"},{"voiceId":"v2","intent":"yes"}]',
+        "application/json",
+        "",
+    ),
     ("nx-cc", "POST", dumps(CC_REPORT), "application/json;charset=UTF-8", ""),
-    ("nx-dr", "POST", urlencode({"messageid": "m1", "result": "成功接通"}).encode(), "application/x-www-form-urlencoded", ""),
-    ("nx-dr", "GET", b"", "", urlencode({"messageid": "m2", "start_time": "2020-12-01 00:00:00"}, safe=":")),
+    (
+        "nx-dr",
+        "POST",
+        urlencode({"messageid": "m1", "result": "成功接通"}).encode(),
+        "application/x-www-form-urlencoded",
+        "",
+    ),
+    (
+        "nx-dr",
+        "GET",
+        b"",
+        "",
+        urlencode({"messageid": "m2", "start_time": "2020-12-01 00:00:00"}, safe=":"),
+    ),
     ("nx-dr", "POST", b"", "", "messageid=m3&result=Unsuccessful+connection"),
     ("hw", "POST", dumps(HUAWEI_EVENT), "application/json", ""),
-    ("hw", "POST", urlencode({"callSerialNo": "1", "talkDuration": "0"}).encode(), "application/x-www-form-urlencoded", ""),
+    (
+        "hw",
+        "POST",
+        urlencode({"callSerialNo": "1", "talkDuration": "0"}).encode(),
+        "application/x-www-form-urlencoded",
+        "",
+    ),
     ("hw", "POST", render_map(HUAWEI_EVENT).encode(), "", ""),
     ("nx-voice", "POST", bytes(range(256)) * 3, "application/octet-stream", ""),  # binary-safe
 ]
@@ -111,7 +134,10 @@ async def test_every_body_kind_is_accepted_and_kept_byte_for_byte(
         assert envelope.content_type == content_type
     assert envelope.path == f"/v1/callbacks/{source}"
     assert envelope.source == source
-    assert (envelope.tenant, envelope.provider) == (sources[source].tenant, sources[source].provider)
+    assert (envelope.tenant, envelope.provider) == (
+        sources[source].tenant,
+        sources[source].provider,
+    )
     assert before <= envelope.received_at <= datetime.now(UTC)
     assert envelope.received_at.tzinfo is UTC
     assert uuid.UUID(envelope.ingest_id).version == 7
@@ -132,7 +158,11 @@ async def test_envelope_carries_source_tenant_provider_client_and_kept_headers(
     )
     assert response.status == 200
     (envelope,) = await take_envelopes(channel, settings.raw_queue, count=1)
-    assert (envelope.source, envelope.tenant, envelope.provider) == ("nx-dr", "globex", "nxcloud.voice_dr")
+    assert (envelope.source, envelope.tenant, envelope.provider) == (
+        "nx-dr",
+        "globex",
+        "nxcloud.voice_dr",
+    )
     assert envelope.client == "127.0.0.1"
     assert envelope.headers["user-agent"] == "nxcloud-pusher/1.0"
     assert "authorization" not in envelope.headers
@@ -183,10 +213,14 @@ async def test_trusted_proxy_forwarded_address_is_checked_against_allow_cidrs(
     behind_proxy = settings.with_(trusted_proxies=(ipaddress.ip_network("127.0.0.0/8"),))
     async with ingress_client(behind_proxy, sources) as client:
         inside = await client.post(
-            callback_path("fenced"), data=b'{"voiceId":"1"}', headers={"X-Forwarded-For": "203.0.113.9"}
+            callback_path("fenced"),
+            data=b'{"voiceId":"1"}',
+            headers={"X-Forwarded-For": "203.0.113.9"},
         )
         outside = await client.post(
-            callback_path("fenced"), data=b'{"voiceId":"1"}', headers={"X-Forwarded-For": "198.51.100.1"}
+            callback_path("fenced"),
+            data=b'{"voiceId":"1"}',
+            headers={"X-Forwarded-For": "198.51.100.1"},
         )
     assert (inside.status, outside.status) == (200, 403)
     (envelope,) = await take_envelopes(channel, settings.raw_queue, count=1)
@@ -212,7 +246,9 @@ async def test_bad_signature_gets_401_with_a_failing_retcode(
 
 
 @pytest.mark.parametrize("skew", [timedelta(minutes=-10), timedelta(minutes=10)])
-async def test_timestamp_outside_the_allowed_skew_gets_401(client: IngressClient, skew: timedelta) -> None:
+async def test_timestamp_outside_the_allowed_skew_gets_401(
+    client: IngressClient, skew: timedelta
+) -> None:
     response = await client.post(
         callback_path("hw-hmac"), data=signed_body("hw-hmac", datetime.now(UTC) + skew)
     )
@@ -268,7 +304,9 @@ async def test_broker_gone_gives_503_and_readiness_follows_the_broker(
 ) -> None:
     proxy = TcpProxy("127.0.0.1", 5672)
     await proxy.start()
-    via_proxy = settings.with_(amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/", confirm_timeout=2)
+    via_proxy = settings.with_(
+        amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/", confirm_timeout=2
+    )
     try:
         async with ingress_client(via_proxy, sources) as client:
             assert (await client.get("/readyz")).status == 200
@@ -306,7 +344,9 @@ async def test_a_thousand_concurrent_requests_are_all_confirmed_and_queued_once(
 
         async def push(n: int) -> int:
             body = dumps({**CC_REPORT, "callSessionId": f"s{n}"})
-            async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+            async with session.post(
+                url, data=body, headers={"Content-Type": "application/json"}
+            ) as r:
                 await r.read()
                 return r.status
 

@@ -20,7 +20,7 @@ from tests.support.broker import RecordTap, record_tap
 from tests.support.ingress import IngressClient, ingress_client
 from tests.support.samples import Sample, record_validator, sample
 from tests.support.sources import callback_path
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, one
 from tests.support.workers import running_worker
 
 PROVIDER_SOURCES = ["nx-voice", "nx-cc", "nx-dr", "hw"]
@@ -127,11 +127,14 @@ async def test_a_repush_three_times_counts_four_deliveries_and_publishes_once(
 
     assert row["revision"] == 1
     assert row["last_seen_at"] > row["first_seen_at"]
-    assert await pipeline.db.fetchval(
-        "SELECT count(*) FROM call_records WHERE source = $1 AND external_id = $2",
-        source,
-        item.external_id,
-    ) == 1
+    assert (
+        await pipeline.db.fetchval(
+            "SELECT count(*) FROM call_records WHERE source = $1 AND external_id = $2",
+            source,
+            item.external_id,
+        )
+        == 1
+    )
     messages = pipeline.tap.of(str(row["record_id"]))
     assert [m.message_id for m in messages] == [f"{row['record_id']}:1"]
 
@@ -160,7 +163,9 @@ async def test_changed_content_gives_revision_2_and_a_second_message(
 
 
 @pytest.mark.parametrize("source", PROVIDER_SOURCES)
-async def test_a_malformed_body_is_kept_in_rejected_callbacks(pipeline: Pipeline, source: str) -> None:
+async def test_a_malformed_body_is_kept_in_rejected_callbacks(
+    pipeline: Pipeline, source: str
+) -> None:
     if source == "nx-dr":  # a form without its messageid: the report, not the body, is bad
         body, content_type, item = b"phone=86150&result=x", "application/x-www-form-urlencoded", 0
     else:
@@ -171,7 +176,7 @@ async def test_a_malformed_body_is_kept_in_rejected_callbacks(pipeline: Pipeline
         return bool(await pipeline.db.fetchval("SELECT count(*) FROM rejected_callbacks"))
 
     assert await eventually(rejected)
-    row = await pipeline.db.fetchrow("SELECT * FROM rejected_callbacks")
+    row = await one(pipeline.db, "SELECT * FROM rejected_callbacks")
     assert row["source"] == source
     assert row["reason"] in ("unparseable_body", "missing_field")
     assert row["message"]

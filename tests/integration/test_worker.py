@@ -15,7 +15,6 @@ from typing import Any
 
 import aio_pika
 import asyncpg
-import pytest
 from aio_pika.abc import AbstractChannel
 
 from cdrflow.settings import Settings
@@ -28,7 +27,7 @@ from schemas.sources import Source, Sources
 from tests.support.broker import queue_depth, record_tap
 from tests.support.proxy import TcpProxy
 from tests.support.samples import Sample, envelope, record_validator, sample
-from tests.support.waiting import eventually
+from tests.support.waiting import eventually, one
 from tests.support.workers import WorkerProcess, publish_envelopes, running_worker, stop_all
 from workers.db import create_pool
 from workers.normalize import normalize_envelope
@@ -55,12 +54,16 @@ async def test_versions_of_one_record_in_one_batch_are_stored_in_rounds(
     t0 = datetime.now(UTC)
     first = sample("nx-cc", variant=0)
     changed = sample("nx-cc", first.external_id, variant=1)
-    batch = [envelope(first, t0), envelope(first, t0 + timedelta(seconds=1)), envelope(changed, t0 + timedelta(seconds=2))]
+    batch = [
+        envelope(first, t0),
+        envelope(first, t0 + timedelta(seconds=1)),
+        envelope(changed, t0 + timedelta(seconds=2)),
+    ]
     async with record_tap(channel, settings) as tap:
         await publish_envelopes(channel, settings, batch, per_message=3)
         async with running_worker(settings, sources):
             await tap.wait_for(2)
-    row = await db.fetchrow("SELECT * FROM call_records")
+    row = await one(db, "SELECT * FROM call_records")
     assert (row["delivery_count"], row["revision"]) == (3, 2)
     assert row["labels"] == ["Intended customers", "High level"]  # the later content
     assert row["first_seen_at"] == t0
@@ -83,7 +86,7 @@ async def test_a_late_older_version_counts_as_a_delivery_but_does_not_win(
         barrier = sample("nx-voice")
         await publish_envelopes(channel, settings, [envelope(barrier)])
         await tap.wait_for(2)
-    row = await db.fetchrow("SELECT * FROM call_records WHERE source = 'nx-dr'")
+    row = await one(db, "SELECT * FROM call_records WHERE source = 'nx-dr'")
     assert (row["delivery_count"], row["revision"], row["talk_seconds"]) == (2, 1, 11)
     assert row["first_seen_at"] == t0 - timedelta(hours=1)
     assert len(tap.of(str(row["record_id"]))) == 1
@@ -99,7 +102,7 @@ async def test_a_delivery_seen_before_is_not_counted_again(
     async with running_worker(settings, sources):
         assert await eventually(lambda: _queue_empty(channel, settings))
         assert await eventually(lambda: _has_rows(db, 1))
-    row = await db.fetchrow("SELECT * FROM call_records")
+    row = await one(db, "SELECT * FROM call_records")
     assert (row["delivery_count"], row["revision"]) == (1, 1)
     assert await count(db, "SELECT count(*) FROM deliveries") == 1
 
@@ -121,8 +124,9 @@ async def test_a_batch_variant_with_one_bad_report_keeps_the_others(
     async with running_worker(settings, sources):
         assert await eventually(lambda: _has_rows(db, 1, "rejected_callbacks"))
         assert await eventually(lambda: _has_rows(db, 2))
-    assert sorted(await db.fetch("SELECT external_id FROM call_records")) == [("b-1",), ("b-2",)]
-    rejected = await db.fetchrow("SELECT * FROM rejected_callbacks")
+    rows = await db.fetch("SELECT external_id FROM call_records ORDER BY 1")
+    assert [r["external_id"] for r in rows] == ["b-1", "b-2"]
+    rejected = await one(db, "SELECT * FROM rejected_callbacks")
     assert (rejected["item"], rejected["reason"]) == (1, "missing_field")
     assert bytes(rejected["body"]) == body
 
@@ -182,7 +186,7 @@ async def test_two_worker_processes_on_duplicate_heavy_traffic(
         stop_all(workers)
     assert await stored_counts(db) == expected  # no duplicate rows, none lost, exact counts
     published = [loads(m.body)["record_id"] for m in tap.messages]
-    assert sorted(published) == sorted({*published}) and len(published) == len(expected)
+    assert len(published) == len(set(published)) == len(expected)  # each record once
     for worker in workers:  # both really took part
         assert '"batch_stored"' in worker.logged()
 
@@ -316,7 +320,8 @@ async def test_a_message_that_is_not_an_envelope_batch_is_parked_at_once(
 ) -> None:
     async with running_worker(settings, sources):
         await channel.default_exchange.publish(
-            aio_pika.Message(b"this is not json", message_id="junk-1"), routing_key=settings.raw_queue
+            aio_pika.Message(b"this is not json", message_id="junk-1"),
+            routing_key=settings.raw_queue,
         )
         dead_queue = await channel.get_queue(settings.dead_queue, ensure=False)
 
@@ -325,7 +330,8 @@ async def test_a_message_that_is_not_an_envelope_batch_is_parked_at_once(
 
         assert await eventually(parked)
     dead = await dead_queue.get(fail=False)
-    assert dead is not None and dead.body == b"this is not json"
+    assert dead is not None
+    assert dead.body == b"this is not json"
     await dead.ack()
 
 
@@ -342,7 +348,12 @@ class PoisonousVoiceReport(NXCloudVoiceReport):
 async def test_a_record_the_database_refuses_is_isolated_and_the_rest_stored(
     settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
 ) -> None:
-    registry = Registry([PoisonousVoiceReport(), *(p for n, p in default_registry().items() if n != "nxcloud.voice_report")])
+    registry = Registry(
+        [
+            PoisonousVoiceReport(),
+            *(p for n, p in default_registry().items() if n != "nxcloud.voice_report"),
+        ]
+    )
     items = [envelope(sample("nx-voice", f"fine-{n}")) for n in range(7)]
     items.insert(3, envelope(sample("nx-voice", "poison-1")))
     await publish_envelopes(channel, settings, items, per_message=8)
@@ -350,7 +361,7 @@ async def test_a_record_the_database_refuses_is_isolated_and_the_rest_stored(
         assert await eventually(lambda: _has_rows(db, 1, "rejected_callbacks"))
         assert await eventually(lambda: _has_rows(db, 7))
     assert await count(db, "SELECT count(*) FROM call_records") == 7
-    rejected = await db.fetchrow("SELECT * FROM rejected_callbacks")
+    rejected = await one(db, "SELECT * FROM rejected_callbacks")
     assert rejected["reason"] == "store_error"
     assert b"poison-1" in bytes(rejected["body"])
 
@@ -366,14 +377,19 @@ class BuggyCallCenterReport(NXCloudCallCenterReport):
 async def test_replay_after_a_fix_turns_a_rejected_callback_into_a_record(
     settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
 ) -> None:
-    buggy = Registry([BuggyCallCenterReport(), *(p for n, p in default_registry().items() if n != "nxcloud.call_center_report")])
+    buggy = Registry(
+        [
+            BuggyCallCenterReport(),
+            *(p for n, p in default_registry().items() if n != "nxcloud.call_center_report"),
+        ]
+    )
     item = sample("nx-cc")
     other = sample("hw")
     await publish_envelopes(channel, settings, [envelope(item), envelope(other)])
     async with running_worker(settings, sources, buggy):
         assert await eventually(lambda: _has_rows(db, 1, "rejected_callbacks"))
         assert await eventually(lambda: _has_rows(db, 1))
-    rejected = await db.fetchrow("SELECT * FROM rejected_callbacks")
+    rejected = await one(db, "SELECT * FROM rejected_callbacks")
     assert rejected["reason"] == "internal_error"
     assert "a bug in the adapter" in rejected["message"]
 
@@ -381,14 +397,16 @@ async def test_replay_after_a_fix_turns_a_rejected_callback_into_a_record(
     async with record_tap(channel, settings) as tap, running_worker(settings, sources):
         assert await replay(settings, ReplaySelection(source="nx-cc")) == 1
         await tap.wait_for(1)
-    row = await db.fetchrow("SELECT * FROM call_records WHERE source = 'nx-cc'")
+    row = await one(db, "SELECT * FROM call_records WHERE source = 'nx-cc'")
     assert row is not None
     assert row["record_id"] == record_id_for("nx-cc", item.external_id)
     assert row["received_at"] == rejected["received_at"]  # the original delivery time
     assert row["delivery_count"] == 1
-    after = await db.fetchrow("SELECT * FROM rejected_callbacks")
-    assert after["replayed_at"] is not None and after["replay_count"] == 1
-    assert after["resolved_at"] is not None and after["record_id"] == row["record_id"]
+    after = await one(db, "SELECT * FROM rejected_callbacks")
+    assert after["replayed_at"] is not None
+    assert after["replay_count"] == 1
+    assert after["resolved_at"] is not None
+    assert after["record_id"] == row["record_id"]
     assert await replay(settings, ReplaySelection()) == 0  # nothing left open
     assert [m.message_id for m in tap.messages] == [f"{row['record_id']}:1"]
 
@@ -404,12 +422,15 @@ async def test_replaying_a_batch_request_does_not_count_its_stored_reports_again
         assert await replay(settings, ReplaySelection(source="nx-voice")) == 1
 
         async def replayed() -> bool:  # the replay failed again: the row records it
-            return bool(await db.fetchval("SELECT last_failed_at > rejected_at FROM rejected_callbacks"))
+            return bool(
+                await db.fetchval("SELECT last_failed_at > rejected_at FROM rejected_callbacks")
+            )
 
         assert await eventually(replayed)
     assert await total_deliveries(db) == 2  # r-1 and r-2 once each, not twice
-    still_open = await db.fetchrow("SELECT * FROM rejected_callbacks")
-    assert still_open["resolved_at"] is None and still_open["replay_count"] == 1
+    still_open = await one(db, "SELECT * FROM rejected_callbacks")
+    assert still_open["resolved_at"] is None
+    assert still_open["replay_count"] == 1
 
 
 # --- outbox and tail ------------------------------------------------------------
@@ -429,8 +450,13 @@ async def test_records_committed_but_never_published_are_relayed(
         assert await count(db, "SELECT count(*) FROM outbox") == 1
         await link.start()
         publisher = RecordPublisher(
-            link, pool, exchange=settings.records_exchange, confirm_timeout=5,
-            grace_seconds=0, interval_seconds=1, retention_days=35,
+            link,
+            pool,
+            exchange=settings.records_exchange,
+            confirm_timeout=5,
+            grace_seconds=0,
+            interval_seconds=1,
+            retention_days=35,
         )
         async with record_tap(channel, settings) as tap:
             assert await publisher.relay_once() == 1
@@ -448,7 +474,9 @@ async def test_tail_prints_each_record_as_one_json_line(
     out = io.StringIO()
     stopping, ready = asyncio.Event(), asyncio.Event()
     async with running_worker(settings, sources):
-        printer = asyncio.create_task(tail(settings, "*.nxcloud.#", out, stopping, count=1, ready=ready))
+        printer = asyncio.create_task(
+            tail(settings, "*.nxcloud.#", out, stopping, count=1, ready=ready)
+        )
         await asyncio.wait_for(ready.wait(), 10)
         item = sample("nx-dr")
         await publish_envelopes(channel, settings, [envelope(sample("hw")), envelope(item)])

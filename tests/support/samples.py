@@ -100,7 +100,9 @@ def sample(source: str, external_id: str | None = None, variant: int = 0) -> Sam
             "hangup_disposition": "send_bye",
             "ivr_result": "",
         }
-        return Sample(source, ext, "POST", urlencode(fields).encode(), "application/x-www-form-urlencoded")
+        return Sample(
+            source, ext, "POST", urlencode(fields).encode(), "application/x-www-form-urlencoded"
+        )
     if source == "hw":
         event = {
             "callSerialNo": ext,
@@ -123,7 +125,9 @@ def sample(source: str, external_id: str | None = None, variant: int = 0) -> Sam
     raise ValueError(source)
 
 
-def envelope(sample: Sample, received_at: datetime | None = None, ingest_id: str | None = None) -> RawEnvelope:
+def envelope(
+    sample: Sample, received_at: datetime | None = None, ingest_id: str | None = None
+) -> RawEnvelope:
     source = load_test_sources()[sample.source]
     return RawEnvelope(
         ingest_id=ingest_id or str(uuid7()),

@@ -63,7 +63,9 @@ ENVIRON = {"TEST_HW_HMAC_SECRET": SECRETS["hw-hmac"]}
 
 
 def load_test_sources() -> Sources:
-    return parse_sources(SOURCES_TOML, origin="tests", environ=ENVIRON, providers=default_registry())
+    return parse_sources(
+        SOURCES_TOML, origin="tests", environ=ENVIRON, providers=default_registry()
+    )
 
 
 def callback_path(source: str, token: str | None = None) -> str:

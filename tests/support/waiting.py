@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
 
 
 async def eventually(
@@ -18,3 +21,10 @@ async def eventually(
         if loop.time() > deadline:
             return False
         await asyncio.sleep(interval)
+
+
+async def one(db: asyncpg.Connection, query: str, *args: Any) -> asyncpg.Record:
+    """The single row a query must return."""
+    row = await db.fetchrow(query, *args)
+    assert row is not None, f"no row for {query}"
+    return row

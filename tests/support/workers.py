@@ -135,4 +135,11 @@ def stop_all(processes: Iterable[WorkerProcess]) -> None:
         process.ensure_dead()
 
 
-__all__ = ["WorkerProcess", "publish_envelopes", "running_worker", "settings_env", "signal", "stop_all"]
+__all__ = [
+    "WorkerProcess",
+    "publish_envelopes",
+    "running_worker",
+    "settings_env",
+    "signal",
+    "stop_all",
+]
