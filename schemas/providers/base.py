@@ -7,6 +7,7 @@ becomes a `CallRecord`. Nothing here does I/O."""
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -192,16 +193,23 @@ def sanitize(value: Any) -> Any:
 
 MAX_SECONDS = 10_000_000  # ~115 days: anything longer is not a call duration
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Times outside these bounds are not call times: kept raw in `extra`, never a crash.
 _EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 _LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+_EARLIEST_MS = int((_EARLIEST - _EPOCH).total_seconds() * 1000)
+_LATEST_MS = int((_LATEST - _EPOCH).total_seconds() * 1000)
+_INTEGER = re.compile(r"[+-]?[0-9]{1,19}")
 _EMPTY = ("", "null", "NULL", "None")
 
 
 @dataclass
 class Fields:
-    """Reads a payload field by field. A field read into a column is consumed; every
-    field not consumed, and every consumed value that could not be read (a duration
-    that is not a number, say), ends in `extra`, so nothing the provider sent is lost."""
+    """Reads a payload field by field. A field whose value, or a one-to-one translation
+    of it (a type code to `call_type`), lands in a column is consumed. Every field not
+    consumed ends in `extra`: also those that only inform a derived column (a result code
+    behind `status`), so their exact value is at hand without digging in `raw`; and so
+    does every consumed value that could not be read (a duration that is not a number),
+    so nothing the provider sent is lost."""
 
     payload: Mapping[str, Any]
     zone: tzinfo = UTC
@@ -265,11 +273,10 @@ class Fields:
             return None
         if millis == 0:
             return None
-        moment = _EPOCH + timedelta(milliseconds=millis)
-        if not _EARLIEST <= moment < _LATEST:
+        if not _EARLIEST_MS <= millis < _LATEST_MS:
             self._unread(key, value)
             return None
-        return moment
+        return _EPOCH + timedelta(milliseconds=millis)
 
     def local_time(self, key: str, *formats: str) -> datetime | None:
         """A zone-less time string, read in the source's zone, returned in UTC."""
@@ -279,10 +286,11 @@ class Fields:
         text = _as_text(value)
         for fmt in formats:
             try:
-                naive = datetime.strptime(text, fmt)
-            except ValueError:
+                moment = datetime.strptime(text, fmt).replace(tzinfo=self.zone).astimezone(UTC)
+            except (ValueError, OverflowError):
                 continue
-            return naive.replace(tzinfo=self.zone).astimezone(UTC)
+            if _EARLIEST <= moment < _LATEST:
+                return moment
         self._unread(key, value)
         return None
 
@@ -296,6 +304,11 @@ class Fields:
             return tuple(v.strip() for v in value.split(",") if v.strip())
         self._unread(key, value)
         return ()
+
+
+def is_blank(value: Any) -> bool:
+    """None, "" or "null": the provider sent nothing."""
+    return _blank(value)
 
 
 def _blank(value: Any) -> bool:
@@ -319,7 +332,7 @@ def to_int(value: Any) -> int | None:
         return int(value) if value.is_finite() and value == value.to_integral_value() else None
     if isinstance(value, str):
         text = value.strip()
-        if text.lstrip("+-").isdigit() and text.isascii():
+        if _INTEGER.fullmatch(text):
             return int(text)
     return None
 

@@ -41,6 +41,7 @@ from schemas.providers.base import (
     Unauthenticated,
     body_text,
     charset_of,
+    is_blank,
     is_connected,
     parse_form,
     parse_json,
@@ -62,7 +63,8 @@ _REASON_STATUS = {
     4: Status.NO_ANSWER,  # calling party did not answer
     5: Status.NO_ANSWER,  # called party did not answer
 }
-_HANGUP_BY = {0: HangupBy.CALLEE, 1: HangupBy.CALLER}
+# In a bidirectional call the platform rings the agent's phone (the calling party) first.
+_HANGUP_BY = {0: HangupBy.CALLEE, 1: HangupBy.AGENT}
 
 
 class HuaweiAiccRelease:
@@ -110,9 +112,12 @@ class HuaweiAiccRelease:
         answered_at = _time(f, "talkingTime")
         talk_seconds = f.integer("talkDuration")
         reason = to_int(f.peek("releaseReason"))
-        status = Status.ANSWERED if is_connected(answered_at, talk_seconds) else None
-        if status is None:
-            status = _REASON_STATUS.get(reason, Status.FAILED) if reason is not None else None
+        if is_connected(answered_at, talk_seconds):
+            status = Status.ANSWERED
+        elif is_blank(f.peek("releaseReason")):
+            status = Status.UNKNOWN
+        else:  # "xxx: other exceptions occur": any code not in the table is a failure
+            status = _REASON_STATUS.get(reason if reason is not None else -1, Status.FAILED)
         return CallRecord(
             source=source.name,
             tenant=source.tenant,
@@ -120,7 +125,7 @@ class HuaweiAiccRelease:
             event="aicc_release",
             external_id=serial,
             raw=payload,
-            status=status or Status.UNKNOWN,
+            status=status,
             call_type=CallType.BIDIRECTIONAL,
             direction=Direction.OUTBOUND,
             caller=f.text("caller"),
@@ -156,7 +161,7 @@ def _looks_like_json(text: str) -> bool:
 
 def _time(f: Fields, key: str) -> datetime | None:
     value = f.peek(key)
-    if isinstance(value, str) and value.isdigit() and len(value) == 13:
+    if to_int(value) is not None and len(str(value).strip()) == 13:  # a millisecond epoch
         return f.epoch_millis(key)
     return f.local_time(key, *TIME_FORMATS)
 
@@ -216,7 +221,7 @@ def verify_signature(
 ) -> None:
     timestamp, nonce = _render(params.get("timestamp")), _render(params.get("nonce"))
     # A '+' in an unescaped form body arrives as a space; Base64 has no spaces.
-    signature = _render(params.get("signature")).strip().replace(" ", "+")
+    signature = _render(params.get("signature")).replace(" ", "+").strip()
     if "null" in (timestamp, nonce, signature) or not signature:
         raise Unauthenticated("timestamp, nonce or signature is missing")
     stamp = to_int(timestamp)
@@ -227,7 +232,9 @@ def verify_signature(
         raise Unauthenticated("timestamp is outside the allowed clock skew")
     matched = False
     for text in signing_strings(params, timestamp, nonce, secret):
-        matched |= hmac.compare_digest(signature_of(text, mode, secret), signature)
+        matched |= hmac.compare_digest(
+            signature_of(text, mode, secret).encode(), signature.encode()
+        )
     if not matched:
         raise Unauthenticated("signature does not match")
 

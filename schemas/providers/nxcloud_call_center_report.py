@@ -103,7 +103,7 @@ class NXCloudCallCenterReport:
             country_code=f.text("ccode"),
             region=f.text("ccodeName"),
             hangup_cause=f.text("hangupReason"),
-            hangup_by=_hangup_by(to_int(f.peek("hangingDirection")), direction),
+            hangup_by=_hangup_by(f, direction),
             sip_code=sip_code,
             started_at=f.local_time("callStartTime", *TIME_FORMATS),
             answered_at=answered_at,
@@ -143,10 +143,17 @@ def _status(
     return Status.FAILED if Status.FAILED in found else Status.UNKNOWN
 
 
-def _hangup_by(direction_code: int | None, direction: Direction | None) -> HangupBy | None:
-    if direction_code == 0:  # the customer: the far end of an outgoing call
-        return HangupBy.CALLER if direction is Direction.INBOUND else HangupBy.CALLEE
-    return {1: HangupBy.AGENT, 3: HangupBy.SYSTEM}.get(direction_code or -1)
+def _hangup_by(f: Fields, direction: Direction | None) -> HangupBy | None:
+    code = to_int(f.peek("hangingDirection"))
+    if code == 0:  # the customer: the far end of an outgoing call
+        who: HangupBy | None = (
+            HangupBy.CALLER if direction is Direction.INBOUND else HangupBy.CALLEE
+        )
+    else:
+        who = {1: HangupBy.AGENT, 3: HangupBy.SYSTEM}.get(code if code is not None else -1)
+    if who is not None:
+        f.take("hangingDirection")
+    return who
 
 
 def sample_report(rng: random.Random, local_now: datetime) -> dict[str, Any]:

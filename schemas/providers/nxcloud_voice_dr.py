@@ -81,7 +81,7 @@ class NXCloudVoiceDR:
         return None
 
     def parse(self, envelope: RawEnvelope) -> list[Any]:
-        fields: dict[str, Any] = dict(envelope.query_params())
+        fields: dict[str, Any] = parse_form(envelope.query) if envelope.query else {}
         text = body_text(envelope)
         if text.strip():
             if "json" in envelope.content_type.lower() or text.lstrip().startswith("{"):
@@ -104,9 +104,10 @@ class NXCloudVoiceDR:
             f.take("voice_type")
         talk_seconds = f.integer("duration")
         cause = f.text("hangup_cause")
-        hangup_by, disposition_status = _DISPOSITION.get(
-            str(f.peek("hangup_disposition") or "").strip().lower(), (None, None)
-        )
+        disposition = str(f.peek("hangup_disposition") or "").strip().lower()
+        hangup_by, disposition_status = _DISPOSITION.get(disposition, (None, None))
+        if hangup_by is not None:
+            f.take("hangup_disposition")
         cycle = f.integer("cycle", low=1)
         cycles = to_int(f.peek("size"))
         return CallRecord(

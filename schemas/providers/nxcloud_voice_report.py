@@ -28,6 +28,7 @@ from schemas.providers.base import (
     Reject,
     SimulatedCallback,
     body_text,
+    is_blank,
     is_connected,
     parse_json,
     require_text,
@@ -81,7 +82,7 @@ class NXCloudVoiceReport:
         answered_at = f.epoch_millis("answerTime")
         talk_seconds = f.integer("callDuration")
         sip_code = f.integer("sipCode", low=100, high=699)
-        if f.peek("cost") is None and f.peek("costEur") is not None:
+        if is_blank(f.peek("cost")) and not is_blank(f.peek("costEur")):
             currency, cost = "EUR", f.decimal("costEur")
         else:
             currency, cost = "USD", f.decimal("cost")

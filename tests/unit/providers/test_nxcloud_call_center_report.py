@@ -120,7 +120,6 @@ def test_documented_sample() -> None:
     assert record.extra == {
         "callId": "6a1f0c2e9b7d4e21",
         "remark": "call back Friday",
-        "hangingDirection": 0,  # read into hangup_by, and kept: 0 means nothing on its own
     }
 
 
@@ -153,6 +152,7 @@ COLUMN_OF = {
     "answerTime": "answered_at",
     "callEndTime": "ended_at",
     "voiceUrl": "recording_url",
+    "hangingDirection": "hangup_by",
 }
 
 

@@ -421,3 +421,9 @@ def test_simulate_round_trips() -> None:
         seen.add(record.status)
     assert Status.ANSWERED in seen
     assert len(seen) >= 3
+
+
+@pytest.mark.parametrize("blank", ["", None, "null"])
+def test_a_blank_cost_beside_cost_eur_counts_as_absent(blank: Any) -> None:
+    record = normalize(report(cost=blank, costEur="0.007875"))
+    assert (record.currency, record.cost) == ("EUR", Decimal("0.007875"))
