@@ -4,6 +4,7 @@ advisory lock so that concurrent runs are safe. Running it again changes nothing
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -55,11 +56,20 @@ async def ensure_database(url: str) -> bool:
         await connection.close()
         return False
     name = database_name(url)
+    quoted = '"' + name.replace('"', '""') + '"'
     admin = await asyncpg.connect(url, database="postgres")
     try:
-        await admin.execute(f'CREATE DATABASE "{name.replace(chr(34), chr(34) * 2)}"')
-    except asyncpg.DuplicateDatabaseError:
-        return False  # created by a concurrent run
+        for attempt in range(20):
+            try:
+                await admin.execute(f"CREATE DATABASE {quoted}")
+                break
+            except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+                return False  # a concurrent run created it first (either error, by timing)
+            except asyncpg.ObjectInUseError:
+                # "template1 is being accessed by other users": a concurrent CREATE DATABASE
+                await asyncio.sleep(0.1 * (attempt + 1))
+        else:
+            raise RuntimeError(f"could not create database {name}: template1 stayed busy")
     finally:
         await admin.close()
     log.info("database_created", database=name)
