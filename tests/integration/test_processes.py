@@ -53,7 +53,8 @@ def cdrflow(
             "field 'token_env'",
         ),
         (
-            '[sources.cc]\nprovider = "nxcloud.voice_dr"\ntoken = "0123456789abcdef"\ntimezone = "Mars/Base"\n',
+            '[sources.cc]\nprovider = "nxcloud.voice_dr"\ntoken = "0123456789abcdef"\n'
+            'timezone = "Mars/Base"\n',
             "field 'timezone'",
         ),
         (
