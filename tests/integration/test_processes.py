@@ -144,17 +144,15 @@ async def test_sigterm_lets_requests_in_flight_finish_and_loses_none(
     sources.write_text(SOURCES_TOML)
     port = free_port()
     env = {**os.environ, **ENVIRON, **settings_env(settings), "CDRFLOW_SOURCES": str(sources)}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cdrflow.cli",
-            "ingress",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cdrflow.cli",
+        "ingress",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -184,12 +182,12 @@ async def test_sigterm_lets_requests_in_flight_finish_and_loses_none(
             await asyncio.sleep(0.01)
             process.send_signal(signal.SIGTERM)
             statuses = await asyncio.gather(*pushes)
-        _, logged = process.communicate(timeout=30)
+        _, logged = await asyncio.wait_for(process.communicate(), 30)
         assert process.returncode == 0
     finally:
-        if process.poll() is None:
+        if process.returncode is None:
             process.kill()
-            process.communicate()
+            await process.communicate()
     accepted = statuses.count(200)
     assert accepted > 0
     assert set(statuses) <= {200, 0}  # every request answered was made durable: no 503, no 500
