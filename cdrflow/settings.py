@@ -55,6 +55,7 @@ class Settings:
     outbox_grace_seconds: float = 15.0
     outbox_interval_seconds: float = 5.0
     delivery_retention_days: int = 35
+    worker_port: int = 0  # /healthz, /readyz, /metrics of a worker; 0: not served
 
     log_level: str = "info"
     log_format: str = "auto"  # auto: console on a terminal, JSON otherwise

@@ -69,10 +69,10 @@ class OutboxEntry:
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
-    published: list[OutboxEntry]
-    fresh: int  # deliveries not seen before
+    published: list[OutboxEntry]  # new records and new revisions, to publish
+    fresh: int  # deliveries not seen before (the rest were redelivered messages)
     versions: int
-    rejected: int
+    rejected: list[Rejection]
 
 
 _CLAIM = """
@@ -147,7 +147,7 @@ async def write_batch(connection: Connection, batch: Normalized) -> BatchResult:
         if rejections:
             await connection.execute(_REJECT, *_rejection_columns(rejections))
         await _resolve_replays(connection, fresh, batch)
-    return BatchResult(published, len(fresh), len(versions), len(rejections))
+    return BatchResult(published, len(fresh), len(versions), rejections)
 
 
 async def _claim(connection: Connection, deliveries: list[Delivery]) -> list[Delivery]:
@@ -289,7 +289,7 @@ class Store:
         self.pool = pool
         self.retry_max_seconds = retry_max_seconds
         self.abandon = asyncio.Event()  # set to stop retrying (shutdown with the DB down)
-        self._failing = False
+        self.failing = False  # true while a batch waits for the database
 
     async def write(self, batch: Normalized) -> BatchResult:
         try:
@@ -322,7 +322,7 @@ class Store:
             [e for r in results for e in r.published],
             sum(r.fresh for r in results),
             sum(r.versions for r in results),
-            sum(r.rejected for r in results),
+            [j for r in results for j in r.rejected],
         )
 
     async def _write_retrying(self, batch: Normalized) -> BatchResult:
@@ -343,8 +343,8 @@ class Store:
                     if is_data_error(exc):
                         raise BatchDataError(str(exc)) from exc
                     raise
-        if self._failing:
-            self._failing = False
+        if self.failing:
+            self.failing = False
             log.info("database_recovered")
         return result
 
@@ -353,7 +353,7 @@ class Store:
             await asyncio.wait_for(self.abandon.wait(), seconds)
 
     def _log_retry(self, state: RetryCallState) -> None:
-        self._failing = True
+        self.failing = True
         error = state.outcome.exception() if state.outcome else None
         log.warning(
             "database_unavailable",

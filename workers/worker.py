@@ -29,10 +29,11 @@ from schemas.envelope import COUNT_HEADER, EnvelopeError, decode_batch
 from schemas.providers.base import Provider
 from schemas.sources import Source
 from workers.db import create_pool
+from workers.metrics import WorkerMetrics, serve_health
 from workers.migrate import LATEST, schema_version
 from workers.normalize import Normalized, normalize_envelope
 from workers.outbox import RecordPublisher
-from workers.store import Store
+from workers.store import BatchResult, Store
 
 log = get_logger("cdrflow.worker")
 
@@ -51,6 +52,7 @@ class Worker:
         self.providers = providers
         self.stopping = asyncio.Event()
         self.consuming = asyncio.Event()  # set while subscribed to the raw queue
+        self.metrics = WorkerMetrics()
         self.store: Store | None = None
         self._held: AbstractIncomingMessage | None = None
 
@@ -59,11 +61,20 @@ class Worker:
             log.info("worker_stopping")
             self.stopping.set()
 
+    @property
+    def ready(self) -> bool:
+        return self.consuming.is_set() and self.store is not None and not self.store.failing
+
     async def run(self) -> None:
+        async with serve_health(self.metrics, lambda: self.ready, self.settings.worker_port):
+            await self._run()
+
+    async def _run(self) -> None:
         pool = await self._open_pool()
         if pool is None:
             return
-        self.store = Store(pool, retry_max_seconds=self.settings.db_retry_max_seconds)
+        self.store = store = Store(pool, retry_max_seconds=self.settings.db_retry_max_seconds)
+        self.metrics.database_up.set_function(lambda: 0.0 if store.failing else 1.0)
         link = BrokerLink(
             self.settings.amqp_url, self.settings.topology(), name="cdrflow-worker-records"
         )
@@ -235,6 +246,7 @@ class Worker:
                 # Retrying cannot make it readable: park it for an operator to look at.
                 log.error("message_parked", reason=str(exc), message_id=message.message_id)
                 await message.reject(requeue=False)
+                self.metrics.parked.inc()
                 continue
             for envelope in envelopes:
                 batch.extend(normalize_envelope(envelope, self.sources, self.providers))
@@ -244,7 +256,9 @@ class Worker:
         result = await self.store.write(batch)
         for message in decoded:
             await message.ack()
+        elapsed = time.perf_counter() - started
         published = await publisher.publish(result.published)
+        self._count(batch, result, published, elapsed)
         log.info(
             "batch_stored",
             messages=len(decoded),
@@ -252,9 +266,24 @@ class Worker:
             new_deliveries=result.fresh,
             versions=result.versions,
             published=published,
-            rejected=result.rejected,
-            ms=round((time.perf_counter() - started) * 1000, 1),
+            rejected=len(result.rejected),
+            ms=round(elapsed * 1000, 1),
         )
+
+    def _count(
+        self, batch: Normalized, result: BatchResult, published: int, elapsed: float
+    ) -> None:
+        metrics = self.metrics
+        metrics.batches.inc()
+        metrics.batch_seconds.observe(elapsed)
+        revisions = sum(1 for e in result.published if e.revision > 1)
+        metrics.deliveries.labels("new_record").inc(len(result.published) - revisions)
+        metrics.deliveries.labels("revision").inc(revisions)
+        metrics.deliveries.labels("duplicate").inc(result.fresh - len(result.published))
+        metrics.deliveries.labels("seen_before").inc(len(batch.deliveries) - result.fresh)
+        for rejection in result.rejected:
+            metrics.rejected.labels(str(rejection.reason)).inc()
+        metrics.published.inc(published)
 
 
 def _envelope_count(message: AbstractIncomingMessage) -> int:

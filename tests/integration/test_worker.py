@@ -486,3 +486,33 @@ async def test_tail_prints_each_record_as_one_json_line(
     assert record["external_id"] == item.external_id
     assert record["provider"] == "nxcloud"
     record_validator().validate(record)
+
+
+async def test_the_worker_endpoint_reports_health_and_counts(
+    settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
+) -> None:
+    import socket
+
+    import aiohttp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    item = sample("nx-cc")
+    bad = Sample("nx-cc", "", "POST", b"{", "application/json")
+    async with (
+        running_worker(settings.with_(worker_port=port), sources),
+        aiohttp.ClientSession() as http,
+    ):
+        await publish_envelopes(channel, settings, [envelope(item), envelope(item), envelope(bad)])
+        assert await eventually(lambda: _has_rows(db, 1, "rejected_callbacks"))
+        assert await eventually(lambda: _has_rows(db, 1))
+        async with http.get(f"http://127.0.0.1:{port}/readyz") as ready:
+            assert ready.status == 200
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+            text = await response.text()
+    assert 'cdrflow_worker_deliveries_total{outcome="new_record"} 1.0' in text
+    assert 'cdrflow_worker_deliveries_total{outcome="duplicate"} 1.0' in text
+    assert 'cdrflow_worker_rejected_total{reason="unparseable_body"} 1.0' in text
+    assert "cdrflow_worker_published_total 1.0" in text
+    assert "cdrflow_worker_database_up 1.0" in text
