@@ -113,11 +113,12 @@ class CallRecord:
 
     def columns(self) -> dict[str, Any]:
         """The record as column name -> value, without `raw`."""
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        del values["raw"]
+        values = {name: getattr(self, name) for name in _FIELDS_BUT_RAW}
         values["record_id"] = self.record_id
         return values
 
+
+_FIELDS_BUT_RAW = tuple(f.name for f in dataclasses.fields(CallRecord) if f.name != "raw")
 
 # Column order of the record part of `call_records` (the ledger columns come from the database).
 RECORD_COLUMNS: tuple[str, ...] = (
@@ -171,5 +172,10 @@ def published_body(record: CallRecord, ledger: Ledger) -> bytes:
         amount = body[money]
         body[money] = None if amount is None else format(amount, "f")
     body["labels"] = list(record.labels)
-    body.update(dataclasses.asdict(ledger))
+    body["received_at"] = ledger.received_at
+    body["stored_at"] = ledger.stored_at
+    body["first_seen_at"] = ledger.first_seen_at
+    body["last_seen_at"] = ledger.last_seen_at
+    body["delivery_count"] = ledger.delivery_count
+    body["revision"] = ledger.revision
     return dumps(body)

@@ -89,8 +89,10 @@ def normalize_envelope(
         return reject(WHOLE_REQUEST, exc.reason, exc.message)
     except Exception as exc:
         return reject(WHOLE_REQUEST, Reason.INTERNAL_ERROR, _crash(envelope, provider, exc))
+    # NUL can only be there if the request holds a NUL byte or an escape that decodes to one.
+    scrub = _may_hold_nul(envelope)
     for item, payload in enumerate(payloads):
-        clean = sanitize(payload)
+        clean = sanitize(payload) if scrub else payload
         try:
             record = provider.normalize(clean, source)
         except Reject as exc:
@@ -102,6 +104,11 @@ def normalize_envelope(
         digest = content_hash(clean, provider.volatile_fields)
         result.deliveries.append(Delivery(envelope, item, record, digest))
     return result
+
+
+def _may_hold_nul(envelope: RawEnvelope) -> bool:
+    body = envelope.body
+    return b"\x00" in body or b"\\u0000" in body or b"%00" in body or "%00" in envelope.query
 
 
 def _crash(envelope: RawEnvelope, provider: Provider, exc: Exception) -> str:

@@ -55,6 +55,9 @@ class Worker:
         self.metrics = WorkerMetrics()
         self.store: Store | None = None
         self._held: AbstractIncomingMessage | None = None
+        # Records of the last batch being published while the next batch is stored
+        # (the outbox covers a crash meanwhile). At most one in flight.
+        self._publishing: asyncio.Task[None] | None = None
 
     def stop(self) -> None:
         if not self.stopping.is_set():
@@ -93,6 +96,7 @@ class Worker:
         try:
             await self._consume_forever(publisher)
         finally:
+            await self._publish_done()
             deadline.cancel()
             await relay
             await link.close()
@@ -257,22 +261,34 @@ class Worker:
         for message in decoded:
             await message.ack()
         elapsed = time.perf_counter() - started
-        published = await publisher.publish(result.published)
-        self._count(batch, result, published, elapsed)
+        self._count(batch, result, elapsed)
         log.info(
             "batch_stored",
             messages=len(decoded),
             deliveries=len(batch.deliveries),
             new_deliveries=result.fresh,
             versions=result.versions,
-            published=published,
+            to_publish=len(result.published),
             rejected=len(result.rejected),
             ms=round(elapsed * 1000, 1),
         )
+        await self._publish_done()
+        if result.published:
+            self._publishing = asyncio.create_task(self._publish(publisher, result))
 
-    def _count(
-        self, batch: Normalized, result: BatchResult, published: int, elapsed: float
-    ) -> None:
+    async def _publish(self, publisher: RecordPublisher, result: BatchResult) -> None:
+        self.metrics.published.inc(await publisher.publish(result.published))
+
+    async def _publish_done(self) -> None:
+        task, self._publishing = self._publishing, None
+        if task is not None:
+            try:
+                await task
+            except Exception:
+                # The outbox rows stay; the relay publishes them after the grace period.
+                log.exception("records_publish_failed")
+
+    def _count(self, batch: Normalized, result: BatchResult, elapsed: float) -> None:
         metrics = self.metrics
         metrics.batches.inc()
         metrics.batch_seconds.observe(elapsed)
@@ -283,7 +299,6 @@ class Worker:
         metrics.deliveries.labels("seen_before").inc(len(batch.deliveries) - result.fresh)
         for rejection in result.rejected:
             metrics.rejected.labels(str(rejection.reason)).inc()
-        metrics.published.inc(published)
 
 
 def _envelope_count(message: AbstractIncomingMessage) -> int:

@@ -279,14 +279,18 @@ class Fields:
         return _EPOCH + timedelta(milliseconds=millis)
 
     def local_time(self, key: str, *formats: str) -> datetime | None:
-        """A zone-less time string, read in the source's zone, returned in UTC."""
+        """A time string in one of `formats` (strptime), read in the source's zone unless
+        it carries its own offset, returned in UTC."""
         value = self.take(key)
         if _blank(value) or value == 0 or value == "0":
             return None
         text = _as_text(value)
         for fmt in formats:
             try:
-                moment = datetime.strptime(text, fmt).replace(tzinfo=self.zone).astimezone(UTC)
+                moment = _parser(fmt)(text)
+                if moment.tzinfo is None:
+                    moment = moment.replace(tzinfo=self.zone)
+                moment = moment.astimezone(UTC)
             except (ValueError, OverflowError):
                 continue
             if _EARLIEST <= moment < _LATEST:
@@ -304,6 +308,35 @@ class Fields:
             return tuple(v.strip() for v in value.split(",") if v.strip())
         self._unread(key, value)
         return ()
+
+
+_ISO_FORMATS = frozenset({"%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S.%f"})
+_SLASHED = re.compile(r"(\d{4})/(\d{2})/(\d{2}),(\d{2}):(\d{2}):(\d{2})(?::(\d{1,3}))?")
+
+
+def _parse_slashed(text: str) -> datetime:
+    """`yyyy/MM/dd,HH:mm:ss[:SSS]` (Huawei), without strptime's cost."""
+    match = _SLASHED.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not yyyy/MM/dd,HH:mm:ss:SSS: {text!r}")
+    year, month, day, hour, minute, second, millis = match.groups()
+    micros = int(millis.ljust(3, "0")) * 1000 if millis else 0
+    return datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micros)
+
+
+def _parser(fmt: str) -> Callable[[str], datetime]:
+    """strptime is slow; the formats every provider uses have fast equivalents."""
+    if fmt in _ISO_FORMATS:
+        return _parse_iso
+    if fmt in ("%Y/%m/%d,%H:%M:%S:%f", "%Y/%m/%d,%H:%M:%S"):
+        return _parse_slashed
+    return lambda text: datetime.strptime(text, fmt)
+
+
+def _parse_iso(text: str) -> datetime:
+    if len(text) < 19 or text[4] != "-" or text[13] != ":":  # date-only and odd shapes
+        raise ValueError(f"not yyyy-MM-dd HH:mm:ss: {text!r}")
+    return datetime.fromisoformat(text)
 
 
 def is_blank(value: Any) -> bool:
