@@ -13,6 +13,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from cdrflow.settings import Settings
 from schemas.envelope import RawEnvelope, decode_batch
 from schemas.jsoncodec import loads
+from tests.support.samples import record_validator
 
 
 async def take_messages(
@@ -49,10 +50,13 @@ async def queue_depth(channel: AbstractChannel, queue: str) -> int:
 
 
 class RecordTap:
-    """Every message published on the records exchange while the tap is open."""
+    """Every message published on the records exchange while the tap is open. Each one is
+    checked against schemas/call_record.schema.json on arrival; the tap fails the test on
+    close if any did not validate."""
 
     def __init__(self) -> None:
         self.messages: list[AbstractIncomingMessage] = []
+        self.invalid: list[str] = []
 
     @property
     def bodies(self) -> list[dict[str, Any]]:
@@ -80,6 +84,9 @@ async def record_tap(
     await queue.bind(exchange, routing_key=binding)
 
     async def collect(message: AbstractIncomingMessage) -> None:
+        errors = [e.message for e in record_validator().iter_errors(loads(message.body))]
+        if errors:
+            tap.invalid.append(f"{message.message_id}: {errors}")
         tap.messages.append(message)
         await message.ack()
 
@@ -88,3 +95,4 @@ async def record_tap(
         yield tap
     finally:
         await queue.cancel(tag)
+    assert not tap.invalid, f"published records that break the JSON Schema: {tap.invalid}"

@@ -3,7 +3,8 @@ aiohttp's TestServer would force handler cancellation on), and a client for it."
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,6 +15,8 @@ from cdrflow.settings import Settings
 from ingress.app import create_app
 from ingress.server import runner_options
 from schemas.sources import Sources
+from tests.support.samples import Sample
+from tests.support.sources import callback_path
 
 
 class IngressClient:
@@ -61,3 +64,21 @@ async def ingress_client(settings: Settings, sources: Sources) -> AsyncIterator[
                 client.release()
     finally:
         await runner.cleanup()
+
+
+async def push_all(client: IngressClient, items: Sequence[Sample], concurrency: int = 64) -> None:
+    """Send every sample through the ingress, `concurrency` at a time; each must get 200."""
+    limit = asyncio.Semaphore(concurrency)
+
+    async def push(item: Sample) -> None:
+        path = callback_path(item.source) + (f"?{item.query}" if item.query else "")
+        headers = {"Content-Type": item.content_type} if item.content_type else {}
+        async with (
+            limit,
+            client.session.request(
+                item.method, client.make_url(path), data=item.body, headers=headers
+            ) as response,
+        ):
+            assert response.status == 200, await response.text()
+
+    await asyncio.gather(*(push(item) for item in items))
