@@ -18,22 +18,42 @@ class JSONError(ValueError):
     pass
 
 
+MAX_NUMBER_TEXT = 64  # characters: no call datum needs more; a longer number is an attack
+
+
 def _reject_constant(name: str) -> Any:
     # Python's json accepts NaN and Infinity; JSON does not, and neither do we.
     raise JSONError(f"{name} is not valid JSON")
 
 
+def _parse_int(text: str) -> int | Decimal:
+    if len(text) > MAX_NUMBER_TEXT:
+        raise JSONError(f"a number of {len(text)} digits")
+    # orjson writes integers of at most 64 bits; larger ones stay exact as Decimal.
+    return int(text) if len(text) < 19 else Decimal(text)
+
+
+def _parse_float(text: str) -> Decimal:
+    if len(text) > MAX_NUMBER_TEXT:
+        raise JSONError(f"a number of {len(text)} characters")
+    return Decimal(text)
+
+
 def loads_exact(text: str | bytes) -> Any:
-    """Parse JSON with fractional numbers as Decimal (exact), rejecting NaN/Infinity."""
+    """Parse JSON with fractional numbers as Decimal (exact), rejecting NaN/Infinity and
+    absurdly long numbers. A Decimal keeps its exponent: 1e400000000 is never expanded."""
     try:
-        return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise JSONError(str(exc)) from exc
+        return json.loads(
+            text, parse_float=_parse_float, parse_int=_parse_int, parse_constant=_reject_constant
+        )
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise JSONError(str(exc) or type(exc).__name__) from exc
 
 
 def _default(value: Any) -> Any:
     if isinstance(value, Decimal):
-        return orjson.Fragment(format(value, "f").encode())
+        # str() keeps the number's own form (1.50, 1E+400000000): valid JSON, never expanded.
+        return orjson.Fragment(str(value).encode())
     if isinstance(value, Mapping):
         return dict(value)
     if isinstance(value, frozenset | set):

@@ -51,24 +51,37 @@ class BatchDataError(Exception):
     """The database refused the batch's content (not its own state): some row is poison."""
 
 
-def is_data_error(exc: BaseException) -> bool:
-    """Class 22 (data exception) and 23 (integrity violation), and the driver's refusal to
-    encode a value (COPY raises a bare OverflowError, TypeError or ValueError for a value
-    its column cannot take): retrying the same rows cannot help."""
-    return isinstance(
-        exc,
-        asyncpg.DataError
-        | asyncpg_base.DataError
-        | asyncpg.IntegrityConstraintViolationError
-        | OverflowError
-        | TypeError
-        | ValueError,
-    )
+# SQLSTATE classes and codes that say the database, not the batch, is the problem: hold
+# the batch and try again. Anything else the database refuses is the content's fault.
+_TRANSIENT_CLASSES = ("08", "53", "57")  # connection, resources, operator intervention
+_TRANSIENT_CODES = frozenset(
+    {
+        "40001",  # serialization failure
+        "40P01",  # deadlock
+        "25006",  # read-only transaction: a failover in progress
+        "55P03",  # lock not available
+        "42P01",  # undefined table: the schema is not migrated yet
+        "0A000",  # feature not supported: asyncpg's stale statement cache after a migration
+    }
+)
 
 
 def is_transient(exc: BaseException) -> bool:
     """The database is down, restarting, failing over, overloaded or not migrated yet:
-    hold the batch and try again."""
-    if is_data_error(exc):
+    hold the batch and try again (for as long as it takes)."""
+    if isinstance(exc, asyncpg.PostgresError):
+        code = str(exc.sqlstate or "")
+        return code[:2] in _TRANSIENT_CLASSES or code in _TRANSIENT_CODES
+    if isinstance(exc, asyncpg_base.DataError):
         return False
-    return isinstance(exc, OSError | TimeoutError | asyncpg.PostgresError | asyncpg.InterfaceError)
+    return isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError)
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """The database or its driver refused what the batch holds (a value out of range, an
+    index row too large, a constraint): retrying the same rows cannot help, isolating
+    them can. COPY raises a bare OverflowError, TypeError or ValueError for a value its
+    column cannot take."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return not is_transient(exc)
+    return isinstance(exc, asyncpg_base.DataError | OverflowError | TypeError | ValueError)

@@ -20,6 +20,7 @@ from schemas.sources import Source
 log = get_logger("cdrflow.worker")
 
 WHOLE_REQUEST = -1  # `item` of a rejection that concerns the request, not one report in it
+MAX_EXTERNAL_ID = 256  # characters; a longer "id" is not an id (and would not fit an index)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,26 +90,33 @@ def normalize_envelope(
         return reject(WHOLE_REQUEST, exc.reason, exc.message)
     except Exception as exc:
         return reject(WHOLE_REQUEST, Reason.INTERNAL_ERROR, _crash(envelope, provider, exc))
-    # NUL can only be there if the request holds a NUL byte or an escape that decodes to one.
-    scrub = _may_hold_nul(envelope)
+    scrub = _may_hold_unstorable_text(envelope)
     for item, payload in enumerate(payloads):
-        clean = sanitize(payload) if scrub else payload
         try:
+            clean = sanitize(payload) if scrub else payload
             record = provider.normalize(clean, source)
+            if len(record.external_id) > MAX_EXTERNAL_ID:
+                raise Reject(
+                    Reason.INVALID_FIELD,
+                    f"the provider's id is {len(record.external_id)} characters long",
+                )
+            # Everything that could still fail on this report's content happens here, where
+            # a failure rejects this report alone (it is also what the store will write).
+            digest = content_hash(clean, provider.volatile_fields)
         except Reject as exc:
             reject(item, exc.reason, exc.message)
             continue
         except Exception as exc:
             reject(item, Reason.INTERNAL_ERROR, _crash(envelope, provider, exc))
             continue
-        digest = content_hash(clean, provider.volatile_fields)
         result.deliveries.append(Delivery(envelope, item, record, digest))
     return result
 
 
-def _may_hold_nul(envelope: RawEnvelope) -> bool:
+def _may_hold_unstorable_text(envelope: RawEnvelope) -> bool:
+    """NUL and lone surrogates arrive as a NUL byte, a JSON \\u escape, or a %00."""
     body = envelope.body
-    return b"\x00" in body or b"\\u0000" in body or b"%00" in body or "%00" in envelope.query
+    return b"\x00" in body or b"\\u" in body or b"%00" in body or "%00" in envelope.query
 
 
 def _crash(envelope: RawEnvelope, provider: Provider, exc: Exception) -> str:

@@ -26,8 +26,9 @@ from workers.store import OutboxEntry
 log = get_logger("cdrflow.worker.outbox")
 
 RELAY_BATCH = 500
-PRUNE_EVERY = 600.0  # seconds between prunes of the deliveries ledger
+PRUNE_EVERY = 60.0  # seconds between prunes of the deliveries ledger
 PRUNE_CHUNK = 10_000
+PRUNE_BUDGET = 10.0  # seconds a prune may keep deleting chunks before it yields
 
 _CLAIM_STALE = """
 SELECT outbox_id, record_id, revision, routing_key, body FROM outbox
@@ -77,6 +78,7 @@ class RecordPublisher:
         self.grace_seconds = grace_seconds
         self.interval_seconds = interval_seconds
         self.retention_days = retention_days
+        self.database_ok = True  # as of the relay's last look at the database
 
     async def publish(self, entries: Sequence[OutboxEntry]) -> int:
         """Publish committed records and forget the confirmed ones. Returns how many were
@@ -137,11 +139,21 @@ class RecordPublisher:
         return len(confirmed)
 
     async def prune_deliveries(self) -> int:
-        status = await self.pool.execute(_PRUNE, self.retention_days, PRUNE_CHUNK)
-        return int(status.split()[-1])
+        """Delete ledger rows past the retention, chunk after chunk until caught up or out
+        of budget (short transactions: pruning never holds locks for long)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PRUNE_BUDGET
+        pruned = 0
+        while True:
+            status = await self.pool.execute(_PRUNE, self.retention_days, PRUNE_CHUNK)
+            deleted = int(status.split()[-1])
+            pruned += deleted
+            if deleted < PRUNE_CHUNK or loop.time() > deadline:
+                return pruned
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """The relay loop, until `stopping` is set."""
+        """The relay loop, until `stopping` is set. It also tells, through `database_ok`,
+        whether the database answers, for an idle worker's readiness."""
         last_prune = 0.0
         loop = asyncio.get_running_loop()
         while not stopping.is_set():
@@ -149,6 +161,9 @@ class RecordPublisher:
                 if self.link.ready:
                     while await self.relay_once() == RELAY_BATCH:
                         pass
+                else:
+                    await self.pool.fetchval("SELECT 1")
+                self.database_ok = True
                 if loop.time() - last_prune > PRUNE_EVERY:
                     pruned = await self.prune_deliveries()
                     last_prune = loop.time()
@@ -160,6 +175,7 @@ class RecordPublisher:
                 if not is_transient(exc):
                     log.exception("outbox_relay_failed")
                 else:
+                    self.database_ok = False
                     log.warning("outbox_relay_deferred", error=f"{type(exc).__name__}: {exc}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), self.interval_seconds)

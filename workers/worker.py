@@ -1,14 +1,16 @@
 """`cdrflow worker`: one stateless competing consumer of `cdr.raw`.
 
-A batch closes at `batch_size` callbacks, `batch_wait_ms` after its first message, or when
-every prefetched message is in hand. It is normalized, stored in one transaction, and only
+Each batch (see `workers.batching`) is normalized and stored in one transaction, and only
 then are its messages acknowledged; its records are published after that (outbox).
 
 - A message that is not an envelope batch is parked at once (rejected to `cdr.dead`).
-- A message redelivered twice or more is processed alone, so that a message that crashes
-  workers takes only itself to `cdr.dead` when the delivery limit runs out.
+- A batch that fails for a reason other than the database (a bug) is handed back with a
+  nack, alone: the connection and the other messages in hand are untouched.
+- A redelivered message is processed alone; one that holds several callbacks is first split
+  into one message per callback. So a callback that keeps crashing workers takes only
+  itself to `cdr.dead` when the delivery limit runs out.
 - While PostgreSQL is down the batch is held (not acked, not dropped) and retried with
-  backoff; the prefetch limit stops the broker from handing over more.
+  backoff; prefetch, sized to about one batch of callbacks, stops the broker handing more.
 - SIGTERM: cancel the consumer, finish the messages in hand, publish, exit. If the database
   stays down past `shutdown_timeout`, the messages are handed back to the broker instead."""
 
@@ -16,18 +18,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Mapping
 
+import aio_pika
 import asyncpg
+from aio_pika import DeliveryMode
 from aio_pika.abc import AbstractIncomingMessage
 
 from cdrflow.amqp import BrokerLink, connect, declare
 from cdrflow.logs import get_logger
 from cdrflow.settings import Settings
-from schemas.envelope import COUNT_HEADER, EnvelopeError, decode_batch
+from schemas.envelope import (
+    COUNT_HEADER,
+    FORMAT,
+    FORMAT_HEADER,
+    EnvelopeError,
+    RawEnvelope,
+    decode_batch,
+    encode_batch,
+    uuid7,
+)
 from schemas.providers.base import Provider
 from schemas.sources import Source
+from workers.batching import Inbox, redeliveries
 from workers.db import create_pool
 from workers.metrics import WorkerMetrics, serve_health
 from workers.migrate import LATEST, schema_version
@@ -37,7 +52,9 @@ from workers.store import BatchResult, Store
 
 log = get_logger("cdrflow.worker")
 
-ISOLATE_AFTER = 2  # x-delivery-count from which a message is processed alone
+
+class SessionLost(Exception):
+    """The channel to RabbitMQ is gone: the messages in hand are the broker's again."""
 
 
 class Worker:
@@ -54,7 +71,7 @@ class Worker:
         self.consuming = asyncio.Event()  # set while subscribed to the raw queue
         self.metrics = WorkerMetrics()
         self.store: Store | None = None
-        self._held: AbstractIncomingMessage | None = None
+        self.publisher: RecordPublisher | None = None
         # Records of the last batch being published while the next batch is stored
         # (the outbox covers a crash meanwhile). At most one in flight.
         self._publishing: asyncio.Task[None] | None = None
@@ -66,7 +83,13 @@ class Worker:
 
     @property
     def ready(self) -> bool:
-        return self.consuming.is_set() and self.store is not None and not self.store.failing
+        return (
+            self.consuming.is_set()
+            and self.store is not None
+            and not self.store.failing
+            and self.publisher is not None
+            and self.publisher.database_ok
+        )
 
     async def run(self) -> None:
         async with serve_health(self.metrics, lambda: self.ready, self.settings.worker_port):
@@ -76,20 +99,21 @@ class Worker:
         pool = await self._open_pool()
         if pool is None:
             return
-        self.store = store = Store(pool, retry_max_seconds=self.settings.db_retry_max_seconds)
-        self.metrics.database_up.set_function(lambda: 0.0 if store.failing else 1.0)
-        link = BrokerLink(
-            self.settings.amqp_url, self.settings.topology(), name="cdrflow-worker-records"
-        )
+        settings = self.settings
+        self.store = store = Store(pool, retry_max_seconds=settings.db_retry_max_seconds)
+        link = BrokerLink(settings.amqp_url, settings.topology(), name="cdrflow-worker-records")
         await link.start()
-        publisher = RecordPublisher(
+        self.publisher = publisher = RecordPublisher(
             link,
             pool,
-            exchange=self.settings.records_exchange,
-            confirm_timeout=self.settings.confirm_timeout,
-            grace_seconds=self.settings.outbox_grace_seconds,
-            interval_seconds=self.settings.outbox_interval_seconds,
-            retention_days=self.settings.delivery_retention_days,
+            exchange=settings.records_exchange,
+            confirm_timeout=settings.confirm_timeout,
+            grace_seconds=settings.outbox_grace_seconds,
+            interval_seconds=settings.outbox_interval_seconds,
+            retention_days=settings.delivery_retention_days,
+        )
+        self.metrics.database_up.set_function(
+            lambda: 0.0 if store.failing or not publisher.database_ok else 1.0
         )
         relay = asyncio.create_task(publisher.run(self.stopping), name="outbox-relay")
         deadline = asyncio.create_task(self._abandon_after_stop(), name="shutdown-deadline")
@@ -157,100 +181,99 @@ class Worker:
                 await self._pause(delay)
                 delay = min(delay * 2, 10.0)
 
+    def _inbox(self) -> Inbox[AbstractIncomingMessage]:
+        settings = self.settings
+        # Until messages show how many callbacks they hold, assume they are full.
+        first_guess = math.ceil(settings.batch_size / max(1, settings.coalesce_max_envelopes))
+        return Inbox(
+            settings.batch_size, settings.batch_wait_ms, settings.effective_prefetch, first_guess
+        )
+
     async def _consume(self, publisher: RecordPublisher) -> None:
         settings = self.settings
         connection = await connect(settings.amqp_url, "cdrflow-worker")
         lost = asyncio.Event()
+        inbox = self._inbox()
         try:
             channel = await connection.channel()
-            await channel.set_qos(prefetch_count=settings.effective_prefetch)
+            await channel.set_qos(prefetch_count=inbox.prefetch)
             await declare(channel, settings.topology())
             queue = await channel.get_queue(settings.raw_queue, ensure=False)
             connection.close_callbacks.add(lambda *_: lost.set())
             channel.close_callbacks.add(lambda *_: lost.set())
-            inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
 
             async def take(message: AbstractIncomingMessage) -> None:
-                inbox.put_nowait(message)
+                inbox.put(message)
 
             tag = await queue.consume(take, no_ack=False)
             self.consuming.set()
-            log.info(
-                "worker_consuming", queue=settings.raw_queue, prefetch=settings.effective_prefetch
-            )
+            log.info("worker_consuming", queue=settings.raw_queue, prefetch=inbox.prefetch)
             while not self.stopping.is_set() and not lost.is_set():
-                messages = await self._collect(inbox, lost)
-                if messages:
-                    await self._handle(messages, publisher)
+                batch = await inbox.next_batch(lambda: self.stopping.is_set() or lost.is_set())
+                if not batch:
+                    continue
+                prefetch = inbox.resize(batch)
+                if prefetch is not None:
+                    # basic.qos binds consumers created after it: subscribe anew. The
+                    # messages in hand stay ours (cancel does not requeue them).
+                    await queue.cancel(tag)
+                    await channel.set_qos(prefetch_count=prefetch)
+                    tag = await queue.consume(take, no_ack=False)
+                    log.info("prefetch_resized", prefetch=prefetch)
+                await self._settle(batch, publisher, lost)
             if lost.is_set():
-                raise ConnectionError("connection to RabbitMQ lost")
+                raise SessionLost("connection to RabbitMQ lost")
             # Stopping: take no more work, finish what is in hand.
             await queue.cancel(tag)
             await asyncio.sleep(0)  # let deliveries already read off the socket land
-            while self._held is not None or not inbox.empty():
-                messages = await self._collect(inbox, lost, wait=False)
-                if not messages:
-                    break
-                await self._handle(messages, publisher)
+            while batch := await inbox.next_batch(lost.is_set, wait=False):
+                await self._settle(batch, publisher, lost)
         finally:
             self.consuming.clear()
-            self._held = None
+            inbox.clear()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(connection.close(), 5)
 
-    async def _collect(
-        self, inbox: asyncio.Queue[AbstractIncomingMessage], lost: asyncio.Event, wait: bool = True
-    ) -> list[AbstractIncomingMessage]:
-        settings = self.settings
-        first = self._held
-        self._held = None
-        while first is None:
-            if not wait:
-                if inbox.empty():
-                    return []
-            elif self.stopping.is_set() or lost.is_set():
-                return []
-            with contextlib.suppress(TimeoutError):
-                first = await asyncio.wait_for(inbox.get(), 0.25)
-        messages = [first]
-        if _isolated(first):
-            return messages
-        envelopes = _envelope_count(first)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + settings.batch_wait_ms / 1000
-        while envelopes < settings.batch_size and len(messages) < settings.effective_prefetch:
-            if inbox.empty():
-                remaining = deadline - loop.time()
-                if not wait or remaining <= 0 or lost.is_set():
-                    break
-                try:
-                    message = await asyncio.wait_for(inbox.get(), remaining)
-                except TimeoutError:
-                    break
-            else:
-                message = inbox.get_nowait()
-            if _isolated(message):
-                self._held = message
-                break
-            messages.append(message)
-            envelopes += _envelope_count(message)
-        return messages
+    async def _settle(
+        self,
+        batch: list[AbstractIncomingMessage],
+        publisher: RecordPublisher,
+        lost: asyncio.Event,
+    ) -> None:
+        """Handle a batch; if that fails for any reason but a lost channel, hand exactly
+        this batch back to the broker (nack, requeue), which counts a delivery for each."""
+        unsettled = list(batch)
+        try:
+            await self._handle(unsettled, publisher)
+        except Exception as exc:
+            if lost.is_set():
+                raise SessionLost("connection to RabbitMQ lost") from exc
+            log.exception("batch_failed", messages=len(unsettled))
+            for message in unsettled:
+                await message.nack(requeue=True)
 
     async def _handle(
-        self, messages: list[AbstractIncomingMessage], publisher: RecordPublisher
+        self, unsettled: list[AbstractIncomingMessage], publisher: RecordPublisher
     ) -> None:
+        """Store a batch and acknowledge it. Removes each message from `unsettled` as soon as
+        the broker has been told what became of it."""
         assert self.store is not None
         started = time.perf_counter()
         batch = Normalized()
         decoded = []
-        for message in messages:
+        for message in list(unsettled):
             try:
                 envelopes = decode_batch(message.body)
             except EnvelopeError as exc:
                 # Retrying cannot make it readable: park it for an operator to look at.
                 log.error("message_parked", reason=str(exc), message_id=message.message_id)
                 await message.reject(requeue=False)
+                unsettled.remove(message)
                 self.metrics.parked.inc()
+                continue
+            if redeliveries(message) and len(envelopes) > 1:
+                await self._split(message, envelopes, publisher.link)
+                unsettled.remove(message)
                 continue
             for envelope in envelopes:
                 batch.extend(normalize_envelope(envelope, self.sources, self.providers))
@@ -260,6 +283,7 @@ class Worker:
         result = await self.store.write(batch)
         for message in decoded:
             await message.ack()
+            unsettled.remove(message)
         elapsed = time.perf_counter() - started
         self._count(batch, result, elapsed)
         log.info(
@@ -275,6 +299,36 @@ class Worker:
         await self._publish_done()
         if result.published:
             self._publishing = asyncio.create_task(self._publish(publisher, result))
+
+    async def _split(
+        self, message: AbstractIncomingMessage, envelopes: list[RawEnvelope], link: BrokerLink
+    ) -> None:
+        """Re-queue each callback of a redelivered message as a message of its own, then
+        drop the original: from now on each callback has its own delivery count."""
+        await asyncio.gather(
+            *(
+                link.publish(
+                    aio_pika.Message(
+                        encode_batch([envelope.encode()]),
+                        delivery_mode=DeliveryMode.PERSISTENT,
+                        message_id=str(uuid7()),
+                        content_type="application/json",
+                        headers={FORMAT_HEADER: FORMAT, COUNT_HEADER: 1},
+                    ),
+                    self.settings.raw_queue,
+                    mandatory=True,
+                    timeout=self.settings.confirm_timeout,
+                )
+                for envelope in envelopes
+            )
+        )
+        await message.ack()
+        log.warning(
+            "message_split",
+            message_id=message.message_id,
+            callbacks=len(envelopes),
+            redeliveries=redeliveries(message),
+        )
 
     async def _publish(self, publisher: RecordPublisher, result: BatchResult) -> None:
         self.metrics.published.inc(await publisher.publish(result.published))
@@ -299,13 +353,3 @@ class Worker:
         metrics.deliveries.labels("seen_before").inc(len(batch.deliveries) - result.fresh)
         for rejection in result.rejected:
             metrics.rejected.labels(str(rejection.reason)).inc()
-
-
-def _envelope_count(message: AbstractIncomingMessage) -> int:
-    count = (message.headers or {}).get(COUNT_HEADER, 1)
-    return count if isinstance(count, int) and count > 0 else 1
-
-
-def _isolated(message: AbstractIncomingMessage) -> bool:
-    count = (message.headers or {}).get("x-delivery-count", 0)
-    return isinstance(count, int) and count >= ISOLATE_AFTER

@@ -178,10 +178,14 @@ def require_text(payload: Mapping[str, Any], key: str) -> str:
     return text
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def sanitize(value: Any) -> Any:
-    """PostgreSQL text and jsonb cannot hold NUL: replace it rather than lose the record."""
+    """PostgreSQL text and jsonb hold neither NUL nor lone UTF-16 surrogates (a string a
+    Java sender cut in half): replace them with U+FFFD rather than lose the record."""
     if isinstance(value, str):
-        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+        return _UNSTORABLE.sub("\ufffd", value) if _UNSTORABLE.search(value) else value
     if isinstance(value, dict):
         return {sanitize(k): sanitize(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -351,8 +355,6 @@ def _blank(value: Any) -> bool:
 def _as_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, Decimal):
-        return format(value, "f")
     return str(value).strip()
 
 
@@ -362,7 +364,9 @@ def to_int(value: Any) -> int | None:
     if isinstance(value, int):
         return value
     if isinstance(value, Decimal):
-        return int(value) if value.is_finite() and value == value.to_integral_value() else None
+        if not value.is_finite() or value.adjusted() > 18:  # never expand 1e400000000
+            return None
+        return int(value) if value == value.to_integral_value() else None
     if isinstance(value, str):
         text = value.strip()
         if _INTEGER.fullmatch(text):
@@ -382,7 +386,9 @@ def to_decimal(value: Any) -> Decimal | None:
             return None
     else:
         return None
-    return amount if amount.is_finite() else None
+    if not amount.is_finite() or abs(amount.adjusted()) > 24 or len(amount.as_tuple().digits) > 40:
+        return None  # not an amount of money: kept raw in `extra`
+    return amount
 
 
 # --- shared call semantics -------------------------------------------------------

@@ -25,7 +25,6 @@ import random
 import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 from schemas.envelope import RawEnvelope
@@ -193,9 +192,7 @@ def _render(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, Decimal):
-        return format(value, "f")
-    return str(value)
+    return str(value)  # a Decimal keeps its own text: 0.50 stays 0.50, 1e9 is never expanded
 
 
 def signing_strings(

@@ -23,6 +23,7 @@ from schemas.sources import Sources
 from tests.support.broker import queue_depth, take_envelopes, take_messages
 from tests.support.ingress import IngressClient, ingress_client
 from tests.support.proxy import TcpProxy
+from tests.support.samples import raw_batch_validator
 from tests.support.sources import SECRETS, TOKENS, callback_path
 
 CC_REPORT = {
@@ -358,7 +359,13 @@ async def test_a_thousand_concurrent_requests_are_all_confirmed_and_queued_once(
     assert sessions == sorted(f"s{n}" for n in range(1000))
     assert len({e.ingest_id for e in envelopes}) == 1000
     assert len(messages) < 1000  # coalesced: fewer confirms than requests
-    assert all(m.delivery_mode == 2 for m in messages)  # persistent
+    for message in messages:
+        assert message.delivery_mode == 2  # persistent
+        batch = loads(message.body)
+        raw_batch_validator().validate(batch)
+        count = len(batch["envelopes"])
+        assert message.headers["cdrflow-envelopes"] == count
+        assert 1 <= count <= settings.coalesce_max_envelopes
     assert await queue_depth(channel, settings.raw_queue) == 0
 
 
@@ -452,3 +459,16 @@ async def test_a_request_line_with_raw_spaces_is_refused_without_logging_the_tok
     writer.close()
     assert status_line.split()[1] == b"400"
     assert TOKENS["nx-dr"] not in log_output.getvalue()
+
+
+async def test_a_number_bomb_in_a_signed_body_is_refused_without_being_expanded(
+    client: IngressClient,
+) -> None:
+    # 1e400000000 expanded would be 400 million digits, before the signature check.
+    event = {**HUAWEI_EVENT, "talkDuration": "1e400000000"}
+    body = dumps(sign(event, "sha256", "wrong-secret", datetime.now(UTC), random.Random(1)))
+    body = body.replace(b'"1e400000000"', b"1e400000000")
+    response = await client.post(
+        callback_path("hw-sha"), data=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status == 401

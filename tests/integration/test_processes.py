@@ -3,25 +3,41 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import aio_pika
 import aiohttp
 import asyncpg
 import pytest
 from aio_pika.abc import AbstractChannel
 
+from cdrflow.amqp import BrokerLink
 from cdrflow.settings import Settings
+from cdrflow.simulate import simulate
 from schemas.jsoncodec import dumps
-from tests.support.broker import take_envelopes
+from schemas.providers import default_registry
+from schemas.sources import Sources
+from tests.support.broker import queue_depth, take_envelopes
 from tests.support.env import POSTGRES_URL, RUN_ID
+from tests.support.ingress import ingress_client
+from tests.support.proxy import TcpProxy
+from tests.support.samples import Sample, envelope, sample
 from tests.support.sources import ENVIRON, SOURCES_TOML, callback_path
-from tests.support.workers import settings_env
-from workers.migrate import LATEST, migrate, schema_version
+from tests.support.waiting import eventually
+from tests.support.workers import publish_envelopes, running_worker, settings_env
+from workers.db import create_pool
+from workers.migrate import LATEST, available, migrate, schema_version
+from workers.outbox import RecordPublisher
+from workers.replay import ReplaySelection, select_requests
+from workers.worker import Worker
 
 
 def cdrflow(
@@ -194,3 +210,238 @@ async def test_sigterm_lets_requests_in_flight_finish_and_loses_none(
     envelopes = await take_envelopes(channel, settings.raw_queue, count=accepted, timeout=15)
     assert len(envelopes) == accepted  # every 200 is in the queue
     assert b"ingress_stopped" in logged
+
+
+# --- replay, tail and simulate as commands ---------------------------------------------
+
+
+async def test_replay_selects_by_source_reason_time_and_limit(
+    settings: Settings,
+    sources: Sources,
+    channel: AbstractChannel,
+    db: asyncpg.Connection,
+    tmp_path: Path,
+) -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    broken = [
+        envelope(
+            Sample("nx-cc", "", "POST", b"{broken", "application/json"), t0 + timedelta(hours=h)
+        )
+        for h in range(4)
+    ]
+    broken.append(envelope(Sample("nx-voice", "", "POST", b"{broken", "application/json"), t0))
+    await publish_envelopes(channel, settings, broken)
+    async with running_worker(settings, sources):
+        assert await eventually(lambda: _rejected(db, 5))
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+
+        async def chosen(**selection: Any) -> list[datetime]:
+            found = await select_requests(connection, ReplaySelection(**selection))
+            return [e.received_at for e in found]
+
+        assert len(await chosen()) == 5
+        assert len(await chosen(source="nx-cc")) == 4
+        assert len(await chosen(reason="unparseable_body")) == 5
+        assert await chosen(
+            source="nx-cc", since=t0 + timedelta(hours=1), until=t0 + timedelta(hours=3)
+        ) == [
+            t0 + timedelta(hours=1),
+            t0 + timedelta(hours=2),
+        ]
+        assert await chosen(source="nx-cc", limit=2) == [
+            t0,
+            t0 + timedelta(hours=1),
+        ]  # oldest first
+    finally:
+        await connection.close()
+    result = cdrflow(
+        "replay",
+        "--source",
+        "nx-cc",
+        "--since",
+        "2026-01-01T02:00:00",
+        "--dry-run",
+        env=settings_env(settings),
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "2 request(s) would be sent again"
+
+
+async def _rejected(db: asyncpg.Connection, count: int) -> bool:
+    return int(await db.fetchval("SELECT count(*) FROM rejected_callbacks")) >= count
+
+
+async def test_tail_as_a_command_prints_records(
+    settings: Settings, channel: AbstractChannel
+) -> None:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cdrflow.cli",
+        "tail",
+        "acme.#",
+        "--count",
+        "1",
+        env={**os.environ, **settings_env(settings)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    exchange = await channel.declare_exchange(settings.records_exchange, "topic", durable=True)
+    record = b'{"record_id":"r1","tenant":"acme"}'
+    for _ in range(100):  # until the command has bound its queue and printed one record
+        await exchange.publish(
+            aio_pika.Message(record), routing_key="acme.nxcloud.voice_dr.answered"
+        )
+        await exchange.publish(aio_pika.Message(b'{"other":1}'), routing_key="globex.huawei.x.y")
+        if process.returncode is not None:
+            break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), 0.2)
+    out, err = await asyncio.wait_for(process.communicate(), 10)
+    assert process.returncode == 0, err
+    assert out.decode().splitlines() == [record.decode()]
+
+
+async def test_simulate_pushes_every_source_with_repushes_and_bad_bodies(
+    settings: Settings, sources: Sources, channel: AbstractChannel
+) -> None:
+    open_sources = Sources({n: s for n, s in sources.items() if not s.allow_cidrs})
+    async with ingress_client(settings, sources) as client:
+        report = await simulate(
+            client.make_url(""),
+            open_sources,
+            default_registry(),
+            rate=500,
+            count=60,
+            repush=0.3,
+            bad=0.2,
+            seed=5,
+        )
+    assert report.repushes > 0
+    assert report.bad > 0
+    assert report.sent == 60 + report.repushes
+    assert report.errors == 0
+    assert sum(report.statuses.values()) == report.sent
+    assert set(report.statuses) <= {200, 401}  # corrupted signed bodies fail their signature
+    envelopes = await take_envelopes(channel, settings.raw_queue, count=report.statuses[200])
+    assert len(envelopes) == report.statuses[200]
+    assert {e.source for e in envelopes} >= {"nx-voice", "nx-cc", "nx-dr", "hw"}
+
+
+# --- stopping and starting ---------------------------------------------------------
+
+
+async def test_at_shutdown_with_the_database_down_the_work_is_handed_back(
+    settings: Settings, sources: Sources, channel: AbstractChannel
+) -> None:
+    proxy = TcpProxy("127.0.0.1", 5432)
+    await proxy.start()
+    via_proxy = settings.with_(
+        database_url=settings.database_url.replace(":5432/", f":{proxy.port}/"), shutdown_timeout=1
+    )
+    try:
+        async with running_worker(via_proxy, sources):
+            await proxy.cut()
+            await publish_envelopes(
+                channel, settings, [envelope(sample("nx-dr")) for _ in range(5)], per_message=1
+            )
+
+            async def holding() -> bool:
+                return await queue_depth(channel, settings.raw_queue) < 5
+
+            assert await eventually(holding)
+        # the worker has stopped: what it held is back in the queue
+        assert await eventually(lambda: _depth(channel, settings, 5))
+    finally:
+        await proxy.close()
+
+
+async def _depth(channel: AbstractChannel, settings: Settings, depth: int) -> bool:
+    return await queue_depth(channel, settings.raw_queue) == depth
+
+
+async def test_a_worker_waits_for_the_schema_then_starts(
+    settings: Settings, sources: Sources
+) -> None:
+    url = f"{POSTGRES_URL}/cdrflow_unmigrated_{RUN_ID}"
+    admin = await asyncpg.connect(f"{POSTGRES_URL}/postgres")
+    await admin.execute(f'CREATE DATABASE "cdrflow_unmigrated_{RUN_ID}"')
+    worker = Worker(settings.with_(database_url=url), sources, default_registry())
+    task = asyncio.create_task(worker.run())
+    try:
+        await asyncio.sleep(1.5)
+        assert not worker.consuming.is_set()  # no schema: it takes no work
+        await migrate(url)
+        await asyncio.wait_for(worker.consuming.wait(), 30)
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 30)
+        await admin.execute(f'DROP DATABASE IF EXISTS "cdrflow_unmigrated_{RUN_ID}" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_migrate_upgrades_a_version_1_database_and_keeps_its_rows() -> None:
+    url = f"{POSTGRES_URL}/cdrflow_upgrade_{RUN_ID}"
+    admin = await asyncpg.connect(f"{POSTGRES_URL}/postgres")
+    await admin.execute(f'CREATE DATABASE "cdrflow_upgrade_{RUN_ID}"')
+    try:
+        connection = await asyncpg.connect(url)
+        try:
+            version_1 = next(m for m in available() if m.version == 1)
+            await connection.execute(version_1.sql)
+            await connection.execute(
+                "CREATE TABLE cdrflow_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now());"
+                "INSERT INTO cdrflow_migrations (version, name) VALUES (1, 'initial')"
+            )
+            await connection.execute(
+                "INSERT INTO call_records (record_id, source, tenant, provider, event, external_id,"
+                " status, raw, schema_version, received_at, first_seen_at, last_seen_at,"
+                " content_hash, content_received_at, content_ingest_id, content_item)"
+                " VALUES (gen_random_uuid(), 's', 't', 'nxcloud', 'voice_dr', 'kept', 'answered',"
+                " '{}', 1, now(), now(), now(), '\\x00', now(), gen_random_uuid(), 0)"
+            )
+            assert await migrate(url) == list(range(2, LATEST + 1))
+            assert await connection.fetchval("SELECT external_id FROM call_records") == "kept"
+            key = await connection.fetchval(
+                "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+                " WHERE conname = 'call_records_pkey'"
+            )
+            assert key == "PRIMARY KEY (source, external_id)"
+        finally:
+            await connection.close()
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "cdrflow_upgrade_{RUN_ID}" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_the_deliveries_ledger_is_pruned_past_retention_in_chunks(
+    settings: Settings, db: asyncpg.Connection
+) -> None:
+    old, recent = 25_000, 10
+    await db.execute(
+        "INSERT INTO deliveries SELECT gen_random_uuid(), 0, gen_random_uuid(),"
+        " now() - interval '40 days' FROM generate_series(1, $1)",
+        old,
+    )
+    await db.execute(
+        "INSERT INTO deliveries SELECT gen_random_uuid(), 0, gen_random_uuid(), now()"
+        " FROM generate_series(1, $1)",
+        recent,
+    )
+    pool = await create_pool(settings.database_url, 1)
+    try:
+        publisher = RecordPublisher(
+            BrokerLink(settings.amqp_url, settings.topology(), name="test-prune"),
+            pool,
+            exchange=settings.records_exchange,
+            confirm_timeout=5,
+            grace_seconds=1,
+            interval_seconds=1,
+            retention_days=35,
+        )
+        assert await publisher.prune_deliveries() == old  # more than one chunk
+    finally:
+        await pool.close()
+    assert await db.fetchval("SELECT count(*) FROM deliveries") == recent

@@ -4,6 +4,7 @@ concurrency, faults (database down, crashes, poison), replay, outbox, tail."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import io
 import random
@@ -19,6 +20,7 @@ import pytest
 from aio_pika.abc import AbstractChannel
 
 from cdrflow.settings import Settings
+from schemas.envelope import RawEnvelope
 from schemas.jsoncodec import dumps, loads
 from schemas.providers import Registry, default_registry
 from schemas.providers.base import Provider
@@ -32,7 +34,7 @@ from tests.support.samples import Sample, envelope, record_validator, sample
 from tests.support.waiting import eventually, one
 from tests.support.workers import WorkerProcess, publish_envelopes, running_worker, stop_all
 from workers.db import create_pool
-from workers.normalize import normalize_envelope
+from workers.normalize import Normalized, normalize_envelope
 from workers.outbox import RecordPublisher
 from workers.replay import ReplaySelection, replay
 from workers.store import Store
@@ -287,10 +289,11 @@ async def test_while_the_database_is_down_the_batch_is_held_and_nothing_more_is_
         async with running_worker(via_proxy, sources):
             await proxy.cut()
             await publish_envelopes(channel, settings, items, per_message=1)
-            # the worker holds one prefetch's worth, unacknowledged; the rest waits queued
-            assert await eventually(lambda: _depth_is(channel, settings, 40))
-            await asyncio.sleep(1.5)  # several retry rounds later, still holding
-            assert await queue_depth(channel, settings.raw_queue) == 40
+            # the worker holds its batch and one prefetch window, unacknowledged; the rest
+            # waits queued (it took its first message under the first, smaller window)
+            assert await eventually(lambda: _depth_is(channel, settings, 50 - 11))
+            await asyncio.sleep(1.5)  # several retry rounds later, still holding, no more
+            assert await queue_depth(channel, settings.raw_queue) == 50 - 11
             assert await count(db, "SELECT count(*) FROM call_records") == 0
             await proxy.restore()
             assert await eventually(lambda: _has_rows(db, 50), timeout=30)
@@ -540,10 +543,62 @@ async def test_the_worker_endpoint_reports_health_and_counts(
         assert await eventually(lambda: _has_rows(db, 1))
         async with http.get(f"http://127.0.0.1:{port}/readyz") as ready:
             assert ready.status == 200
-        async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
-            text = await response.text()
+        text = ""
+
+        async def published() -> bool:  # records go out in the background, after the commit
+            nonlocal text
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                text = await response.text()
+            return "cdrflow_worker_published_total 1.0" in text
+
+        assert await eventually(published), text
     assert 'cdrflow_worker_deliveries_total{outcome="new_record"} 1.0' in text
     assert 'cdrflow_worker_deliveries_total{outcome="duplicate"} 1.0' in text
     assert 'cdrflow_worker_rejected_total{reason="unparseable_body"} 1.0' in text
     assert "cdrflow_worker_published_total 1.0" in text
     assert "cdrflow_worker_database_up 1.0" in text
+
+
+async def test_a_callback_that_keeps_crashing_workers_parks_itself_alone(
+    settings: Settings,
+    sources: Sources,
+    channel: AbstractChannel,
+    db: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A bug outside the per-report guard: the batch fails, whatever the worker does. The
+    # fault is injected; broker and database are real.
+    real = normalize_envelope
+
+    def crashing(envelope: RawEnvelope, *args: Any) -> Normalized:
+        if b"poison" in envelope.body:
+            raise RuntimeError("simulated crash")
+        return real(envelope, *args)
+
+    monkeypatch.setattr("workers.worker.normalize_envelope", crashing)
+    limited = settings.with_(delivery_limit=3, coalesce_max_envelopes=4)
+    good = [sample("nx-cc", f"good-{n}") for n in range(5)]
+    poison = sample("nx-voice", "poison-1")
+    await publish_envelopes(
+        channel, limited, [envelope(good[0]), envelope(poison), envelope(good[1])], per_message=3
+    )
+    await publish_envelopes(channel, limited, [envelope(g) for g in good[2:]], per_message=3)
+    async with running_worker(limited, sources):
+        assert await eventually(lambda: _has_rows(db, 5), timeout=30)
+
+        async def parked() -> bool:
+            return await queue_depth(channel, limited.dead_queue) == 1
+
+        assert await eventually(parked, timeout=30)
+        assert await eventually(lambda: _queue_empty(channel, limited))
+    stored = sorted(
+        r["external_id"] for r in await db.fetch("SELECT external_id FROM call_records")
+    )
+    assert stored == sorted(g.external_id for g in good)  # every good neighbour stored
+    assert await total_deliveries(db) == 5  # and counted once, despite the redeliveries
+    dead = await (await channel.get_queue(limited.dead_queue, ensure=False)).get(fail=False)
+    assert dead is not None
+    parked_envelopes = loads(dead.body)["envelopes"]
+    assert len(parked_envelopes) == 1  # the poison alone
+    assert b"poison-1" in base64.b64decode(parked_envelopes[0]["body"])
+    await dead.ack()

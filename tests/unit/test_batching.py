@@ -1,0 +1,93 @@
+"""Where batches begin and end (workers.batching), with plain messages: no broker needed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from schemas.envelope import COUNT_HEADER
+from workers.batching import Inbox
+
+
+@dataclass
+class Message:
+    name: str
+    headers: Mapping[str, object] = field(default_factory=dict)
+
+
+def message(name: str, callbacks: int = 1, redelivered: int = 0) -> Message:
+    headers: dict[str, object] = {COUNT_HEADER: callbacks}
+    if redelivered:
+        headers["x-delivery-count"] = redelivered
+    return Message(name, headers)
+
+
+def inbox(
+    batch_size: int = 10, wait_ms: float = 30, cap: int = 100, prefetch: int = 100
+) -> Inbox[Message]:
+    return Inbox(batch_size, wait_ms, cap, prefetch)
+
+
+def never() -> bool:
+    return False
+
+
+async def test_a_batch_closes_at_batch_size_callbacks() -> None:
+    box = inbox(batch_size=10)
+    for n in range(5):
+        box.put(message(f"m{n}", callbacks=4))
+    first = await box.next_batch(never)
+    assert [m.name for m in first] == ["m0", "m1", "m2"]  # 12 callbacks >= 10
+    second = await box.next_batch(never)
+    assert [m.name for m in second] == ["m3", "m4"]  # then the wait runs out
+
+
+async def test_a_batch_closes_when_the_wait_runs_out() -> None:
+    box = inbox(batch_size=1000, wait_ms=30)
+    box.put(message("early"))
+
+    async def late() -> None:
+        await asyncio.sleep(0.5)
+        box.put(message("late"))
+
+    feeder = asyncio.create_task(late())
+    batch = await box.next_batch(never)
+    assert [m.name for m in batch] == ["early"]
+    assert [m.name for m in await box.next_batch(never)] == ["late"]
+    await feeder
+
+
+async def test_a_batch_closes_when_every_prefetched_message_is_in_hand() -> None:
+    box = inbox(batch_size=1000, wait_ms=60_000, prefetch=3)
+    for n in range(3):
+        box.put(message(f"m{n}"))
+    batch = await asyncio.wait_for(box.next_batch(never), 5)  # not waiting a minute
+    assert len(batch) == 3
+
+
+async def test_a_redelivered_message_is_handed_over_alone() -> None:
+    box = inbox()
+    for item in (message("a"), message("b"), message("again", redelivered=1), message("c")):
+        box.put(item)
+    assert [m.name for m in await box.next_batch(never)] == ["a", "b"]
+    assert [m.name for m in await box.next_batch(never)] == ["again"]
+    assert [m.name for m in await box.next_batch(never)] == ["c"]
+
+
+async def test_stop_ends_an_idle_wait_and_no_wait_drains() -> None:
+    box = inbox()
+    assert await asyncio.wait_for(box.next_batch(lambda: True), 5) == []
+    box.put(message("left"))
+    assert [m.name for m in await box.next_batch(lambda: True, wait=False)] == ["left"]
+    assert await box.next_batch(never, wait=False) == []
+
+
+def test_prefetch_follows_the_callbacks_per_message_within_the_cap() -> None:
+    box = inbox(batch_size=500, cap=500, prefetch=4)
+    assert box.resize([message("a", callbacks=100), message("b", callbacks=100)]) is None  # 5 ~ 4
+    assert box.resize([message("a", callbacks=8)] * 3) == 63  # 500 / 8
+    assert box.resize([message("a", callbacks=1)]) == 500
+    assert box.resize([message("a", callbacks=1)]) is None
+    small_cap = inbox(batch_size=500, cap=20, prefetch=4)
+    assert small_cap.resize([message("a", callbacks=1)]) == 20

@@ -1,0 +1,140 @@
+"""A bad report is rejected alone, whatever is wrong with it; never a crash of the batch."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import asyncpg
+import pytest
+
+from schemas.jsoncodec import JSONError, canonical_json, dumps, loads_exact
+from schemas.providers import default_registry
+from schemas.providers.base import to_decimal, to_int
+from tests.support.samples import Sample, envelope
+from tests.support.sources import load_test_sources
+from workers.db import is_data_error, is_transient
+from workers.normalize import MAX_EXTERNAL_ID, normalize_envelope
+
+SOURCES = load_test_sources()
+
+
+def run(
+    body: bytes, source: str = "nx-voice", content_type: str = "application/json"
+) -> tuple[list[str], list[tuple[int, str]]]:
+    result = normalize_envelope(
+        envelope(Sample(source, "", "POST", body, content_type)), SOURCES, default_registry()
+    )
+    return [d.record.external_id for d in result.deliveries], [
+        (r.item, r.reason) for r in result.rejections
+    ]
+
+
+def test_an_integer_beyond_64_bits_stays_exact_and_storable() -> None:
+    stored, rejected = run(b'[{"voiceId":"a","callDuration":123456789012345678901234567890}]')
+    assert (stored, rejected) == (["a"], [])
+    result = normalize_envelope(
+        envelope(
+            Sample("nx-voice", "", "POST", b'{"voiceId":"a","x":123456789012345678901234567890}')
+        ),
+        SOURCES,
+        default_registry(),
+    )
+    record = result.deliveries[0].record
+    assert record.extra["x"] == Decimal("123456789012345678901234567890")
+    assert dumps(record.raw) == b'{"voiceId":"a","x":123456789012345678901234567890}'
+
+
+def test_an_exponent_bomb_is_never_expanded() -> None:
+    body = b'[{"voiceId":"a","rate":1e400000000,"cost":"1e999999999","callDuration":1e99999}]'
+    stored, rejected = run(body)  # would take seconds and gigabytes if expanded
+    assert (stored, rejected) == (["a"], [])
+    record = (
+        normalize_envelope(
+            envelope(Sample("nx-voice", "", "POST", body)), SOURCES, default_registry()
+        )
+        .deliveries[0]
+        .record
+    )
+    assert (record.rate, record.cost, record.talk_seconds) == (None, None, None)
+    assert record.extra["rate"] == Decimal("1e400000000")
+
+
+def test_an_absurdly_long_number_rejects_only_the_request() -> None:
+    stored, rejected = run(b'{"voiceId":"a","x":' + b"9" * 5000 + b"}")
+    assert stored == []
+    assert rejected == [(-1, "unparseable_body")]
+
+
+def test_deep_nesting_is_a_parse_error_not_a_crash() -> None:
+    stored, rejected = run(b'{"voiceId":"a","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    assert (stored, rejected) == ([], [(-1, "unparseable_body")])
+
+
+def test_a_lone_surrogate_is_replaced_and_the_report_kept() -> None:
+    body = (
+        b'[{"voiceId":"a","calledInfo":"half \\ud83d"},{"voiceId":"b","calledInfo":"nul\\u0000"}]'
+    )
+    result = normalize_envelope(
+        envelope(Sample("nx-voice", "", "POST", body)), SOURCES, default_registry()
+    )
+    assert [d.record.user_data for d in result.deliveries] == ["half \ufffd", "nul\ufffd"]
+    for delivery in result.deliveries:
+        canonical_json(delivery.record.raw)  # orjson accepts what remains
+
+
+def test_an_id_too_long_to_be_an_id_rejects_that_report_alone() -> None:
+    long_id = "v" * (MAX_EXTERNAL_ID + 1)
+    stored, rejected = run(f'[{{"voiceId":"ok"}},{{"voiceId":"{long_id}"}}]'.encode())
+    assert stored == ["ok"]
+    assert rejected == [(1, "invalid_field")]
+
+
+def test_nesting_that_orjson_cannot_write_rejects_that_report_alone() -> None:
+    deep = "[" * 300 + "]" * 300  # fine for Python's parser, too deep for orjson
+    stored, rejected = run(f'[{{"voiceId":"ok"}},{{"voiceId":"deep","x":{deep}}}]'.encode())
+    assert stored == ["ok"]
+    assert rejected == [(1, "internal_error")]
+
+
+@pytest.mark.parametrize(
+    "text", ["1e400000000", "1E-400000000", "12345678901234567890123456789012345678901234567890"]
+)
+def test_money_and_integers_refuse_absurd_magnitudes(text: str) -> None:
+    assert to_decimal(text) is None
+    assert to_int(Decimal(text)) is None
+
+
+def test_json_rejects_nan_and_overlong_numbers() -> None:
+    with pytest.raises(JSONError):
+        loads_exact('{"a": NaN}')
+    with pytest.raises(JSONError):
+        loads_exact('{"a": ' + "1" * 65 + "}")
+    assert loads_exact('{"a": 1.50}') == {"a": Decimal("1.50")}
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (ConnectionRefusedError(), True),
+        (TimeoutError(), True),
+        (asyncpg.CannotConnectNowError("x"), True),
+        (asyncpg.AdminShutdownError("x"), True),
+        (asyncpg.ConnectionDoesNotExistError("x"), True),
+        (asyncpg.DeadlockDetectedError("x"), True),
+        (asyncpg.SerializationError("x"), True),
+        (asyncpg.ReadOnlySQLTransactionError("x"), True),
+        (asyncpg.TooManyConnectionsError("x"), True),
+        (asyncpg.UndefinedTableError("x"), True),
+        (asyncpg.InvalidCachedStatementError("x"), True),
+        (asyncpg.ProgramLimitExceededError("x"), False),  # index row too large
+        (asyncpg.NumericValueOutOfRangeError("x"), False),
+        (asyncpg.UniqueViolationError("x"), False),
+        (asyncpg.CharacterNotInRepertoireError("x"), False),
+        (OverflowError(), False),
+    ],
+)
+def test_only_the_databases_state_is_retried_its_refusals_are_isolated(
+    error: BaseException, transient: bool
+) -> None:
+    assert is_transient(error) is transient
+    assert is_data_error(error) is (not transient)
