@@ -136,6 +136,21 @@ class Provider(Protocol):
         """A realistic callback of this kind, for `cdrflow simulate` and the tests."""
 
 
+class UnsignedTextProvider:
+    """Defaults for a provider that signs nothing and is answered in plain text
+    (`success`, or `error` for every failure), as all NXCloud pushes are."""
+
+    signing_modes: frozenset[str] = frozenset()
+    volatile_fields: frozenset[str] = frozenset()
+    _answer = staticmethod(text_answers())
+
+    def answer(self, outcome: Outcome) -> Answer:
+        return self._answer(outcome)
+
+    def authenticate(self, envelope: RawEnvelope, source: Source, now: float) -> None:
+        return None
+
+
 # --- reading bodies ---------------------------------------------------------------
 
 
@@ -153,6 +168,14 @@ def body_text(envelope: RawEnvelope) -> str:
         return envelope.body.decode(charset).removeprefix("\ufeff")
     except (UnicodeDecodeError, LookupError) as exc:
         raise Reject(Reason.UNPARSEABLE_BODY, f"body is not valid {charset}: {exc}") from exc
+
+
+def json_body(envelope: RawEnvelope) -> Any:
+    """The body as exact JSON; an empty body is refused."""
+    text = body_text(envelope)
+    if not text.strip():
+        raise Reject(Reason.EMPTY_BODY, "body is empty")
+    return parse_json(text)
 
 
 def parse_json(text: str) -> Any:

@@ -16,24 +16,20 @@ from typing import Any
 from schemas.envelope import RawEnvelope
 from schemas.jsoncodec import dumps
 from schemas.providers.base import (
-    Answer,
     Fields,
-    Outcome,
     Reason,
     Reject,
     SimulatedCallback,
-    body_text,
+    UnsignedTextProvider,
     is_connected,
-    parse_json,
+    json_body,
     require_text,
     status_from_sip,
-    text_answers,
     to_int,
 )
 from schemas.record import CallRecord, CallType, Direction, HangupBy, Status
 from schemas.sources import Source
 
-_ANSWER = text_answers()
 TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S.%f")
 _CALL_TYPES = {
     1: (CallType.AGENT_GROUP_CALL, Direction.OUTBOUND),
@@ -55,24 +51,13 @@ _REASON_STATUS = {
 _VAGUE = (Status.FAILED, Status.UNKNOWN)
 
 
-class NXCloudCallCenterReport:
+class NXCloudCallCenterReport(UnsignedTextProvider):
     name = "nxcloud.call_center_report"
     methods = frozenset({"POST"})
     default_timezone = "+08:00"
-    signing_modes: frozenset[str] = frozenset()
-    volatile_fields: frozenset[str] = frozenset()
-
-    def answer(self, outcome: Outcome) -> Answer:
-        return _ANSWER(outcome)
-
-    def authenticate(self, envelope: RawEnvelope, source: Source, now: float) -> None:
-        return None
 
     def parse(self, envelope: RawEnvelope) -> list[Any]:
-        text = body_text(envelope)
-        if not text.strip():
-            raise Reject(Reason.EMPTY_BODY, "body is empty")
-        return [parse_json(text)]
+        return [json_body(envelope)]
 
     def normalize(self, payload: Mapping[str, Any], source: Source) -> CallRecord:
         if not isinstance(payload, Mapping):

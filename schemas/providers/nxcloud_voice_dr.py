@@ -17,24 +17,21 @@ from urllib.parse import urlencode
 
 from schemas.envelope import RawEnvelope
 from schemas.providers.base import (
-    Answer,
     Fields,
-    Outcome,
     Reason,
     Reject,
     SimulatedCallback,
+    UnsignedTextProvider,
     body_text,
     charset_of,
     parse_form,
     parse_json,
     require_text,
-    text_answers,
     to_int,
 )
 from schemas.record import CallRecord, CallType, Direction, HangupBy, Status
 from schemas.sources import Source
 
-_ANSWER = text_answers(success="success", failure="error")
 TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S")
 _CALL_TYPES = {0: CallType.GROUP_CALL, 1: CallType.NOTIFICATION}
 _CONNECTED = frozenset(
@@ -67,18 +64,10 @@ _DISPOSITION = {
 }
 
 
-class NXCloudVoiceDR:
+class NXCloudVoiceDR(UnsignedTextProvider):
     name = "nxcloud.voice_dr"
     methods = frozenset({"POST", "GET"})
     default_timezone = "+08:00"
-    signing_modes: frozenset[str] = frozenset()
-    volatile_fields: frozenset[str] = frozenset()
-
-    def answer(self, outcome: Outcome) -> Answer:
-        return _ANSWER(outcome)
-
-    def authenticate(self, envelope: RawEnvelope, source: Source, now: float) -> None:
-        return None
 
     def parse(self, envelope: RawEnvelope) -> list[Any]:
         fields: dict[str, Any] = parse_form(envelope.query) if envelope.query else {}

@@ -21,25 +21,21 @@ from typing import Any
 from schemas.envelope import RawEnvelope
 from schemas.jsoncodec import dumps
 from schemas.providers.base import (
-    Answer,
     Fields,
-    Outcome,
     Reason,
     Reject,
     SimulatedCallback,
-    body_text,
+    UnsignedTextProvider,
     is_blank,
     is_connected,
-    parse_json,
+    json_body,
     require_text,
     status_from_sip,
-    text_answers,
     to_int,
 )
 from schemas.record import CallRecord, CallType, Direction, Status
 from schemas.sources import Source
 
-_ANSWER = text_answers()
 _CALL_TYPES = {
     1: CallType.GROUP_CALL,
     2: CallType.VERIFICATION,
@@ -49,24 +45,13 @@ _CALL_TYPES = {
 _CONNECTED_CODES = (0, 200)
 
 
-class NXCloudVoiceReport:
+class NXCloudVoiceReport(UnsignedTextProvider):
     name = "nxcloud.voice_report"
     methods = frozenset({"POST"})
     default_timezone = "+08:00"  # unused: every time in this report is an epoch
-    signing_modes: frozenset[str] = frozenset()
-    volatile_fields: frozenset[str] = frozenset()
-
-    def answer(self, outcome: Outcome) -> Answer:
-        return _ANSWER(outcome)
-
-    def authenticate(self, envelope: RawEnvelope, source: Source, now: float) -> None:
-        return None
 
     def parse(self, envelope: RawEnvelope) -> list[Any]:
-        text = body_text(envelope)
-        if not text.strip():
-            raise Reject(Reason.EMPTY_BODY, "body is empty")
-        document = parse_json(text)
+        document = json_body(envelope)
         if isinstance(document, list):
             if not document:
                 raise Reject(Reason.EMPTY_BODY, "batch body is an empty JSON array")
