@@ -48,6 +48,7 @@ class Settings:
 
     # Workers.
     batch_size: int = 500
+    batch_max_bytes: int = 16 * 1024 * 1024  # a batch also closes at this many bytes of messages
     batch_wait_ms: float = 50.0
     prefetch: int = 0  # 0: same as batch_size
     db_pool_size: int = 4

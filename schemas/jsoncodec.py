@@ -19,6 +19,7 @@ class JSONError(ValueError):
 
 
 MAX_NUMBER_TEXT = 64  # characters: no call datum needs more; a longer number is an attack
+MAX_EXPONENT = 1000  # 1e131071 is 22 bytes in jsonb and 131 kB on every read: refused
 
 
 def _reject_constant(name: str) -> Any:
@@ -36,7 +37,10 @@ def _parse_int(text: str) -> int | Decimal:
 def _parse_float(text: str) -> Decimal:
     if len(text) > MAX_NUMBER_TEXT:
         raise JSONError(f"a number of {len(text)} characters")
-    return Decimal(text)
+    number = Decimal(text)
+    if abs(number.adjusted()) > MAX_EXPONENT:
+        raise JSONError(f"a number of magnitude 1e{number.adjusted()}")
+    return number
 
 
 def loads_exact(text: str | bytes) -> Any:

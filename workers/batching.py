@@ -1,7 +1,8 @@
 """Where a worker's batches begin and end.
 
-A batch closes at `batch_size` callbacks, `batch_wait_ms` after its first message, or when
-every prefetched message is in hand (no more can come until some are acknowledged).
+A batch closes at `batch_size` callbacks, at `batch_bytes` of messages, `batch_wait_ms`
+after its first message, or when every prefetched message is in hand (no more can come
+until some are acknowledged).
 A redelivered message is never batched with others: it is handed over alone, so that a
 message that crashes workers cannot drag its neighbours to the dead-letter queue.
 
@@ -26,6 +27,9 @@ class Delivered(Protocol):
     @property
     def headers(self) -> Mapping[str, object] | None: ...
 
+    @property
+    def body(self) -> bytes: ...
+
 
 def envelope_count(message: Delivered) -> int:
     count = (message.headers or {}).get(COUNT_HEADER, 1)
@@ -42,8 +46,16 @@ M = TypeVar("M", bound=Delivered)
 
 
 class Inbox(Generic[M]):
-    def __init__(self, batch_size: int, wait_ms: float, prefetch_cap: int, initial: int) -> None:
+    def __init__(
+        self,
+        batch_size: int,
+        wait_ms: float,
+        prefetch_cap: int,
+        initial: int,
+        batch_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
         self.batch_size = batch_size
+        self.batch_bytes = batch_bytes
         self.wait = wait_ms / 1000
         self.prefetch_cap = max(1, prefetch_cap)
         self.prefetch = max(1, min(initial, self.prefetch_cap))
@@ -56,6 +68,14 @@ class Inbox(Generic[M]):
     @property
     def empty(self) -> bool:
         return self._held is None and self.queue.empty()
+
+    def take_all(self) -> list[M]:
+        """Everything in hand that is not in a batch yet (to give it back)."""
+        taken = [self._held] if self._held is not None else []
+        self._held = None
+        while not self.queue.empty():
+            taken.append(self.queue.get_nowait())
+        return taken
 
     def clear(self) -> None:
         self._held = None
@@ -75,9 +95,12 @@ class Inbox(Generic[M]):
         if redeliveries(first):
             return batch
         callbacks = envelope_count(first)
+        size = len(first.body)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait
-        while callbacks < self.batch_size and len(batch) < self.prefetch:
+        while (
+            callbacks < self.batch_size and size < self.batch_bytes and len(batch) < self.prefetch
+        ):
             if self.queue.empty():
                 remaining = deadline - loop.time()
                 if not wait or remaining <= 0 or stop():
@@ -93,6 +116,7 @@ class Inbox(Generic[M]):
                 break
             batch.append(message)
             callbacks += envelope_count(message)
+            size += len(message.body)
         return batch
 
     def resize(self, batch: list[M]) -> int | None:

@@ -51,37 +51,25 @@ class BatchDataError(Exception):
     """The database refused the batch's content (not its own state): some row is poison."""
 
 
-# SQLSTATE classes and codes that say the database, not the batch, is the problem: hold
-# the batch and try again. Anything else the database refuses is the content's fault.
-_TRANSIENT_CLASSES = ("08", "53", "57")  # connection, resources, operator intervention
-_TRANSIENT_CODES = frozenset(
-    {
-        "40001",  # serialization failure
-        "40P01",  # deadlock
-        "25006",  # read-only transaction: a failover in progress
-        "55P03",  # lock not available
-        "42P01",  # undefined table: the schema is not migrated yet
-        "0A000",  # feature not supported: asyncpg's stale statement cache after a migration
-    }
-)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """The database is down, restarting, failing over, overloaded or not migrated yet:
-    hold the batch and try again (for as long as it takes)."""
-    if isinstance(exc, asyncpg.PostgresError):
-        code = str(exc.sqlstate or "")
-        return code[:2] in _TRANSIENT_CLASSES or code in _TRANSIENT_CODES
-    if isinstance(exc, asyncpg_base.DataError):
-        return False
-    return isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError)
+# SQLSTATE classes that blame the content: a value out of range or of the wrong form (22),
+# a constraint (23), a program limit such as an index row too large (54). Isolating the
+# rows at fault helps; retrying them does not.
+_DATA_CLASSES = ("22", "23", "54")
 
 
 def is_data_error(exc: BaseException) -> bool:
-    """The database or its driver refused what the batch holds (a value out of range, an
-    index row too large, a constraint): retrying the same rows cannot help, isolating
-    them can. COPY raises a bare OverflowError, TypeError or ValueError for a value its
-    column cannot take."""
+    """The database or its driver refused what the batch holds. COPY raises a bare
+    OverflowError, TypeError or ValueError for a value its column cannot take."""
     if isinstance(exc, asyncpg.PostgresError):
-        return not is_transient(exc)
+        return str(exc.sqlstate or "")[:2] in _DATA_CLASSES
     return isinstance(exc, asyncpg_base.DataError | OverflowError | TypeError | ValueError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Anything else the database or the network says is about their state (down,
+    restarting, failing over, overloaded, out of disk, not migrated, permissions
+    revoked): hold the batch and try again, for as long as it takes. Turning good
+    records into rejections because the database had a bad minute would be worse."""
+    if is_data_error(exc):
+        return False
+    return isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | OSError | TimeoutError)

@@ -13,12 +13,13 @@ from typing import Any
 
 from cdrflow.logs import get_logger
 from schemas.envelope import RawEnvelope
-from schemas.providers.base import Provider, Reason, Reject, sanitize
+from schemas.providers.base import Provider, Reason, Reject, charset_of, sanitize
 from schemas.record import CallRecord, content_hash
 from schemas.sources import Source
 
 log = get_logger("cdrflow.worker")
 
+_PLAIN_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
 WHOLE_REQUEST = -1  # `item` of a rejection that concerns the request, not one report in it
 MAX_EXTERNAL_ID = 256  # characters; a longer "id" is not an id (and would not fit an index)
 
@@ -114,9 +115,16 @@ def normalize_envelope(
 
 
 def _may_hold_unstorable_text(envelope: RawEnvelope) -> bool:
-    """NUL and lone surrogates arrive as a NUL byte, a JSON \\u escape, or a %00."""
+    """NUL and lone surrogates arrive as a NUL byte, a JSON \\u escape or a %00 in UTF-8;
+    any other charset (UTF-7, say) can hide them in ordinary bytes."""
     body = envelope.body
-    return b"\x00" in body or b"\\u" in body or b"%00" in body or "%00" in envelope.query
+    return (
+        b"\x00" in body
+        or b"\\u" in body
+        or b"%00" in body
+        or "%00" in envelope.query
+        or charset_of(envelope.content_type) not in _PLAIN_CHARSETS
+    )
 
 
 def _crash(envelope: RawEnvelope, provider: Provider, exc: Exception) -> str:

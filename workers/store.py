@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -290,6 +290,7 @@ class Store:
         self.retry_max_seconds = retry_max_seconds
         self.abandon = asyncio.Event()  # set to stop retrying (shutdown with the DB down)
         self.failing = False  # true while a batch waits for the database
+        self.on_failing: Callable[[], None] | None = None  # called when waiting starts
 
     async def write(self, batch: Normalized) -> BatchResult:
         try:
@@ -353,6 +354,8 @@ class Store:
             await asyncio.wait_for(self.abandon.wait(), seconds)
 
     def _log_retry(self, state: RetryCallState) -> None:
+        if not self.failing and self.on_failing is not None:
+            self.on_failing()
         self.failing = True
         error = state.outcome.exception() if state.outcome else None
         log.warning(

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 import aio_pika
 import asyncpg
 from aio_pika import DeliveryMode
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from cdrflow.amqp import BrokerLink, connect, declare
 from cdrflow.logs import get_logger
@@ -75,6 +75,8 @@ class Worker:
         # Records of the last batch being published while the next batch is stored
         # (the outbox covers a crash meanwhile). At most one in flight.
         self._publishing: asyncio.Task[None] | None = None
+        self._session: _Session | None = None
+        self._pausing: set[asyncio.Task[None]] = set()
 
     def stop(self) -> None:
         if not self.stopping.is_set():
@@ -101,6 +103,7 @@ class Worker:
             return
         settings = self.settings
         self.store = store = Store(pool, retry_max_seconds=settings.db_retry_max_seconds)
+        store.on_failing = self._database_down
         link = BrokerLink(settings.amqp_url, settings.topology(), name="cdrflow-worker-records")
         await link.start()
         self.publisher = publisher = RecordPublisher(
@@ -186,7 +189,11 @@ class Worker:
         # Until messages show how many callbacks they hold, assume they are full.
         first_guess = math.ceil(settings.batch_size / max(1, settings.coalesce_max_envelopes))
         return Inbox(
-            settings.batch_size, settings.batch_wait_ms, settings.effective_prefetch, first_guess
+            settings.batch_size,
+            settings.batch_wait_ms,
+            settings.effective_prefetch,
+            first_guess,
+            batch_bytes=settings.batch_max_bytes,
         )
 
     async def _consume(self, publisher: RecordPublisher) -> None:
@@ -201,11 +208,9 @@ class Worker:
             queue = await channel.get_queue(settings.raw_queue, ensure=False)
             connection.close_callbacks.add(lambda *_: lost.set())
             channel.close_callbacks.add(lambda *_: lost.set())
-
-            async def take(message: AbstractIncomingMessage) -> None:
-                inbox.put(message)
-
-            tag = await queue.consume(take, no_ack=False)
+            session = _Session(queue, inbox)
+            await session.subscribe()
+            self._session = session
             self.consuming.set()
             log.info("worker_consuming", queue=settings.raw_queue, prefetch=inbox.prefetch)
             while not self.stopping.is_set() and not lost.is_set():
@@ -213,26 +218,43 @@ class Worker:
                 if not batch:
                     continue
                 prefetch = inbox.resize(batch)
-                if prefetch is not None:
+                if prefetch is not None and not session.paused:
                     # basic.qos binds consumers created after it: subscribe anew. The
                     # messages in hand stay ours (cancel does not requeue them).
-                    await queue.cancel(tag)
+                    await session.unsubscribe()
                     await channel.set_qos(prefetch_count=prefetch)
-                    tag = await queue.consume(take, no_ack=False)
+                    await session.subscribe()
                     log.info("prefetch_resized", prefetch=prefetch)
                 await self._settle(batch, publisher, lost)
+                if session.paused and not lost.is_set() and not self.stopping.is_set():
+                    await channel.set_qos(prefetch_count=inbox.prefetch)
+                    await session.subscribe()
+                    log.info("consuming_resumed")
             if lost.is_set():
                 raise SessionLost("connection to RabbitMQ lost")
-            # Stopping: take no more work, finish what is in hand.
-            await queue.cancel(tag)
+            # Stopping: take no more work, finish what is in hand (or give it back).
+            await session.unsubscribe()
             await asyncio.sleep(0)  # let deliveries already read off the socket land
             while batch := await inbox.next_batch(lost.is_set, wait=False):
+                if self.store is not None and self.store.abandon.is_set():
+                    await _give_back([*batch, *inbox.take_all()])
+                    break
                 await self._settle(batch, publisher, lost)
         finally:
+            self._session = None
             self.consuming.clear()
             inbox.clear()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(connection.close(), 5)
+
+    def _database_down(self) -> None:
+        """The store has started retrying: take nothing more and give back what is in hand
+        but not in the held batch, so a stalled worker holds one batch and no more."""
+        session = self._session
+        if session is not None and not session.paused:
+            task = asyncio.create_task(session.pause())
+            self._pausing.add(task)
+            task.add_done_callback(self._pausing.discard)
 
     async def _settle(
         self,
@@ -241,7 +263,7 @@ class Worker:
         lost: asyncio.Event,
     ) -> None:
         """Handle a batch; if that fails for any reason but a lost channel, hand exactly
-        this batch back to the broker (nack, requeue), which counts a delivery for each."""
+        this batch back to the broker, which counts a delivery for each."""
         unsettled = list(batch)
         try:
             await self._handle(unsettled, publisher)
@@ -249,8 +271,7 @@ class Worker:
             if lost.is_set():
                 raise SessionLost("connection to RabbitMQ lost") from exc
             log.exception("batch_failed", messages=len(unsettled))
-            for message in unsettled:
-                await message.nack(requeue=True)
+            await _give_back(unsettled)
 
     async def _handle(
         self, unsettled: list[AbstractIncomingMessage], publisher: RecordPublisher
@@ -271,8 +292,8 @@ class Worker:
                 unsettled.remove(message)
                 self.metrics.parked.inc()
                 continue
-            if redeliveries(message) and len(envelopes) > 1:
-                await self._split(message, envelopes, publisher.link)
+            split = redeliveries(message) and len(envelopes) > 1
+            if split and await self._split(message, envelopes, publisher.link):
                 unsettled.remove(message)
                 continue
             for envelope in envelopes:
@@ -302,9 +323,28 @@ class Worker:
 
     async def _split(
         self, message: AbstractIncomingMessage, envelopes: list[RawEnvelope], link: BrokerLink
-    ) -> None:
+    ) -> bool:
         """Re-queue each callback of a redelivered message as a message of its own, then
-        drop the original: from now on each callback has its own delivery count."""
+        drop the original: from now on each callback has its own delivery count. When the
+        broker cannot take them right now, say so: the message is then processed whole
+        (it is alone anyway), never handed back for a reason that is not its own."""
+        if not link.ready:
+            return False
+        try:
+            await self._publish_split(envelopes, link)
+        except Exception as exc:
+            log.warning("message_split_failed", message_id=message.message_id, error=str(exc))
+            return False
+        await message.ack()
+        log.warning(
+            "message_split",
+            message_id=message.message_id,
+            callbacks=len(envelopes),
+            redeliveries=redeliveries(message),
+        )
+        return True
+
+    async def _publish_split(self, envelopes: list[RawEnvelope], link: BrokerLink) -> None:
         await asyncio.gather(
             *(
                 link.publish(
@@ -321,13 +361,6 @@ class Worker:
                 )
                 for envelope in envelopes
             )
-        )
-        await message.ack()
-        log.warning(
-            "message_split",
-            message_id=message.message_id,
-            callbacks=len(envelopes),
-            redeliveries=redeliveries(message),
         )
 
     async def _publish(self, publisher: RecordPublisher, result: BatchResult) -> None:
@@ -353,3 +386,39 @@ class Worker:
         metrics.deliveries.labels("seen_before").inc(len(batch.deliveries) - result.fresh)
         for rejection in result.rejected:
             metrics.rejected.labels(str(rejection.reason)).inc()
+
+
+async def _give_back(messages: list[AbstractIncomingMessage]) -> None:
+    """Return messages to the queue. basic.reject (not nack): RabbitMQ 4.3+ counts a
+    delivery for a reject only, and the count is what parks a crash-looping message."""
+    for message in messages:
+        await message.reject(requeue=True)
+
+
+class _Session:
+    """One subscription to the raw queue, which can pause while the database is down."""
+
+    def __init__(self, queue: AbstractQueue, inbox: Inbox[AbstractIncomingMessage]) -> None:
+        self.queue = queue
+        self.inbox = inbox
+        self.tag: str | None = None
+        self.paused = False
+
+    async def _take(self, message: AbstractIncomingMessage) -> None:
+        self.inbox.put(message)
+
+    async def subscribe(self) -> None:
+        self.tag = await self.queue.consume(self._take, no_ack=False)
+        self.paused = False
+
+    async def unsubscribe(self) -> None:
+        tag, self.tag = self.tag, None
+        if tag is not None:
+            await self.queue.cancel(tag)  # returns once no more deliveries can arrive
+
+    async def pause(self) -> None:
+        self.paused = True
+        await self.unsubscribe()
+        returned = self.inbox.take_all()
+        await _give_back(returned)
+        log.warning("consuming_paused", reason="database unavailable", returned=len(returned))

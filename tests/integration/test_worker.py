@@ -289,11 +289,18 @@ async def test_while_the_database_is_down_the_batch_is_held_and_nothing_more_is_
         async with running_worker(via_proxy, sources):
             await proxy.cut()
             await publish_envelopes(channel, settings, items, per_message=1)
-            # the worker holds its batch and one prefetch window, unacknowledged; the rest
-            # waits queued (it took its first message under the first, smaller window)
-            assert await eventually(lambda: _depth_is(channel, settings, 50 - 11))
-            await asyncio.sleep(1.5)  # several retry rounds later, still holding, no more
-            assert await queue_depth(channel, settings.raw_queue) == 50 - 11
+
+            # the worker holds its one batch, unacknowledged, and has given back the rest
+            async def settled() -> bool:
+                before = await queue_depth(channel, settings.raw_queue)
+                await asyncio.sleep(0.5)
+                return before == await queue_depth(channel, settings.raw_queue) < 50
+
+            assert await eventually(settled)
+            held = 50 - await queue_depth(channel, settings.raw_queue)
+            assert 1 <= held <= via_proxy.batch_size  # one batch's worth: 1 callback a message
+            await asyncio.sleep(1.5)  # several retry rounds later: still holding, no more
+            assert await queue_depth(channel, settings.raw_queue) == 50 - held
             assert await count(db, "SELECT count(*) FROM call_records") == 0
             await proxy.restore()
             assert await eventually(lambda: _has_rows(db, 50), timeout=30)
@@ -602,3 +609,72 @@ async def test_a_callback_that_keeps_crashing_workers_parks_itself_alone(
     assert len(parked_envelopes) == 1  # the poison alone
     assert b"poison-1" in base64.b64decode(parked_envelopes[0]["body"])
     await dead.ack()
+
+
+async def test_with_the_database_down_a_worker_holds_one_batch_of_callbacks_not_of_messages(
+    settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
+) -> None:
+    proxy = TcpProxy("127.0.0.1", 5432)
+    await proxy.start()
+    tuned = settings.with_(
+        database_url=settings.database_url.replace(":5432/", f":{proxy.port}/"),
+        batch_size=20,
+        prefetch=50,
+        batch_wait_ms=5,
+    )
+    quiet = [envelope(sample("nx-dr")) for _ in range(30)]  # one callback a message
+    burst = [envelope(sample("nx-cc")) for _ in range(300)]  # ten callbacks a message
+    try:
+        async with running_worker(tuned, sources):
+            await publish_envelopes(channel, settings, quiet, per_message=1)
+            assert await eventually(lambda: _has_rows(db, 30))  # prefetch has grown to 50
+            await proxy.cut()
+            await publish_envelopes(channel, settings, burst, per_message=10)
+
+            async def settled() -> bool:
+                before = await queue_depth(channel, settings.raw_queue)
+                await asyncio.sleep(0.5)
+                return before == await queue_depth(channel, settings.raw_queue)
+
+            assert await eventually(settled)
+            held_messages = 30 - await queue_depth(channel, settings.raw_queue)
+            assert 1 <= held_messages * 10 <= tuned.batch_size + 10  # one batch of callbacks
+            await proxy.restore()
+            assert await eventually(lambda: _has_rows(db, 330), timeout=30)
+    finally:
+        await proxy.close()
+    assert await total_deliveries(db) == 330
+
+
+async def test_a_redelivered_message_is_processed_whole_when_it_cannot_be_split(
+    settings: Settings,
+    sources: Sources,
+    channel: AbstractChannel,
+    db: asyncpg.Connection,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    items = [sample("hw") for _ in range(3)]
+    await publish_envelopes(channel, settings, [envelope(i) for i in items], per_message=3)
+    connection = await aio_pika.connect(settings.amqp_url)  # a consumer that died holding it
+    consumer = await connection.channel()
+    held = await (await consumer.get_queue(settings.raw_queue, ensure=False)).get(fail=False)
+    assert held is not None
+    await connection.close()
+
+    from cdrflow.amqp import BrokerLink, BrokerUnavailable
+
+    real_publish = BrokerLink.publish
+
+    async def raw_queue_unavailable(
+        self: BrokerLink, message: Any, routing_key: str, **kw: Any
+    ) -> None:
+        if routing_key == settings.raw_queue:  # the split cannot be published
+            raise BrokerUnavailable("simulated")
+        await real_publish(self, message, routing_key, **kw)
+
+    monkeypatch.setattr(BrokerLink, "publish", raw_queue_unavailable)
+    async with running_worker(settings, sources):
+        assert await eventually(lambda: _has_rows(db, 3))
+        assert await eventually(lambda: _queue_empty(channel, settings))
+    assert await queue_depth(channel, settings.dead_queue) == 0
+    assert await total_deliveries(db) == 3

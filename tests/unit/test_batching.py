@@ -14,13 +14,14 @@ from workers.batching import Inbox
 class Message:
     name: str
     headers: Mapping[str, object] = field(default_factory=dict)
+    body: bytes = b"{}"
 
 
-def message(name: str, callbacks: int = 1, redelivered: int = 0) -> Message:
+def message(name: str, callbacks: int = 1, redelivered: int = 0, size: int = 2) -> Message:
     headers: dict[str, object] = {COUNT_HEADER: callbacks}
     if redelivered:
         headers["x-delivery-count"] = redelivered
-    return Message(name, headers)
+    return Message(name, headers, b"x" * size)
 
 
 def inbox(
@@ -43,19 +44,30 @@ async def test_a_batch_closes_at_batch_size_callbacks() -> None:
     assert [m.name for m in second] == ["m3", "m4"]  # then the wait runs out
 
 
+async def test_a_batch_closes_at_batch_bytes() -> None:
+    box = Inbox[Message](1000, 30, 100, 100, batch_bytes=1000)
+    for n in range(4):
+        box.put(message(f"m{n}", size=400))
+    assert [m.name for m in await box.next_batch(never)] == ["m0", "m1", "m2"]  # 1200 >= 1000
+    assert [m.name for m in await box.next_batch(never)] == ["m3"]
+
+
+def test_what_is_in_hand_can_be_taken_back() -> None:
+    box = inbox()
+    for name in ("a", "b"):
+        box.put(message(name))
+    assert [m.name for m in box.take_all()] == ["a", "b"]
+    assert box.empty
+
+
 async def test_a_batch_closes_when_the_wait_runs_out() -> None:
     box = inbox(batch_size=1000, wait_ms=30)
     box.put(message("early"))
-
-    async def late() -> None:
-        await asyncio.sleep(0.5)
-        box.put(message("late"))
-
-    feeder = asyncio.create_task(late())
-    batch = await box.next_batch(never)
+    # far from full and nothing more coming: it must close on its own (or hang the test)
+    batch = await asyncio.wait_for(box.next_batch(never), 10)
     assert [m.name for m in batch] == ["early"]
-    assert [m.name for m in await box.next_batch(never)] == ["late"]
-    await feeder
+    box.put(message("late"))
+    assert [m.name for m in await asyncio.wait_for(box.next_batch(never), 10)] == ["late"]
 
 
 async def test_a_batch_closes_when_every_prefetched_message_is_in_hand() -> None:
