@@ -98,11 +98,6 @@ class BrokerLink:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._ready.wait(), wait)
 
-    async def wait_ready(self, timeout: float | None = None) -> bool:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), timeout)
-        return self.ready
-
     async def close(self) -> None:
         self._closing = True
         self._lost.set()

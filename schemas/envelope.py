@@ -39,7 +39,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl
 
 import orjson
 
@@ -96,9 +95,6 @@ class RawEnvelope:
     client: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
     replay: bool = False
-
-    def query_params(self) -> list[tuple[str, str]]:
-        return parse_qsl(self.query, keep_blank_values=True)
 
     def to_wire(self) -> dict[str, Any]:
         return {

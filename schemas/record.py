@@ -160,10 +160,6 @@ def routing_key(record: CallRecord) -> str:
     return f"{record.tenant}.{record.provider}.{record.event}.{record.status}"
 
 
-def message_id(record: CallRecord, revision: int) -> str:
-    return f"{record.record_id}:{revision}"
-
-
 def published_body(record: CallRecord, ledger: Ledger) -> bytes:
     """The JSON body published on `cdr.records`: every column but `raw`. Money is a decimal
     string, times are RFC 3339 in UTC. Its JSON Schema is `call_record.schema.json`."""

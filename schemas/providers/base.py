@@ -26,7 +26,6 @@ class Outcome(StrEnum):
     """How the ingress ended a request; a provider turns it into its own answer."""
 
     ACCEPTED = "accepted"
-    BAD_REQUEST = "bad_request"
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
     METHOD_NOT_ALLOWED = "method_not_allowed"
@@ -37,7 +36,6 @@ class Outcome(StrEnum):
 
 HTTP_STATUS = {
     Outcome.ACCEPTED: 200,
-    Outcome.BAD_REQUEST: 400,
     Outcome.UNAUTHORIZED: 401,
     Outcome.FORBIDDEN: 403,
     Outcome.METHOD_NOT_ALLOWED: 405,

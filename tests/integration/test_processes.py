@@ -28,7 +28,7 @@ from schemas.sources import Sources
 from tests.support.broker import queue_depth, take_envelopes
 from tests.support.env import POSTGRES_URL, RUN_ID
 from tests.support.ingress import ingress_client
-from tests.support.proxy import TcpProxy
+from tests.support.proxy import database_behind_proxy
 from tests.support.samples import Sample, envelope, sample
 from tests.support.sources import ENVIRON, SOURCES_TOML, callback_path
 from tests.support.waiting import eventually
@@ -335,12 +335,7 @@ async def test_simulate_pushes_every_source_with_repushes_and_bad_bodies(
 async def test_at_shutdown_with_the_database_down_the_work_is_handed_back(
     settings: Settings, sources: Sources, channel: AbstractChannel
 ) -> None:
-    proxy = TcpProxy("127.0.0.1", 5432)
-    await proxy.start()
-    via_proxy = settings.with_(
-        database_url=settings.database_url.replace(":5432/", f":{proxy.port}/"), shutdown_timeout=1
-    )
-    try:
+    async with database_behind_proxy(settings, shutdown_timeout=1) as (proxy, via_proxy):
         async with running_worker(via_proxy, sources):
             await proxy.cut()
             await publish_envelopes(
@@ -353,8 +348,6 @@ async def test_at_shutdown_with_the_database_down_the_work_is_handed_back(
             assert await eventually(holding)
         # the worker has stopped: what it held is back in the queue
         assert await eventually(lambda: _depth(channel, settings, 5))
-    finally:
-        await proxy.close()
 
 
 async def _depth(channel: AbstractChannel, settings: Settings, depth: int) -> bool:

@@ -29,7 +29,7 @@ from schemas.record import CallRecord, record_id_for
 from schemas.sources import Source, Sources
 from tests.support.broker import queue_depth, record_tap
 from tests.support.ingress import ingress_client, push_all
-from tests.support.proxy import TcpProxy
+from tests.support.proxy import database_behind_proxy
 from tests.support.samples import Sample, envelope, record_validator, sample
 from tests.support.waiting import eventually, one
 from tests.support.workers import WorkerProcess, publish_envelopes, running_worker, stop_all
@@ -276,38 +276,32 @@ async def _envelopes_queued(channel: AbstractChannel, settings: Settings) -> int
 async def test_while_the_database_is_down_the_batch_is_held_and_nothing_more_is_taken(
     settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
 ) -> None:
-    proxy = TcpProxy("127.0.0.1", 5432)
-    await proxy.start()
-    via_proxy = settings.with_(
-        database_url=settings.database_url.replace(":5432/", f":{proxy.port}/"),
-        batch_size=10,
-        prefetch=10,
-        batch_wait_ms=5,
-    )
     items = [envelope(sample("nx-cc")) for _ in range(50)]
-    try:
-        async with running_worker(via_proxy, sources):
-            await proxy.cut()
-            await publish_envelopes(channel, settings, items, per_message=1)
-
-            # the worker holds its one batch, unacknowledged, and has given back the rest
-            async def settled() -> bool:
-                before = await queue_depth(channel, settings.raw_queue)
-                await asyncio.sleep(0.5)
-                return before == await queue_depth(channel, settings.raw_queue) < 50
-
-            assert await eventually(settled)
-            held = 50 - await queue_depth(channel, settings.raw_queue)
-            assert 1 <= held <= via_proxy.batch_size  # one batch's worth: 1 callback a message
-            await asyncio.sleep(1.5)  # several retry rounds later: still holding, no more
-            assert await queue_depth(channel, settings.raw_queue) == 50 - held
-            assert await count(db, "SELECT count(*) FROM call_records") == 0
-            await proxy.restore()
-            assert await eventually(lambda: _has_rows(db, 50), timeout=30)
-            assert await eventually(lambda: _queue_empty(channel, settings))
-    finally:
-        await proxy.close()
+    tuning = {"batch_size": 10, "prefetch": 10, "batch_wait_ms": 5}
+    async with (
+        database_behind_proxy(settings, **tuning) as (proxy, via_proxy),
+        running_worker(via_proxy, sources),
+    ):
+        await proxy.cut()
+        await publish_envelopes(channel, settings, items, per_message=1)
+        # the worker holds its one batch, unacknowledged, and has given back the rest
+        assert await eventually(lambda: _queue_settled(channel, settings, below=50))
+        held = 50 - await queue_depth(channel, settings.raw_queue)
+        assert 1 <= held <= via_proxy.batch_size  # one batch's worth: 1 callback a message
+        await asyncio.sleep(1.5)  # several retry rounds later: still holding, no more
+        assert await queue_depth(channel, settings.raw_queue) == 50 - held
+        assert await count(db, "SELECT count(*) FROM call_records") == 0
+        await proxy.restore()
+        assert await eventually(lambda: _has_rows(db, 50), timeout=30)
+        assert await eventually(lambda: _queue_empty(channel, settings))
     assert await total_deliveries(db) == 50
+
+
+async def _queue_settled(channel: AbstractChannel, settings: Settings, below: int) -> bool:
+    """The worker has taken from the raw queue (it is under `below`) and takes no more."""
+    before = await queue_depth(channel, settings.raw_queue)
+    await asyncio.sleep(0.5)
+    return before == await queue_depth(channel, settings.raw_queue) < below
 
 
 async def test_a_message_that_keeps_crashing_its_consumer_is_parked_in_dead(
@@ -614,35 +608,22 @@ async def test_a_callback_that_keeps_crashing_workers_parks_itself_alone(
 async def test_with_the_database_down_a_worker_holds_one_batch_of_callbacks_not_of_messages(
     settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
 ) -> None:
-    proxy = TcpProxy("127.0.0.1", 5432)
-    await proxy.start()
-    tuned = settings.with_(
-        database_url=settings.database_url.replace(":5432/", f":{proxy.port}/"),
-        batch_size=20,
-        prefetch=50,
-        batch_wait_ms=5,
-    )
     quiet = [envelope(sample("nx-dr")) for _ in range(30)]  # one callback a message
     burst = [envelope(sample("nx-cc")) for _ in range(300)]  # ten callbacks a message
-    try:
-        async with running_worker(tuned, sources):
-            await publish_envelopes(channel, settings, quiet, per_message=1)
-            assert await eventually(lambda: _has_rows(db, 30))  # prefetch has grown to 50
-            await proxy.cut()
-            await publish_envelopes(channel, settings, burst, per_message=10)
-
-            async def settled() -> bool:
-                before = await queue_depth(channel, settings.raw_queue)
-                await asyncio.sleep(0.5)
-                return before == await queue_depth(channel, settings.raw_queue)
-
-            assert await eventually(settled)
-            held_messages = 30 - await queue_depth(channel, settings.raw_queue)
-            assert 1 <= held_messages * 10 <= tuned.batch_size + 10  # one batch of callbacks
-            await proxy.restore()
-            assert await eventually(lambda: _has_rows(db, 330), timeout=30)
-    finally:
-        await proxy.close()
+    tuning = {"batch_size": 20, "prefetch": 50, "batch_wait_ms": 5}
+    async with (
+        database_behind_proxy(settings, **tuning) as (proxy, tuned),
+        running_worker(tuned, sources),
+    ):
+        await publish_envelopes(channel, settings, quiet, per_message=1)
+        assert await eventually(lambda: _has_rows(db, 30))  # prefetch has grown to 50
+        await proxy.cut()
+        await publish_envelopes(channel, settings, burst, per_message=10)
+        assert await eventually(lambda: _queue_settled(channel, settings, below=30))
+        held_messages = 30 - await queue_depth(channel, settings.raw_queue)
+        assert 1 <= held_messages * 10 <= tuned.batch_size + 10  # one batch of callbacks
+        await proxy.restore()
+        assert await eventually(lambda: _has_rows(db, 330), timeout=30)
     assert await total_deliveries(db) == 330
 
 

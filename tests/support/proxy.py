@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from cdrflow.settings import Settings
 
 
 class TcpProxy:
@@ -62,3 +66,17 @@ class TcpProxy:
         finally:
             self._writers.discard(writer)
             writer.transport.abort()
+
+
+@contextlib.asynccontextmanager
+async def database_behind_proxy(
+    settings: Settings, **changes: Any
+) -> AsyncIterator[tuple[TcpProxy, Settings]]:
+    """Settings whose database connections go through a proxy the test can cut."""
+    proxy = TcpProxy("127.0.0.1", 5432)
+    await proxy.start()
+    url = settings.database_url.replace(":5432/", f":{proxy.port}/")
+    try:
+        yield proxy, settings.with_(database_url=url, **changes)
+    finally:
+        await proxy.close()

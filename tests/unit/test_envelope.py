@@ -48,11 +48,6 @@ def test_received_at_is_utc_with_microseconds_on_the_wire() -> None:
     assert wire["format"] == "cdrflow.raw/1"
 
 
-def test_query_params_keep_blanks_and_decode_utf8() -> None:
-    envelope = make(query="a=1&b=&c=%E6%88%90")
-    assert envelope.query_params() == [("a", "1"), ("b", ""), ("c", "成")]
-
-
 def test_uuid7_is_time_ordered() -> None:
     first, second = uuid7(), uuid7()
     assert first.version == second.version == 7
