@@ -20,6 +20,7 @@ from aio_pika.abc import (
 )
 
 from cdrflow.logs import get_logger
+from schemas.envelope import COUNT_HEADER, FORMAT, FORMAT_HEADER, encode_batch, uuid7
 from schemas.topology import Topology
 
 log = get_logger("cdrflow.amqp")
@@ -33,6 +34,20 @@ class BrokerUnavailable(Exception):
 
 class TopologyMismatch(Exception):
     """A queue or exchange exists with other arguments than ours."""
+
+
+def raw_message(encoded_envelopes: list[bytes]) -> aio_pika.Message:
+    """The one way a message for `cdr.raw` is built: a persistent batch of envelopes.
+
+    Always publish it `mandatory`: aiormq matches a basic.return to its publish by
+    message_id, so without a message_id an unroutable message would look confirmed."""
+    return aio_pika.Message(
+        encode_batch(encoded_envelopes),
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=str(uuid7()),
+        content_type="application/json",
+        headers={FORMAT_HEADER: FORMAT, COUNT_HEADER: len(encoded_envelopes)},
+    )
 
 
 async def connect(url: str, name: str) -> AbstractConnection:

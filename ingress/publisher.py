@@ -13,13 +13,9 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 
-import aio_pika
-from aio_pika import DeliveryMode
-
-from cdrflow.amqp import BrokerLink
+from cdrflow.amqp import BrokerLink, raw_message
 from cdrflow.logs import get_logger
 from ingress.metrics import IngressMetrics
-from schemas.envelope import COUNT_HEADER, FORMAT, FORMAT_HEADER, encode_batch, uuid7
 
 log = get_logger("cdrflow.ingress.publisher")
 
@@ -96,16 +92,8 @@ class CoalescingPublisher:
         task.add_done_callback(self._sending.discard)
 
     async def _send(self, batch: _Batch) -> None:
-        body = encode_batch(batch.parts)
-        message = aio_pika.Message(
-            body,
-            delivery_mode=DeliveryMode.PERSISTENT,
-            # aiormq matches a basic.return to its publish by message_id: without one an
-            # unroutable message would look confirmed.
-            message_id=str(uuid7()),
-            content_type="application/json",
-            headers={FORMAT_HEADER: FORMAT, COUNT_HEADER: len(batch.parts)},
-        )
+        message = raw_message(batch.parts)
+        body = message.body
         started = time.perf_counter()
         try:
             await self.link.publish(

@@ -15,14 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import aio_pika
 import asyncpg
-from aio_pika import DeliveryMode
 
-from cdrflow.amqp import BrokerLink, BrokerUnavailable
+from cdrflow.amqp import BrokerLink, BrokerUnavailable, raw_message
 from cdrflow.logs import get_logger
 from cdrflow.settings import Settings
-from schemas.envelope import COUNT_HEADER, FORMAT, FORMAT_HEADER, RawEnvelope, encode_batch, uuid7
+from schemas.envelope import RawEnvelope
 from schemas.jsoncodec import loads
 
 log = get_logger("cdrflow.replay")
@@ -105,13 +103,7 @@ async def replay(settings: Settings, selection: ReplaySelection, *, dry_run: boo
                 raise BrokerUnavailable("cannot reach RabbitMQ")
             for start in range(0, len(envelopes), CHUNK):
                 chunk = envelopes[start : start + CHUNK]
-                message = aio_pika.Message(
-                    encode_batch([e.encode() for e in chunk]),
-                    delivery_mode=DeliveryMode.PERSISTENT,
-                    message_id=str(uuid7()),
-                    content_type="application/json",
-                    headers={FORMAT_HEADER: FORMAT, COUNT_HEADER: len(chunk)},
-                )
+                message = raw_message([e.encode() for e in chunk])
                 await link.publish(
                     message, settings.raw_queue, mandatory=True, timeout=settings.confirm_timeout
                 )

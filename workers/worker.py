@@ -22,23 +22,16 @@ import math
 import time
 from collections.abc import Mapping
 
-import aio_pika
 import asyncpg
-from aio_pika import DeliveryMode
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
-from cdrflow.amqp import BrokerLink, connect, declare
+from cdrflow.amqp import BrokerLink, connect, declare, raw_message
 from cdrflow.logs import get_logger
 from cdrflow.settings import Settings
 from schemas.envelope import (
-    COUNT_HEADER,
-    FORMAT,
-    FORMAT_HEADER,
     EnvelopeError,
     RawEnvelope,
     decode_batch,
-    encode_batch,
-    uuid7,
 )
 from schemas.providers.base import Provider
 from schemas.sources import Source
@@ -348,13 +341,7 @@ class Worker:
         await asyncio.gather(
             *(
                 link.publish(
-                    aio_pika.Message(
-                        encode_batch([envelope.encode()]),
-                        delivery_mode=DeliveryMode.PERSISTENT,
-                        message_id=str(uuid7()),
-                        content_type="application/json",
-                        headers={FORMAT_HEADER: FORMAT, COUNT_HEADER: 1},
-                    ),
+                    raw_message([envelope.encode()]),
                     self.settings.raw_queue,
                     mandatory=True,
                     timeout=self.settings.confirm_timeout,

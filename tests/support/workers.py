@@ -13,13 +13,12 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel
 
-from cdrflow.amqp import declare
+from cdrflow.amqp import declare, raw_message
 from cdrflow.settings import PREFIX, Settings
-from schemas.envelope import COUNT_HEADER, FORMAT, FORMAT_HEADER, RawEnvelope, encode_batch, uuid7
+from schemas.envelope import RawEnvelope
 from schemas.providers import default_registry
 from schemas.providers.base import Provider
 from schemas.sources import Source
@@ -117,12 +116,7 @@ async def publish_envelopes(
     for start in range(0, len(items), per_message):
         chunk = items[start : start + per_message]
         result = await channel.default_exchange.publish(
-            aio_pika.Message(
-                encode_batch([e.encode() for e in chunk]),
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=str(uuid7()),
-                headers={FORMAT_HEADER: FORMAT, COUNT_HEADER: len(chunk)},
-            ),
+            raw_message([e.encode() for e in chunk]),
             routing_key=settings.raw_queue,
         )
         assert isinstance(result, aiormq.spec.Basic.Ack), result  # confirmed, not returned
