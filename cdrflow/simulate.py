@@ -14,8 +14,7 @@ from datetime import UTC, datetime
 import aiohttp
 
 from cdrflow.logs import get_logger
-from schemas.providers import Registry
-from schemas.providers.base import SimulatedCallback
+from schemas.providers import Registry, SimulatedCallback
 from schemas.sources import Source, Sources
 
 log = get_logger("cdrflow.simulate")

@@ -26,8 +26,7 @@ from cdrflow.settings import Settings
 from ingress.metrics import CONTENT_TYPE, IngressMetrics
 from ingress.publisher import CoalescingPublisher, NotDurable
 from schemas.envelope import KEPT_HEADERS, RawEnvelope, uuid7
-from schemas.providers import Registry, default_registry
-from schemas.providers.base import Outcome, Provider, Unauthenticated
+from schemas.providers import Outcome, Provider, Registry, Unauthenticated, default_registry
 from schemas.sources import IPNetwork, Source, Sources
 
 log = get_logger("cdrflow.ingress")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 if TYPE_CHECKING:
-    from schemas.providers.base import Provider
+    from schemas.providers.protocol import Provider
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -13,9 +13,11 @@ from typing import Any
 
 from cdrflow.logs import get_logger
 from schemas.envelope import RawEnvelope
-from schemas.providers.base import Provider, Reason, Reject, charset_of, sanitize
+from schemas.providers import Provider, Reason, Reject
+from schemas.providers.bodies import charset_of
 from schemas.record import CallRecord, content_hash
 from schemas.sources import Source
+from workers.sanitize import sanitize
 
 log = get_logger("cdrflow.worker")
 

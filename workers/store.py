@@ -30,7 +30,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exp
 
 from cdrflow.logs import get_logger
 from schemas.jsoncodec import dumps
-from schemas.providers.base import Reason, sanitize
+from schemas.providers import Reason
 from schemas.record import (
     CONTENT_COLUMNS,
     RECORD_COLUMNS,
@@ -48,6 +48,7 @@ from workers.normalize import (
     as_request,
     plan_versions,
 )
+from workers.sanitize import sanitize
 
 log = get_logger("cdrflow.worker.store")
 

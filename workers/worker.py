@@ -33,7 +33,7 @@ from schemas.envelope import (
     RawEnvelope,
     decode_batch,
 )
-from schemas.providers.base import Provider
+from schemas.providers import Provider
 from schemas.sources import Source
 from workers.batching import Inbox, redeliveries
 from workers.db import create_pool

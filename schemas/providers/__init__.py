@@ -1,6 +1,8 @@
 """Provider adapters, one module per kind of push, and the registry that names them.
 
-Adding a provider is adding one module beside these and one line in `default_registry`."""
+Adding a provider is adding one module beside these and one line in `default_registry`.
+The contract every module meets (`Provider`) and what the ingress and the workers need
+of it (outcomes, answers, errors) are importable from here."""
 
 from __future__ import annotations
 
@@ -12,7 +14,22 @@ from schemas.providers import (
     nxcloud_voice_dr,
     nxcloud_voice_report,
 )
-from schemas.providers.base import Provider
+from schemas.providers.answers import HTTP_STATUS, Answer, Outcome
+from schemas.providers.errors import Reason, Reject, Unauthenticated
+from schemas.providers.protocol import Provider, SimulatedCallback
+
+__all__ = [
+    "HTTP_STATUS",
+    "Answer",
+    "Outcome",
+    "Provider",
+    "Reason",
+    "Registry",
+    "Reject",
+    "SimulatedCallback",
+    "Unauthenticated",
+    "default_registry",
+]
 
 
 class Registry(Mapping[str, Provider]):

@@ -29,24 +29,13 @@ from typing import Any
 
 from schemas.envelope import RawEnvelope
 from schemas.jsoncodec import dumps
-from schemas.providers.base import (
-    HTTP_STATUS,
-    Answer,
-    Fields,
-    Outcome,
-    Reason,
-    Reject,
-    SimulatedCallback,
-    Unauthenticated,
-    body_text,
-    charset_of,
-    is_blank,
-    is_connected,
-    parse_form,
-    parse_json,
-    require_text,
-    to_int,
-)
+from schemas.providers.answers import HTTP_STATUS, Answer, Outcome
+from schemas.providers.bodies import body_text, charset_of, parse_form, parse_json
+from schemas.providers.call_status import is_connected
+from schemas.providers.errors import Reason, Reject, Unauthenticated
+from schemas.providers.fields import Fields, require_text
+from schemas.providers.protocol import SimulatedCallback
+from schemas.providers.values import is_blank, to_int
 from schemas.record import CallRecord, CallType, Direction, HangupBy, Status
 from schemas.sources import Source
 

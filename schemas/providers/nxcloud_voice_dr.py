@@ -16,19 +16,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 from schemas.envelope import RawEnvelope
-from schemas.providers.base import (
-    Fields,
-    Reason,
-    Reject,
-    SimulatedCallback,
-    UnsignedTextProvider,
-    body_text,
-    charset_of,
-    parse_form,
-    parse_json,
-    require_text,
-    to_int,
-)
+from schemas.providers.bodies import body_text, charset_of, parse_form, parse_json
+from schemas.providers.errors import Reason, Reject
+from schemas.providers.fields import Fields, require_text
+from schemas.providers.protocol import SimulatedCallback, UnsignedTextProvider
+from schemas.providers.values import to_int
 from schemas.record import CallRecord, CallType, Direction, HangupBy, Status
 from schemas.sources import Source
 

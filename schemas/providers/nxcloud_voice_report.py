@@ -20,19 +20,12 @@ from typing import Any
 
 from schemas.envelope import RawEnvelope
 from schemas.jsoncodec import dumps
-from schemas.providers.base import (
-    Fields,
-    Reason,
-    Reject,
-    SimulatedCallback,
-    UnsignedTextProvider,
-    is_blank,
-    is_connected,
-    json_body,
-    require_text,
-    status_from_sip,
-    to_int,
-)
+from schemas.providers.bodies import json_body
+from schemas.providers.call_status import is_connected, status_from_sip
+from schemas.providers.errors import Reason, Reject
+from schemas.providers.fields import Fields, require_text
+from schemas.providers.protocol import SimulatedCallback, UnsignedTextProvider
+from schemas.providers.values import is_blank, to_int
 from schemas.record import CallRecord, CallType, Direction, Status
 from schemas.sources import Source
 

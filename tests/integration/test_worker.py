@@ -22,8 +22,7 @@ from aio_pika.abc import AbstractChannel
 from cdrflow.settings import Settings
 from schemas.envelope import RawEnvelope
 from schemas.jsoncodec import dumps, loads
-from schemas.providers import Registry, default_registry
-from schemas.providers.base import Provider
+from schemas.providers import Provider, Registry, default_registry
 from schemas.providers.nxcloud_voice_report import NXCloudVoiceReport
 from schemas.record import CallRecord, record_id_for
 from schemas.sources import Source, Sources

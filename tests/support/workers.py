@@ -19,8 +19,7 @@ from aio_pika.abc import AbstractChannel
 from cdrflow.amqp import declare, raw_message
 from cdrflow.settings import PREFIX, Settings
 from schemas.envelope import RawEnvelope
-from schemas.providers import default_registry
-from schemas.providers.base import Provider
+from schemas.providers import Provider, default_registry
 from schemas.sources import Source
 from tests.support.sources import ENVIRON, SOURCES_TOML
 from workers.worker import Worker

@@ -9,7 +9,7 @@ import pytest
 
 from schemas.jsoncodec import JSONError, canonical_json, dumps, loads_exact
 from schemas.providers import default_registry
-from schemas.providers.base import to_decimal, to_int
+from schemas.providers.values import to_decimal, to_int
 from tests.support.samples import Sample, envelope
 from tests.support.sources import load_test_sources
 from workers.db import is_data_error, is_transient

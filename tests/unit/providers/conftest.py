@@ -12,8 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from schemas.envelope import RawEnvelope
-from schemas.providers import default_registry
-from schemas.providers.base import Provider
+from schemas.providers import Provider, default_registry
 from schemas.record import CallRecord
 from schemas.sources import Source, parse_sources
 

@@ -1,4 +1,5 @@
-"""The shared helpers of `schemas/providers/base.py` (and the registry, zones, record ids)."""
+"""The helpers provider modules share (answers, bodies, fields, values, call status), and
+the registry, zones, record ids."""
 
 from __future__ import annotations
 
@@ -12,25 +13,12 @@ import pytest
 
 from schemas.jsoncodec import JSONError, loads_exact
 from schemas.providers import Registry, default_registry, nxcloud_voice_report
-from schemas.providers.base import (
-    HTTP_STATUS,
-    MAX_SECONDS,
-    Fields,
-    Outcome,
-    Reason,
-    Reject,
-    body_text,
-    charset_of,
-    is_connected,
-    parse_form,
-    parse_json,
-    require_text,
-    sanitize,
-    status_from_sip,
-    text_answers,
-    to_decimal,
-    to_int,
-)
+from schemas.providers.answers import HTTP_STATUS, Outcome, text_answers
+from schemas.providers.bodies import body_text, charset_of, parse_form, parse_json
+from schemas.providers.call_status import is_connected, status_from_sip
+from schemas.providers.errors import Reason, Reject
+from schemas.providers.fields import Fields, require_text
+from schemas.providers.values import MAX_SECONDS, to_decimal, to_int
 from schemas.record import Status, record_id_for
 from schemas.sources import parse_zone
 
@@ -183,21 +171,6 @@ def test_require_text_rejects_missing_or_empty(value: Any) -> None:
     assert caught.value.reason is Reason.MISSING_FIELD
     with pytest.raises(Reject):
         require_text({}, "id")
-
-
-def test_sanitize_replaces_nul_everywhere() -> None:
-    value = {"a\x00": ["x\x00y", {"k": "\x00"}], "n": 5, "d": Decimal("1.5"), "z": None}
-    assert sanitize(value) == {
-        "a\ufffd": ["x\ufffdy", {"k": "\ufffd"}],
-        "n": 5,
-        "d": Decimal("1.5"),
-        "z": None,
-    }
-
-
-def test_sanitize_returns_clean_strings_unchanged() -> None:
-    text = "no nul here"
-    assert sanitize(text) is text
 
 
 # --- to_int / to_decimal ----------------------------------------------------------

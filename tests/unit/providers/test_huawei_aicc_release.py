@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from schemas.providers.base import HTTP_STATUS, Outcome, Reason, Reject, Unauthenticated
+from schemas.providers import HTTP_STATUS, Outcome, Reason, Reject, Unauthenticated
 from schemas.providers.huawei_aicc_release import (
     parse_map_rendering,
     render_map,

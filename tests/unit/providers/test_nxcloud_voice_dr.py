@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from schemas.providers.base import HTTP_STATUS, Outcome, Reason, Reject
+from schemas.providers import HTTP_STATUS, Outcome, Reason, Reject
 from schemas.record import CallRecord, CallType, Direction, HangupBy, Status, record_id_for
 from schemas.sources import Source
 

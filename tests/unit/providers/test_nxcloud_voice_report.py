@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from schemas.providers.base import HTTP_STATUS, Outcome, Reason, Reject
+from schemas.providers import HTTP_STATUS, Outcome, Reason, Reject
 from schemas.record import CallRecord, CallType, Direction, Status, record_id_for
 
 from .conftest import (

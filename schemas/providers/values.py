@@ -1,0 +1,101 @@
+"""Single values as providers send them: blanks, integers, money, and time strings.
+
+Each reader returns None for what it cannot read; `Fields` decides what that means."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+MAX_SECONDS = 10_000_000  # ~115 days: anything longer is not a call duration
+# Times outside these bounds are not call times: kept raw in `extra`, never a crash.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EARLIEST_MS = int((EARLIEST - _EPOCH).total_seconds() * 1000)
+_LATEST_MS = int((LATEST - _EPOCH).total_seconds() * 1000)
+_INTEGER = re.compile(r"[+-]?[0-9]{1,19}")
+EMPTY = ("", "null", "NULL", "None")
+
+
+def is_blank(value: Any) -> bool:
+    """None, "" or "null": the provider sent nothing."""
+    return value is None or (isinstance(value, str) and value.strip() in EMPTY)
+
+
+def as_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value).strip()
+
+
+def to_int(value: Any) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, Decimal):
+        if not value.is_finite() or value.adjusted() > 18:  # never expand 1e400000000
+            return None
+        return int(value) if value == value.to_integral_value() else None
+    if isinstance(value, str):
+        text = value.strip()
+        if _INTEGER.fullmatch(text):
+            return int(text)
+    return None
+
+
+def to_decimal(value: Any) -> Decimal | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, Decimal | int):
+        amount = Decimal(value)
+    elif isinstance(value, str):
+        try:
+            amount = Decimal(value.strip())
+        except InvalidOperation:
+            return None
+    else:
+        return None
+    if not amount.is_finite() or abs(amount.adjusted()) > 24 or len(amount.as_tuple().digits) > 40:
+        return None  # not an amount of money: kept raw in `extra`
+    return amount
+
+
+def from_epoch_millis(millis: int) -> datetime | None:
+    """The moment, if it can be a call time."""
+    if not _EARLIEST_MS <= millis < _LATEST_MS:
+        return None
+    return _EPOCH + timedelta(milliseconds=millis)
+
+
+_ISO_FORMATS = frozenset({"%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S.%f"})
+_SLASHED = re.compile(r"(\d{4})/(\d{2})/(\d{2}),(\d{2}):(\d{2}):(\d{2})(?::(\d{1,3}))?")
+
+
+def time_parser(fmt: str) -> Callable[[str], datetime]:
+    """strptime is slow; the formats every provider uses have fast equivalents."""
+    if fmt in _ISO_FORMATS:
+        return _parse_iso
+    if fmt in ("%Y/%m/%d,%H:%M:%S:%f", "%Y/%m/%d,%H:%M:%S"):
+        return _parse_slashed
+    return lambda text: datetime.strptime(text, fmt)
+
+
+def _parse_slashed(text: str) -> datetime:
+    """`yyyy/MM/dd,HH:mm:ss[:SSS]` (Huawei), without strptime's cost."""
+    match = _SLASHED.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not yyyy/MM/dd,HH:mm:ss:SSS: {text!r}")
+    year, month, day, hour, minute, second, millis = match.groups()
+    micros = int(millis.ljust(3, "0")) * 1000 if millis else 0
+    return datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), micros)
+
+
+def _parse_iso(text: str) -> datetime:
+    if len(text) < 19 or text[4] != "-" or text[13] != ":":  # date-only and odd shapes
+        raise ValueError(f"not yyyy-MM-dd HH:mm:ss: {text!r}")
+    return datetime.fromisoformat(text)
