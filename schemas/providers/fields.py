@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from schemas.providers.errors import Reason, Reject
 from schemas.providers.values import (
@@ -21,6 +21,9 @@ from schemas.providers.values import (
     to_decimal,
     to_int,
 )
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 
 def require_text(payload: Mapping[str, Any], key: str) -> str:
@@ -57,6 +60,21 @@ class Fields:
         kept = {k: v for k, v in self.payload.items() if k not in self._consumed}
         kept.update(self._unreadable)
         return kept
+
+    def code(self, key: str, meanings: Mapping[int, V]) -> V | None:
+        """What this field's integer code means (0 is a code like any other). The field is
+        consumed when `meanings` knows the code; an unknown code stays in `extra`."""
+        return self.lookup(key, meanings, to_int)
+
+    def lookup(
+        self, key: str, meanings: Mapping[K, V], read: Callable[[Any], K | None]
+    ) -> V | None:
+        """`code` for values that are not integers: `read` turns the value into a key of
+        `meanings` (None when it cannot)."""
+        found = _meaning(meanings, read(self.payload.get(key)))
+        if found is not None:
+            self._consumed.add(key)
+        return found
 
     def _unread(self, key: str, value: Any) -> None:
         self._unreadable[key] = value
@@ -137,3 +155,7 @@ class Fields:
             return tuple(v.strip() for v in value.split(",") if v.strip())
         self._unread(key, value)
         return ()
+
+
+def _meaning(meanings: Mapping[K, V], key: K | None) -> V | None:
+    return None if key is None else meanings.get(key)

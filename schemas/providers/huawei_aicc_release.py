@@ -43,7 +43,7 @@ TIME_FORMATS = ("%Y/%m/%d,%H:%M:%S:%f", "%Y/%m/%d,%H:%M:%S", "%Y-%m-%d %H:%M:%S"
 SIGNATURE_FIELDS = frozenset({"timestamp", "nonce", "signature"})
 _PAIR_BOUNDARY = re.compile(r",\s*(?=[A-Za-z_][A-Za-z0-9_.]*=)")
 # releaseReason, for a call that never connected.
-_REASON_STATUS = {
+_REASON_STATUS: dict[int | None, Status] = {
     0: Status.REJECTED,  # the called party hung up while it rang
     1: Status.CANCELLED,  # the calling party (agent) hung up first
     2: Status.FAILED,  # call to the calling party failed
@@ -52,7 +52,7 @@ _REASON_STATUS = {
     5: Status.NO_ANSWER,  # called party did not answer
 }
 # In a bidirectional call the platform rings the agent's phone (the calling party) first.
-_HANGUP_BY = {0: HangupBy.CALLEE, 1: HangupBy.AGENT}
+_HANGUP_BY: dict[int | None, HangupBy] = {0: HangupBy.CALLEE, 1: HangupBy.AGENT}
 
 
 class HuaweiAiccRelease:
@@ -105,7 +105,7 @@ class HuaweiAiccRelease:
         elif is_blank(f.peek("releaseReason")):
             status = Status.UNKNOWN
         else:  # "xxx: other exceptions occur": any code not in the table is a failure
-            status = _REASON_STATUS.get(reason if reason is not None else -1, Status.FAILED)
+            status = _REASON_STATUS.get(reason, Status.FAILED)
         return CallRecord(
             source=source.name,
             tenant=source.tenant,
@@ -120,7 +120,7 @@ class HuaweiAiccRelease:
             callee=f.text("called"),
             display_number=f.text("callerPresent"),
             hangup_cause=f.text("releaseReason"),
-            hangup_by=_HANGUP_BY.get(reason if reason is not None else -1),
+            hangup_by=_HANGUP_BY.get(reason),
             started_at=_time(f, "createCallTime"),
             ringing_at=_time(f, "alertingTime"),
             answered_at=answered_at,

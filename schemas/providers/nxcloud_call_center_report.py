@@ -59,10 +59,7 @@ class NXCloudCallCenterReport(UnsignedTextProvider):
         session_id = require_text(payload, "callSessionId")
         f = Fields(payload, source.timezone)
         f.take("callSessionId")
-        kind = _CALL_TYPES.get(to_int(f.peek("callType")) or -1)
-        if kind is not None:
-            f.take("callType")
-        call_type, direction = kind or (None, None)
+        call_type, direction = f.code("callType", _CALL_TYPES) or (None, None)
         answered_at = f.local_time("answerTime", *TIME_FORMATS)
         talk_seconds = f.integer("callDuration")
         sip_code = f.integer("hangupCode", low=100, high=699)
@@ -123,16 +120,9 @@ def _status(
 
 
 def _hangup_by(f: Fields, direction: Direction | None) -> HangupBy | None:
-    code = to_int(f.peek("hangingDirection"))
-    if code == 0:  # the customer: the far end of an outgoing call
-        who: HangupBy | None = (
-            HangupBy.CALLER if direction is Direction.INBOUND else HangupBy.CALLEE
-        )
-    else:
-        who = {1: HangupBy.AGENT, 3: HangupBy.SYSTEM}.get(code if code is not None else -1)
-    if who is not None:
-        f.take("hangingDirection")
-    return who
+    # 0 is the customer: the far end of an outgoing call, the caller of an incoming one.
+    customer = HangupBy.CALLER if direction is Direction.INBOUND else HangupBy.CALLEE
+    return f.code("hangingDirection", {0: customer, 1: HangupBy.AGENT, 3: HangupBy.SYSTEM})
 
 
 def sample_report(rng: random.Random, local_now: datetime) -> dict[str, Any]:

@@ -80,15 +80,11 @@ class NXCloudVoiceDR(UnsignedTextProvider):
         message_id = require_text(payload, "messageid")
         f = Fields(payload, source.timezone)
         f.take("messageid")
-        kind = _CALL_TYPES.get(_int_or(f.peek("voice_type")))
-        if kind is not None:
-            f.take("voice_type")
+        kind = f.code("voice_type", _CALL_TYPES)
         talk_seconds = f.integer("duration")
         cause = f.text("hangup_cause")
-        disposition = str(f.peek("hangup_disposition") or "").strip().lower()
-        hangup_by, disposition_status = _DISPOSITION.get(disposition, (None, None))
-        if hangup_by is not None:
-            f.take("hangup_disposition")
+        disposition = f.lookup("hangup_disposition", _DISPOSITION, _lowered)
+        hangup_by, disposition_status = disposition or (None, None)
         cycle = f.integer("cycle", low=1)
         cycles = to_int(f.peek("size"))
         return CallRecord(
@@ -131,9 +127,8 @@ class NXCloudVoiceDR(UnsignedTextProvider):
         )
 
 
-def _int_or(value: Any, default: int = -1) -> int:
-    number = to_int(value)
-    return default if number is None else number
+def _lowered(value: Any) -> str:
+    return str(value or "").strip().lower()
 
 
 def _status(

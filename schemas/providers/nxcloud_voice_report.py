@@ -64,9 +64,7 @@ class NXCloudVoiceReport(UnsignedTextProvider):
             currency, cost = "EUR", f.decimal("costEur")
         else:
             currency, cost = "USD", f.decimal("cost")
-        call_type = _CALL_TYPES.get(to_int(f.peek("type")) or -1)
-        if call_type is not None:
-            f.take("type")
+        call_type = f.code("type", _CALL_TYPES)
         return CallRecord(
             source=source.name,
             tenant=source.tenant,

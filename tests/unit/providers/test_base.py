@@ -289,6 +289,28 @@ def test_is_connected(answered_at: datetime | None, talk: int | None, connected:
 # --- Fields -------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("zero", [0, "0", " 0 ", Decimal("0")])
+def test_fields_code_zero_is_a_code_not_a_blank(zero: Any) -> None:
+    # `to_int(x) or -1` used to turn a 0 code into "unknown".
+    f = Fields({"kind": zero})
+    assert f.code("kind", {0: "zero", 1: "one"}) == "zero"
+    assert f.extra() == {}  # translated: consumed
+
+
+@pytest.mark.parametrize("value", [7, "x", "", None, "-1"])
+def test_fields_code_unknown_or_unreadable_stays_in_extra(value: Any) -> None:
+    f = Fields({"kind": value})
+    assert f.code("kind", {0: "zero", 1: "one"}) is None
+    assert f.extra() == {"kind": value}
+
+
+def test_fields_lookup_reads_the_value_as_the_table_needs() -> None:
+    f = Fields({"who": " Send_Bye ", "other": "nope"})
+    assert f.lookup("who", {"send_bye": "caller"}, lambda v: str(v).strip().lower()) == "caller"
+    assert f.lookup("other", {"send_bye": "caller"}, lambda v: None) is None
+    assert f.extra() == {"other": "nope"}
+
+
 def test_fields_extra_holds_what_was_not_consumed() -> None:
     f = Fields({"a": "1", "b": "2", "c": "3"})
     assert f.peek("a") == "1"  # peeking does not consume

@@ -321,6 +321,13 @@ def test_hanging_direction_gives_hangup_by(
     assert record.hangup_by is hangup_by
 
 
+@pytest.mark.parametrize("hanging", [0, "0"])
+def test_hanging_direction_0_is_the_customer_and_is_consumed(hanging: Any) -> None:
+    record = normalize(report(hangingDirection=hanging, callType=3))
+    assert record.hangup_by is HangupBy.CALLEE
+    assert "hangingDirection" not in record.extra
+
+
 # --- optional and odd fields --------------------------------------------------------
 
 
