@@ -24,10 +24,8 @@ from cdrflow.amqp import BrokerLink
 from cdrflow.logs import get_logger
 from cdrflow.settings import Settings
 from ingress.metrics import CONTENT_TYPE, IngressMetrics
-from ingress.drainer import start_drainer
 from ingress.publisher import CoalescingPublisher, NotDurable
-from ingress.spool import open_spool
-from schemas.envelope import KEPT_HEADERS, RawEnvelope, uuid7
+from schemas.envelope import RawEnvelope, stored_headers, uuid7
 from schemas.providers import Outcome, Provider, Registry, Unauthenticated, default_registry
 from schemas.sources import IPNetwork, Source, Sources
 
@@ -74,7 +72,6 @@ def create_app(
 async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
     ingress = app[INGRESS]
     settings = ingress.settings
-    spool = await open_spool(settings, ingress.metrics)
     link = BrokerLink(settings.amqp_url, settings.topology(), name="cdrflow-ingress")
     await link.start()
     ingress.publisher = CoalescingPublisher(
@@ -85,15 +82,10 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
         linger_ms=settings.coalesce_linger_ms,
         confirm_timeout=settings.confirm_timeout,
         metrics=ingress.metrics,
-        spool=spool,
     )
-    drainer = start_drainer(spool, link, settings, ingress.publisher)
     yield
     # aiohttp has stopped accepting and waited for requests in flight: ship what is left.
     await ingress.publisher.drain()
-    if drainer is not None and spool is not None:
-        await drainer.finish(settings.shutdown_timeout)
-        await spool.close()
     await link.close()
 
 
@@ -139,7 +131,7 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
 
     envelope = _envelope(request, source, provider, client, body)
     try:
-        provider.authenticate(envelope, source, time.time())
+        provider.authenticate(envelope, request.headers, source, time.time())
     except Unauthenticated as exc:
         return finish(Outcome.UNAUTHORIZED, reason=str(exc))
     if ingress.publisher is None:
@@ -177,7 +169,7 @@ def _envelope(
         path=f"/v1/callbacks/{source.name}",
         query=request.rel_url.raw_query_string,
         content_type=request.headers.get("Content-Type", ""),
-        headers={k.lower(): v for k, v in request.headers.items() if k.lower() in KEPT_HEADERS},
+        headers=stored_headers(request.headers),
         client=client,
         body=body,
     )

@@ -16,7 +16,7 @@ requests that arrive together into one AMQP message, so a message body is a batc
           "path": "/v1/callbacks/nxcloud-cc",  # never the token
           "query": "a=1&b=2",                  # raw query string, as received
           "content_type": "application/json;charset=UTF-8",
-          "headers": {"user-agent": "..."},     # only the headers in KEPT_HEADERS
+          "headers": {"user-agent": "..."},     # `stored_headers`: see below
           "client": "203.0.113.7",
           "body": "eyJjYWxs...",               # base64 of the body bytes, exactly as received
           "replay": false                       # true when sent again by `cdrflow replay`
@@ -26,6 +26,13 @@ requests that arrive together into one AMQP message, so a message body is a batc
 
 AMQP properties: persistent, `message_id` = batch id, `content_type` application/json,
 header `cdrflow-format` = "cdrflow.raw/1", header `cdrflow-envelopes` = count.
+
+What `headers` keeps is a choice of its own, separate from authentication: a provider's
+`authenticate` is given every request header (a signature may travel in one), while an
+envelope is kept for days in queues, `cdr.dead` and `rejected_callbacks`, so it stores
+only the headers in `KEPT_HEADERS`, those worth having for diagnosis and replay, never a
+credential (Authorization, Cookie, a signature). Adding a provider never changes that list:
+once the ingress has authenticated a request, no later step needs its credentials.
 """
 
 from __future__ import annotations
@@ -61,6 +68,11 @@ KEPT_HEADERS = frozenset(
         "x-request-id",
     }
 )
+
+
+def stored_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """The request headers an envelope keeps (lower-cased names); see the module doc."""
+    return {k.lower(): v for k, v in headers.items() if k.lower() in KEPT_HEADERS}
 
 
 class EnvelopeError(ValueError):

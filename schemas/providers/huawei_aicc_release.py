@@ -70,7 +70,9 @@ class HuaweiAiccRelease:
         body = dumps({"retCode": code, "retMsg": message})
         return Answer(HTTP_STATUS[outcome], body, "application/json")
 
-    def authenticate(self, envelope: RawEnvelope, source: Source, now: float) -> None:
+    def authenticate(
+        self, envelope: RawEnvelope, headers: Mapping[str, str], source: Source, now: float
+    ) -> None:
         if source.signing == "none":
             return
         try:

@@ -50,8 +50,12 @@ class Provider(Protocol):
 
     def answer(self, outcome: Outcome) -> Answer: ...
 
-    def authenticate(self, envelope: RawEnvelope, source: Source, now: float) -> None:
-        """Raise `Unauthenticated` unless the request is signed as the source requires."""
+    def authenticate(
+        self, envelope: RawEnvelope, headers: Mapping[str, str], source: Source, now: float
+    ) -> None:
+        """Raise `Unauthenticated` unless the request is signed as the source requires.
+        `headers` are all the request's headers, names case-insensitive: a signature in a
+        header is at hand, whatever the envelope keeps (`schemas.envelope.stored_headers`)."""
 
     def parse(self, envelope: RawEnvelope) -> list[dict[str, Any]]:
         """The payloads in one request (several for batch variants); raise `Reject`."""
@@ -74,5 +78,7 @@ class UnsignedTextProvider:
     def answer(self, outcome: Outcome) -> Answer:
         return self._answer(outcome)
 
-    def authenticate(self, envelope: RawEnvelope, source: Source, now: float) -> None:
+    def authenticate(
+        self, envelope: RawEnvelope, headers: Mapping[str, str], source: Source, now: float
+    ) -> None:
         return None

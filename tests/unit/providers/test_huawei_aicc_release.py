@@ -179,7 +179,7 @@ def millis(moment: datetime) -> str:
 
 def authenticate(body: str | bytes, content_type: str, source: Source) -> None:
     ADAPTER.authenticate(
-        make_envelope(NAME, body, content_type=content_type), source, NOW.timestamp()
+        make_envelope(NAME, body, content_type=content_type), {}, source, NOW.timestamp()
     )
 
 

@@ -419,7 +419,7 @@ def test_methods_and_no_signing() -> None:
     assert ADAPTER.default_timezone == "+08:00"
     assert ADAPTER.signing_modes == frozenset()
     assert ADAPTER.volatile_fields == frozenset()
-    ADAPTER.authenticate(make_envelope(NAME, "anything"), make_source(NAME), 0.0)
+    ADAPTER.authenticate(make_envelope(NAME, "anything"), {}, make_source(NAME), 0.0)
 
 
 @pytest.mark.parametrize(

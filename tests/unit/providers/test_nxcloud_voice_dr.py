@@ -464,7 +464,7 @@ def test_methods_and_no_signing() -> None:
     assert ADAPTER.methods == frozenset({"POST", "GET"})
     assert ADAPTER.signing_modes == frozenset()
     assert ADAPTER.volatile_fields == frozenset()
-    ADAPTER.authenticate(make_envelope(NAME, "x=1"), make_source(NAME), 0.0)
+    ADAPTER.authenticate(make_envelope(NAME, "x=1"), {}, make_source(NAME), 0.0)
 
 
 @pytest.mark.parametrize(

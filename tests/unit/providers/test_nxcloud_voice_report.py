@@ -389,7 +389,7 @@ def test_methods_and_no_signing() -> None:
     assert ADAPTER.signing_modes == frozenset()
     assert ADAPTER.volatile_fields == frozenset()
     # authenticate has nothing to check: any body passes.
-    ADAPTER.authenticate(make_envelope(NAME, "garbage"), make_source(NAME), 0.0)
+    ADAPTER.authenticate(make_envelope(NAME, "garbage"), {}, make_source(NAME), 0.0)
 
 
 @pytest.mark.parametrize(
