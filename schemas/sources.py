@@ -17,30 +17,17 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 if TYPE_CHECKING:
-    from schemas.providers.protocol import Provider
+    from schemas.providers.protocol import Provider, ProviderConfig
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-SIGNING_MODES = ("none", "sha256", "hmac-sha256")
 MIN_TOKEN_LENGTH = 16
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _TENANT = re.compile(r"[A-Za-z0-9_-]{1,64}")  # goes into routing keys: no dots
 _TOKEN = re.compile(r"[A-Za-z0-9._~-]+")  # a URL path segment that needs no escaping
 _OFFSET = re.compile(r"([+-])(\d{2}):?(\d{2})")
-_KEYS = frozenset(
-    {
-        "provider",
-        "tenant",
-        "token",
-        "token_env",
-        "timezone",
-        "signing",
-        "secret",
-        "secret_env",
-        "max_skew_seconds",
-        "allow_cidrs",
-    }
-)
+# Every source has these; any other key is its provider's to read (`Provider.configure`).
+COMMON_KEYS = frozenset({"provider", "tenant", "token", "token_env", "timezone", "allow_cidrs"})
 
 
 class SourcesError(ValueError):
@@ -71,11 +58,14 @@ class Source:
     tenant: str
     timezone: tzinfo
     timezone_name: str
+    config: ProviderConfig  # the settings that belong to the provider, as it read them
     token: str | None = field(default=None, repr=False)
-    signing: str = "none"
-    secret: str | None = field(default=None, repr=False)
-    max_skew_seconds: int = 300
     allow_cidrs: tuple[IPNetwork, ...] = ()
+
+    @property
+    def signing(self) -> str:
+        """How this source's requests are signed: a mode of its provider, or "none"."""
+        return self.config.signing
 
     def token_matches(self, candidate: str) -> bool:
         expected = (self.token or "").encode()
@@ -108,8 +98,7 @@ class Sources(Mapping[str, Source]):
     def secrets(self) -> list[str]:
         """Every token and signing secret, for log redaction."""
         found = [s.token for s in self._sources.values() if s.token]
-        found += [s.secret for s in self._sources.values() if s.secret]
-        return found
+        return found + [secret for s in self._sources.values() for secret in s.config.secrets()]
 
 
 def parse_sources(
@@ -143,6 +132,72 @@ def parse_sources(
     return Sources(parsed, origin)
 
 
+class SourceSettings:
+    """One source's entry as its provider reads it in `Provider.configure`. The provider
+    takes the keys it knows; any key neither it nor the common ones took is refused.
+    A problem is raised as `fail(key, problem)`: one line naming source and field."""
+
+    def __init__(
+        self, provider: str, entry: dict[str, Any], where: str, environ: Mapping[str, str]
+    ) -> None:
+        self.provider = provider
+        self._entry = entry
+        self._where = where
+        self._environ = environ
+        self.resolve_secrets = True
+        self._read = set(COMMON_KEYS)
+
+    def fail(self, key: str, problem: str) -> SourcesError:
+        return SourcesError(f"{self._where}: field {key!r}: {problem}")
+
+    def has(self, key: str) -> bool:
+        return key in self._entry
+
+    def value(self, key: str, default: Any = None) -> Any:
+        self._read.add(key)
+        return self._entry.get(key, default)
+
+    def string(self, key: str, *, required: bool = False) -> str | None:
+        value = self.value(key)
+        if value is None:
+            if required:
+                raise self.fail(key, "is required")
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, "must be a non-empty string")
+        return value.strip()
+
+    def secret(self, key: str, *, required: bool) -> str | None:
+        """`key` in the file, or the environment variable named by `key_env`. None when
+        secrets are not resolved (workers never authenticate anything)."""
+        env_key = f"{key}_env"
+        self._read |= {key, env_key}
+        if key in self._entry and env_key in self._entry:
+            raise self.fail(key, f"set both {key!r} and {env_key!r}; choose one")
+        if env_key in self._entry:
+            return self._from_environ(env_key)
+        if key in self._entry:
+            text = self.string(key)
+            return text if self.resolve_secrets else None
+        if required:
+            raise self.fail(key, f"is required (or {env_key!r})")
+        return None
+
+    def _from_environ(self, env_key: str) -> str | None:
+        variable = self.string(env_key)
+        if not self.resolve_secrets:
+            return None
+        value = self._environ.get(variable or "")
+        if not value:
+            raise self.fail(env_key, f"environment variable {variable} is not set")
+        return value
+
+    def refuse_unread(self) -> None:
+        unknown = sorted(set(self._entry) - self._read)
+        if unknown:
+            raise self.fail(unknown[0], "unknown key")
+
+
 def _parse_source(
     name: str,
     entry: dict[str, Any],
@@ -151,105 +206,66 @@ def _parse_source(
     providers: Mapping[str, Provider],
     resolve_secrets: bool,
 ) -> Source:
-    def fail(key: str, problem: str) -> SourcesError:
-        return SourcesError(f"{where}: field {key!r}: {problem}")
-
-    unknown = sorted(set(entry) - _KEYS)
-    if unknown:
-        raise fail(unknown[0], "unknown key")
-    provider_name = _string(entry, "provider", fail, required=True) or ""
-    if provider_name not in providers:
-        known = ", ".join(sorted(providers))
-        raise fail("provider", f"unknown provider {provider_name!r} (known: {known})")
-    provider = providers[provider_name]
-    tenant = _string(entry, "tenant", fail) or "default"
-    if not _TENANT.fullmatch(tenant):
-        raise fail("tenant", "must be letters, digits, '-' or '_'")
-    zone_name = _string(entry, "timezone", fail) or provider.default_timezone
+    settings = SourceSettings(str(entry.get("provider", "")), entry, where, environ)
+    settings.resolve_secrets = resolve_secrets
+    provider = _provider(settings, providers)
+    tenant = _tenant(settings)
+    zone_name = settings.string("timezone") or provider.default_timezone
     try:
         zone = parse_zone(zone_name)
     except ValueError as exc:
-        raise fail("timezone", str(exc)) from exc
+        raise settings.fail("timezone", str(exc)) from exc
+    token = _token(settings)
+    config = provider.configure(settings)
+    networks = _networks(settings)
+    settings.refuse_unread()
+    return Source(
+        name=name,
+        provider=provider.name,
+        tenant=tenant,
+        timezone=zone,
+        timezone_name=zone_name,
+        config=config,
+        token=token,
+        allow_cidrs=networks,
+    )
 
-    token = _secret(entry, "token", environ, fail, resolve_secrets, required=True)
+
+def _provider(settings: SourceSettings, providers: Mapping[str, Provider]) -> Provider:
+    name = settings.string("provider", required=True) or ""
+    if name not in providers:
+        known = ", ".join(sorted(providers))
+        raise settings.fail("provider", f"unknown provider {name!r} (known: {known})")
+    return providers[name]
+
+
+def _tenant(settings: SourceSettings) -> str:
+    tenant = settings.string("tenant") or "default"
+    if not _TENANT.fullmatch(tenant):
+        raise settings.fail("tenant", "must be letters, digits, '-' or '_'")
+    return tenant
+
+
+def _token(settings: SourceSettings) -> str | None:
+    token = settings.secret("token", required=True)
     if token is not None:
         if len(token) < MIN_TOKEN_LENGTH:
-            raise fail("token", f"must be at least {MIN_TOKEN_LENGTH} characters")
+            raise settings.fail("token", f"must be at least {MIN_TOKEN_LENGTH} characters")
         if not _TOKEN.fullmatch(token):
-            raise fail("token", "only letters, digits and '-._~' may appear in a URL token")
+            raise settings.fail(
+                "token", "only letters, digits and '-._~' may appear in a URL token"
+            )
+    return token
 
-    signing = _string(entry, "signing", fail) or "none"
-    if signing not in SIGNING_MODES:
-        raise fail("signing", f"must be one of {', '.join(SIGNING_MODES)}")
-    if signing != "none" and signing not in provider.signing_modes:
-        raise fail("signing", f"provider {provider_name} does not sign its callbacks")
-    secret = None
-    if signing != "none":
-        secret = _secret(entry, "secret", environ, fail, resolve_secrets, required=True)
-    elif "secret" in entry or "secret_env" in entry:
-        raise fail("secret", 'set, but signing is "none"')
 
-    skew = entry.get("max_skew_seconds", 300)
-    if not isinstance(skew, int) or isinstance(skew, bool) or skew <= 0:
-        raise fail("max_skew_seconds", "must be a positive whole number of seconds")
-
-    cidrs = entry.get("allow_cidrs", [])
+def _networks(settings: SourceSettings) -> tuple[IPNetwork, ...]:
+    cidrs = settings.value("allow_cidrs", [])
     if not isinstance(cidrs, list):
-        raise fail("allow_cidrs", "must be a list of CIDR strings")
+        raise settings.fail("allow_cidrs", "must be a list of CIDR strings")
     networks = []
     for cidr in cidrs:
         try:
             networks.append(ipaddress.ip_network(str(cidr), strict=False))
         except ValueError as exc:
-            raise fail("allow_cidrs", f"{cidr!r} is not a CIDR ({exc})") from exc
-
-    return Source(
-        name=name,
-        provider=provider_name,
-        tenant=tenant,
-        timezone=zone,
-        timezone_name=zone_name,
-        token=token,
-        signing=signing,
-        secret=secret,
-        max_skew_seconds=skew,
-        allow_cidrs=tuple(networks),
-    )
-
-
-def _string(entry: dict[str, Any], key: str, fail: Any, *, required: bool = False) -> str | None:
-    value = entry.get(key)
-    if value is None:
-        if required:
-            raise fail(key, "is required")
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise fail(key, "must be a non-empty string")
-    return value.strip()
-
-
-def _secret(
-    entry: dict[str, Any],
-    key: str,
-    environ: Mapping[str, str],
-    fail: Any,
-    resolve: bool,
-    *,
-    required: bool,
-) -> str | None:
-    env_key = f"{key}_env"
-    if key in entry and env_key in entry:
-        raise fail(key, f"set both {key!r} and {env_key!r}; choose one")
-    if env_key in entry:
-        variable = _string(entry, env_key, fail)
-        if not resolve:
-            return None
-        value = environ.get(variable or "")
-        if not value:
-            raise fail(env_key, f"environment variable {variable} is not set")
-        return value
-    if key in entry:
-        return _string(entry, key, fail) if resolve else None
-    if required:
-        raise fail(key, f"is required (or {env_key!r})")
-    return None
+            raise settings.fail("allow_cidrs", f"{cidr!r} is not a CIDR ({exc})") from exc
+    return tuple(networks)

@@ -16,13 +16,14 @@ from schemas.providers import (
 )
 from schemas.providers.answers import HTTP_STATUS, Answer, Outcome
 from schemas.providers.errors import Reason, Reject, Unauthenticated
-from schemas.providers.protocol import Provider, SimulatedCallback
+from schemas.providers.protocol import Provider, ProviderConfig, SimulatedCallback
 
 __all__ = [
     "HTTP_STATUS",
     "Answer",
     "Outcome",
     "Provider",
+    "ProviderConfig",
     "Reason",
     "Registry",
     "Reject",

@@ -35,9 +35,10 @@ from schemas.providers.call_status import is_connected
 from schemas.providers.errors import Reason, Reject, Unauthenticated
 from schemas.providers.fields import Fields, require_text
 from schemas.providers.protocol import SimulatedCallback
+from schemas.providers.signing import SigningConfig, read_signing, signing_of
 from schemas.providers.values import is_blank, to_int
 from schemas.record import CallRecord, CallType, Direction, HangupBy, Status
-from schemas.sources import Source
+from schemas.sources import Source, SourceSettings
 
 TIME_FORMATS = ("%Y/%m/%d,%H:%M:%S:%f", "%Y/%m/%d,%H:%M:%S", "%Y-%m-%d %H:%M:%S")
 SIGNATURE_FIELDS = frozenset({"timestamp", "nonce", "signature"})
@@ -62,6 +63,9 @@ class HuaweiAiccRelease:
     signing_modes = frozenset({"sha256", "hmac-sha256"})
     volatile_fields = SIGNATURE_FIELDS
 
+    def configure(self, settings: SourceSettings) -> SigningConfig:
+        return read_signing(settings, self.signing_modes)
+
     def answer(self, outcome: Outcome) -> Answer:
         if outcome is Outcome.ACCEPTED:
             code, message = "0", "success"
@@ -73,13 +77,16 @@ class HuaweiAiccRelease:
     def authenticate(
         self, envelope: RawEnvelope, headers: Mapping[str, str], source: Source, now: float
     ) -> None:
-        if source.signing == "none":
+        signing = signing_of(source)
+        if signing.signing == "none":
             return
         try:
             (params,) = self.parse(envelope)
         except Reject as exc:
             raise Unauthenticated(f"signed body cannot be read: {exc.message}") from exc
-        verify_signature(params, source.signing, source.secret or "", now, source.max_skew_seconds)
+        verify_signature(
+            params, signing.signing, signing.secret or "", now, signing.max_skew_seconds
+        )
 
     def parse(self, envelope: RawEnvelope) -> list[Any]:
         text = body_text(envelope).strip()
@@ -136,8 +143,9 @@ class HuaweiAiccRelease:
 
     def simulate(self, rng: random.Random, now: datetime, source: Source) -> SimulatedCallback:
         event = sample_event(rng, now.astimezone(source.timezone))
-        if source.signing != "none":
-            event = sign(event, source.signing, source.secret or "", now, rng)
+        signing = signing_of(source)
+        if signing.signing != "none":
+            event = sign(event, signing.signing, signing.secret or "", now, rng)
         if rng.random() < 0.5:
             body, content_type = render_map(event).encode(), ""
         else:

@@ -15,8 +15,9 @@ from typing import Any, Protocol
 
 from schemas.envelope import RawEnvelope
 from schemas.providers.answers import Answer, Outcome, text_answers
+from schemas.providers.signing import SigningConfig, read_signing
 from schemas.record import CallRecord
-from schemas.sources import Source
+from schemas.sources import Source, SourceSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,17 @@ class SimulatedCallback:
     content_type: str = ""
     query: str = ""
     external_id: str = ""
+
+
+class ProviderConfig(Protocol):
+    """A source's settings that belong to its provider, as `Provider.configure` read them."""
+
+    @property
+    def signing(self) -> str:
+        """How the source's requests are signed: a mode of the provider, or "none"."""
+
+    def secrets(self) -> tuple[str, ...]:
+        """Values no log line may show."""
 
 
 class Provider(Protocol):
@@ -42,11 +54,16 @@ class Provider(Protocol):
     def default_timezone(self) -> str: ...
 
     @property
-    def signing_modes(self) -> frozenset[str]: ...
-
-    @property
     def volatile_fields(self) -> frozenset[str]:
         """Payload fields that change on every push (nonces, signatures): not content."""
+
+    @property
+    def signing_modes(self) -> frozenset[str]:
+        """What a source's `signing` may be besides "none"; empty: it signs nothing."""
+
+    def configure(self, settings: SourceSettings) -> ProviderConfig:
+        """Read and check the keys of a source's entry that are this provider's (its
+        signing, say); raise `settings.fail(key, problem)`. Keys it leaves are refused."""
 
     def answer(self, outcome: Outcome) -> Answer: ...
 
@@ -74,6 +91,9 @@ class UnsignedTextProvider:
     signing_modes: frozenset[str] = frozenset()
     volatile_fields: frozenset[str] = frozenset()
     _answer = staticmethod(text_answers())
+
+    def configure(self, settings: SourceSettings) -> SigningConfig:
+        return read_signing(settings, self.signing_modes)
 
     def answer(self, outcome: Outcome) -> Answer:
         return self._answer(outcome)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from schemas.providers import default_registry
-from schemas.sources import Sources, SourcesError, parse_sources, parse_zone
+from schemas.providers import Registry, default_registry
+from schemas.providers.nxcloud_voice_report import NXCloudVoiceReport
+from schemas.providers.signing import SigningConfig
+from schemas.sources import Sources, SourcesError, SourceSettings, parse_sources, parse_zone
 
 GOOD = """
 [sources.nxcloud-cc]
@@ -49,7 +52,12 @@ def test_the_spec_example_parses() -> None:
         "none",
     )
     assert cc.timezone.utcoffset(None) == timedelta(hours=8)
-    assert (hw.tenant, hw.secret, hw.max_skew_seconds) == ("default", "app-secret", 120)
+    assert isinstance(hw.config, SigningConfig)  # the provider's settings, as it read them
+    assert (hw.tenant, hw.config.secret, hw.config.max_skew_seconds) == (
+        "default",
+        "app-secret",
+        120,
+    )
     assert hw.allows("203.0.113.77")
     assert hw.allows("2001:db8::1")
     assert not hw.allows("198.51.100.1")
@@ -178,3 +186,38 @@ def test_bad_zones(text: str) -> None:
 
 def test_zone_objects() -> None:
     assert parse_zone("+08:00") == timezone(timedelta(hours=8))
+
+
+@dataclass(frozen=True)
+class RegionConfig:
+    region: str
+    signing: str = "none"
+
+    def secrets(self) -> tuple[str, ...]:
+        return ()
+
+
+class RegionalReport(NXCloudVoiceReport):
+    """A provider with a setting of its own: sources.py knows nothing of `region`."""
+
+    name = "test.regional"
+
+    def configure(self, settings: SourceSettings) -> RegionConfig:  # type: ignore[override]
+        region = settings.string("region", required=True) or ""
+        if region not in ("eu", "us"):
+            raise settings.fail("region", "must be eu or us")
+        return RegionConfig(region)
+
+
+def test_a_provider_declares_and_checks_its_own_settings() -> None:
+    providers = Registry([RegionalReport()])
+    head = '[sources.r]\nprovider = "test.regional"\ntoken = "0123456789abcdef"\n'
+
+    def parse_with(extra: str) -> Sources:
+        return parse_sources(head + extra, origin="s.toml", environ={}, providers=providers)
+
+    assert parse_with('region = "eu"\n')["r"].config == RegionConfig("eu")
+    with pytest.raises(SourcesError, match=r"^s\.toml: source 'r': field 'region': must be eu"):
+        parse_with('region = "mars"\n')
+    with pytest.raises(SourcesError, match="field 'signing': unknown key"):  # not its setting
+        parse_with('region = "eu"\nsigning = "sha256"\n')
