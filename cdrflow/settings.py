@@ -45,6 +45,8 @@ class Settings:
     coalesce_linger_ms: float = 2.0
     trusted_proxies: tuple[IPNetwork, ...] = ()
     shutdown_timeout: float = 30.0
+    drain_seconds: float = 5.0  # after SIGTERM: /readyz 503, still serving, then stop listening
+    max_inflight_bytes: int = 64 * 1024 * 1024  # body bytes read or awaiting durability; 503 past
 
     # Workers.
     batch_size: int = 500

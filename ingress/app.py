@@ -1,6 +1,6 @@
 """The ingress application: `create_app(settings, sources)`.
 
-    POST|GET /v1/callbacks/{source}/{token}   a provider's callback
+    * /v1/callbacks/{source}/{token}          a provider's callback (405 after the token check)
     GET /healthz                              alive
     GET /readyz                               callbacks can be made durable now
     GET /metrics                              Prometheus text format
@@ -19,10 +19,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from cdrflow.amqp import BrokerLink
 from cdrflow.logs import get_logger
 from cdrflow.settings import Settings
+from ingress.edge import body_error_reason, scrub_token
+from ingress.inflight import Hold, InflightBytes, Overloaded
 from ingress.metrics import CONTENT_TYPE, IngressMetrics
 from ingress.publisher import CoalescingPublisher, NotDurable
 from schemas.envelope import RawEnvelope, stored_headers, uuid7
@@ -45,11 +48,13 @@ class Ingress:
     sources: Sources
     registry: Registry
     metrics: IngressMetrics
+    inflight: InflightBytes
     publisher: CoalescingPublisher | None = None
+    draining: bool = False  # set on SIGTERM: load balancers take us out while we still serve
 
     @property
     def ready(self) -> bool:
-        return self.publisher is not None and self.publisher.ready
+        return not self.draining and self.publisher is not None and self.publisher.ready
 
 
 INGRESS = web.AppKey("ingress", Ingress)
@@ -59,13 +64,16 @@ def create_app(
     settings: Settings, sources: Sources, registry: Registry | None = None
 ) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
-    app[INGRESS] = Ingress(settings, sources, registry or default_registry(), IngressMetrics())
+    metrics = IngressMetrics()
+    inflight = InflightBytes(settings.max_inflight_bytes, metrics.inflight_bytes)
+    app[INGRESS] = Ingress(settings, sources, registry or default_registry(), metrics, inflight)
     app.cleanup_ctx.append(broker_ctx)
-    app.router.add_route("POST", CALLBACK_PATH, handle_callback)
-    app.router.add_route("GET", CALLBACK_PATH, handle_callback)
+    # Every method: the token is checked first, so a wrong one gets 404 whatever the method.
+    app.router.add_route("*", CALLBACK_PATH, handle_callback)
     app.router.add_get("/healthz", handle_health)
     app.router.add_get("/readyz", handle_ready)
     app.router.add_get("/metrics", handle_metrics)
+    app.router.add_route("*", "/{path:.*}", handle_unrouted)
     return app
 
 
@@ -101,49 +109,91 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
     def finish(outcome: Outcome, **fields: object) -> web.Response:
         ingress.metrics.requests.labels(source.name, outcome.value).inc()
         if outcome is not Outcome.ACCEPTED:
-            log.info(
+            # A 503 is a warning: a DR pushed once is lost at the provider.
+            report = log.warning if outcome is Outcome.UNAVAILABLE else log.info
+            report(
                 "callback_refused",
                 source=source.name,
                 outcome=outcome.value,
                 client=client,
                 **fields,
             )
-        answer = provider.answer(outcome)
-        response = web.Response(
-            status=answer.status, body=answer.body, content_type=answer.content_type
-        )
-        if outcome is Outcome.METHOD_NOT_ALLOWED:
-            response.headers["Allow"] = ", ".join(sorted(provider.methods))
-        return response
+        return _answer(provider, outcome)
 
     if not source.allows(client):
         return finish(Outcome.FORBIDDEN)
     if request.method not in provider.methods:
         return finish(Outcome.METHOD_NOT_ALLOWED, method=request.method)
-    try:
-        body = await read_body(
-            request, ingress.settings.max_body_bytes, ingress.settings.body_timeout
-        )
-    except TooLarge:
-        return _close_after(finish(Outcome.TOO_LARGE))
-    except TimeoutError:
-        return _close_after(finish(Outcome.TIMEOUT))
+    with ingress.inflight.hold() as hold:
+        try:
+            body = await read_body(
+                request, ingress.settings.max_body_bytes, ingress.settings.body_timeout, hold
+            )
+        except TooLarge:
+            return _close_after(finish(Outcome.TOO_LARGE))
+        except TimeoutError:
+            return _close_after(finish(Outcome.TIMEOUT))
+        except Overloaded:
+            return _close_after(finish(Outcome.UNAVAILABLE, reason="overloaded"))
+        except RequestPayloadError as exc:
+            return _bad_body(request, provider, source, client, exc)
 
-    envelope = _envelope(request, source, provider, client, body)
-    try:
-        provider.authenticate(envelope, request.headers, source, time.time())
-    except Unauthenticated as exc:
-        return finish(Outcome.UNAUTHORIZED, reason=str(exc))
-    if ingress.publisher is None:
-        return finish(Outcome.UNAVAILABLE, reason="starting")
-    try:
-        await ingress.publisher.make_durable(envelope.encode())
-    except NotDurable as exc:
-        return finish(Outcome.UNAVAILABLE, reason=str(exc), ingest_id=envelope.ingest_id)
+        envelope = _envelope(request, source, provider, client, body)
+        try:
+            provider.authenticate(envelope, request.headers, source, time.time())
+        except Unauthenticated as exc:
+            return finish(Outcome.UNAUTHORIZED, reason=str(exc))
+        if ingress.publisher is None:
+            return finish(Outcome.UNAVAILABLE, reason="starting")
+        try:
+            await ingress.publisher.make_durable(envelope.encode())
+        except NotDurable as exc:
+            return finish(Outcome.UNAVAILABLE, reason=str(exc), ingest_id=envelope.ingest_id)
     log.debug(
         "callback_accepted", source=source.name, ingest_id=envelope.ingest_id, bytes=len(body)
     )
     return finish(Outcome.ACCEPTED)
+
+
+def _answer(provider: Provider, outcome: Outcome, status: int | None = None) -> web.Response:
+    answer = provider.answer(outcome)
+    response = web.Response(
+        status=status or answer.status, body=answer.body, content_type=answer.content_type
+    )
+    if outcome is Outcome.METHOD_NOT_ALLOWED:
+        response.headers["Allow"] = ", ".join(sorted(provider.methods))
+    return response
+
+
+def _bad_body(
+    request: web.Request, provider: Provider, source: Source, client: str, exc: Exception
+) -> web.Response:
+    """A body aiohttp could not decode (a bad chunk, a bad compressed stream): the provider's
+    failure answer and one warning, not a 500 with a traceback anyone can trigger."""
+    cause = exc.__cause__ or exc
+    reason = body_error_reason(cause)
+    # Ends the body: aiohttp would otherwise read on after the answer, hit the same error
+    # again and log it as an unhandled exception.
+    request.content.feed_eof()
+    request.app[INGRESS].metrics.unroutable.labels(reason).inc()
+    log.warning(
+        "request_unroutable", reason=reason, source=source.name, client=client, error=str(cause)
+    )
+    return _close_after(_answer(provider, Outcome.UNAVAILABLE, status=400))
+
+
+async def handle_unrouted(request: web.Request) -> web.Response:
+    """No such path (or a method our health paths do not serve): counted, so that a
+    provider pointed at a wrong URL shows up in /metrics and the log."""
+    ingress = request.app[INGRESS]
+    ingress.metrics.unroutable.labels("no_route").inc()
+    log.info(
+        "request_unroutable",
+        reason="no_route",
+        client=client_address(request, ingress.settings.trusted_proxies),
+        first_bytes=scrub_token(f"{request.method} {request.raw_path}".encode()),
+    )
+    raise web.HTTPNotFound()
 
 
 def _authorize(sources: Sources, request: web.Request) -> Source | None:
@@ -169,15 +219,28 @@ def _envelope(
         path=f"/v1/callbacks/{source.name}",
         query=request.rel_url.raw_query_string,
         content_type=request.headers.get("Content-Type", ""),
-        headers=stored_headers(request.headers),
+        headers=_kept_headers(request, body),
         client=client,
         body=body,
     )
 
 
-async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
+def _kept_headers(request: web.Request, body: bytes) -> dict[str, str]:
+    headers = stored_headers(request.headers)
+    if headers.pop("content-encoding", None) is not None:
+        # aiohttp decompressed the body: the envelope describes the bytes it holds.
+        headers["content-length"] = str(len(body))
+    return headers
+
+
+async def read_body(request: web.Request, limit: int, timeout: float, hold: Hold) -> bytes:
+    """The body (decompressed), each chunk counted against the in-flight bound as it
+    arrives; a declared length that cannot fit is refused before anything is read."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
         raise TooLarge
+    if declared is not None and not hold.has_room_for(declared):
+        raise Overloaded
     chunks: list[bytes] = []
     size = 0
     async with asyncio.timeout(timeout):
@@ -185,6 +248,7 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
             size += len(chunk)
             if size > limit:
                 raise TooLarge
+            hold.take(len(chunk))
             chunks.append(chunk)
     return b"".join(chunks)
 
@@ -202,7 +266,10 @@ def client_address(request: web.Request, trusted_proxies: Iterable[IPNetwork]) -
     proxies = tuple(trusted_proxies)
     if not proxies or not _within(peer, proxies):
         return peer
-    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    # Every header line, in order: a proxy that adds its own line (HAProxy's `option
+    # forwardfor`) leaves the client's line first, and the client writes what it likes there.
+    lines = request.headers.getall("X-Forwarded-For", [])
+    hops = [hop.strip() for line in lines for hop in line.split(",") if hop.strip()]
     for hop in reversed(hops):
         if not _within(hop, proxies):
             return hop

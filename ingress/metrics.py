@@ -45,6 +45,18 @@ class IngressMetrics:
             "1 while callbacks can be made durable on RabbitMQ",
             registry=self.registry,
         )
+        self.unroutable = Counter(
+            "cdrflow_ingress_unroutable_requests",
+            "Requests refused before they reached a source: bad request line, headers, "
+            "chunk or content encoding, or no such path",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.inflight_bytes = Gauge(
+            "cdrflow_ingress_inflight_bytes",
+            "Body bytes held by requests that are being read or made durable",
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from cdrflow.settings import Settings
 from ingress.app import create_app
-from ingress.server import runner_options
+from ingress.server import make_runner
 from schemas.sources import Sources
 from tests.support.samples import Sample
 from tests.support.sources import callback_path
@@ -50,7 +50,7 @@ class IngressClient:
 @asynccontextmanager
 async def ingress_client(settings: Settings, sources: Sources) -> AsyncIterator[IngressClient]:
     app = create_app(settings, sources)
-    runner = web.AppRunner(app, **runner_options(settings))
+    runner = make_runner(app, settings)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
