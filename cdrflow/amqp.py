@@ -21,7 +21,7 @@ from aio_pika.abc import (
 
 from cdrflow.logs import get_logger
 from schemas.envelope import COUNT_HEADER, FORMAT, FORMAT_HEADER, encode_batch, uuid7
-from schemas.topology import Topology
+from schemas.topology import RECORD_KEY_SHAPE, Topology
 
 log = get_logger("cdrflow.amqp")
 
@@ -72,6 +72,10 @@ async def declare(channel: AbstractChannel, topology: Topology) -> dict[str, Abs
         records = await channel.declare_exchange(
             topology.records_exchange.name, topology.records_exchange.kind, durable=True
         )
+        stream = await channel.declare_queue(
+            topology.records_stream.name, durable=True, arguments=topology.records_stream.arguments
+        )
+        await stream.bind(records, routing_key=RECORD_KEY_SHAPE)
     except aiormq.exceptions.ChannelPreconditionFailed as exc:
         raise TopologyMismatch(
             f"RabbitMQ already has a queue or exchange of the same name with other "

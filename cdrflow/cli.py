@@ -42,9 +42,28 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--limit", type=int, help="at most this many requests")
     replay.add_argument("--dry-run", action="store_true", help="count, send nothing")
 
-    tail = commands.add_parser("tail", help="print records from cdr.records as they arrive")
+    tail = commands.add_parser(
+        "tail", help="print records as they arrive, or from a point of the records stream"
+    )
     tail.add_argument("binding", nargs="?", default="#", help="topic pattern (default: #)")
+    start = tail.add_mutually_exclusive_group()
+    start.add_argument("--since", type=_when, help="stream: records published at or after")
+    start.add_argument(
+        "--from", dest="origin", choices=("first", "last", "next"), help="stream: from this end"
+    )
+    start.add_argument("--offset", type=_offset, help="stream: from this offset")
     tail.add_argument("--count", type=int, help="exit after this many records")
+
+    republish = commands.add_parser("republish", help="send stored records again to one queue")
+    republish.add_argument(
+        "--since", type=_when, required=True, help="current revision stored at or after"
+    )
+    republish.add_argument("--until", type=_when, help="current revision stored before")
+    republish.add_argument("--source", help="only this source")
+    republish.add_argument("--tenant", help="only this tenant")
+    target = republish.add_mutually_exclusive_group(required=True)
+    target.add_argument("--to-queue", help="this queue (through the default exchange)")
+    target.add_argument("--routing-key", help="this key on the records exchange (one queue's)")
 
     simulate = commands.add_parser("simulate", help="push realistic callbacks at a chosen rate")
     simulate.add_argument("--url", default="http://127.0.0.1:8080", help="the ingress")
@@ -155,14 +174,49 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _offset(text: str) -> int:
+    offset = int(text)
+    if offset < 0:
+        raise ValueError(text)
+    return offset
+
+
 def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.tail import tail
+    from workers.tail import StreamStart, TailError, tail
+
+    origins = [o for o in (args.since, args.origin, args.offset) if o is not None]
+    stream_start = StreamStart(origins[0]) if origins else None
 
     async def start(stopping: asyncio.Event) -> int:
-        await tail(settings, args.binding, sys.stdout, stopping, count=args.count)
+        await tail(
+            settings, args.binding, sys.stdout, stopping, count=args.count, start=stream_start
+        )
         return 0
 
-    return _run_until_signalled(start)
+    try:
+        return _run_until_signalled(start)
+    except TailError as exc:
+        print(f"cdrflow tail: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_republish(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.republish import (
+        RepublishError,
+        RepublishSelection,
+        Target,
+        republish_with_progress,
+    )
+
+    selection = RepublishSelection(args.since, args.until, args.source, args.tenant)
+    try:
+        target = Target(args.to_queue, args.routing_key)
+        sent = asyncio.run(republish_with_progress(settings, selection, target))
+    except RepublishError as exc:
+        print(f"cdrflow republish: {exc}", file=sys.stderr)
+        return 1
+    print(f"{sent} record(s) republished to {target}")
+    return 0
 
 
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
@@ -191,6 +245,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "check": cmd_check,
     "replay": cmd_replay,
     "tail": cmd_tail,
+    "republish": cmd_republish,
     "simulate": cmd_simulate,
 }
 

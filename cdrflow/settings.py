@@ -13,7 +13,7 @@ from typing import Any
 
 from schemas.providers import Registry, default_registry
 from schemas.sources import IPNetwork, Sources, SourcesError, parse_sources
-from schemas.topology import Topology
+from schemas.topology import Topology, TopologyError
 
 PREFIX = "CDRFLOW_"
 
@@ -34,6 +34,10 @@ class Settings:
     dead_queue: str = "cdr.dead"
     records_exchange: str = "cdr.records"
     delivery_limit: int = 20
+    # The records stream: "" names it after the records exchange (`cdr.records.stream`).
+    records_stream: str = ""
+    stream_max_age: str = "7D"  # RabbitMQ x-max-age: Y, M, D, h, m or s
+    stream_max_bytes: int = 20_000_000_000
 
     # Ingress.
     max_body_bytes: int = 1024 * 1024
@@ -68,12 +72,21 @@ class Settings:
         return self.prefetch or self.batch_size
 
     def topology(self) -> Topology:
+        try:
+            return self._topology()
+        except TopologyError as exc:
+            raise SettingsError(f"{PREFIX}STREAM_*: {exc}") from exc
+
+    def _topology(self) -> Topology:
         return Topology.build(
             raw_queue=self.raw_queue,
             dead_exchange=self.dead_exchange,
             dead_queue=self.dead_queue,
             records_exchange=self.records_exchange,
             delivery_limit=self.delivery_limit,
+            records_stream=self.records_stream,
+            stream_max_age=self.stream_max_age,
+            stream_max_bytes=self.stream_max_bytes,
         )
 
     @classmethod

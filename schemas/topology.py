@@ -3,8 +3,22 @@ by every process that uses it."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
+
+# Every routing key on the records exchange has exactly four words (tenant, provider, event,
+# status: none of them may contain a dot). The stream binds to that shape, not to `#`, so
+# that `cdrflow republish --routing-key` can reach one consumer's private binding without
+# writing duplicates into the stream.
+RECORD_KEY_SHAPE = "*.*.*.*"
+
+# RabbitMQ's x-max-age: a number and one unit of Y, M, D, h, m, s.
+_MAX_AGE = re.compile(r"[1-9][0-9]*[YMDhms]")
+
+
+class TopologyError(ValueError):
+    """A topology setting RabbitMQ would refuse."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +39,9 @@ class Topology:
     dead_exchange: ExchangeSpec
     dead_queue: QueueSpec
     records_exchange: ExchangeSpec
+    # Replayable log of every record published: RabbitMQ stream queue bound to the records
+    # exchange, read with `x-stream-offset` (see `cdrflow tail --since`).
+    records_stream: QueueSpec
 
     @classmethod
     def build(
@@ -35,7 +52,17 @@ class Topology:
         dead_queue: str = "cdr.dead",
         records_exchange: str = "cdr.records",
         delivery_limit: int = 20,
+        records_stream: str = "",
+        stream_max_age: str = "7D",
+        stream_max_bytes: int = 20_000_000_000,
     ) -> Topology:
+        if not _MAX_AGE.fullmatch(stream_max_age):
+            raise TopologyError(
+                f"stream max age {stream_max_age!r}: a number and a unit of Y, M, D, h, m, s"
+                " (e.g. 7D, 36h)"
+            )
+        if stream_max_bytes <= 0:
+            raise TopologyError(f"stream max bytes {stream_max_bytes}: must be above 0")
         return cls(
             raw_queue=QueueSpec(
                 raw_queue,
@@ -54,4 +81,17 @@ class Topology:
             dead_exchange=ExchangeSpec(dead_exchange, "fanout"),
             dead_queue=QueueSpec(dead_queue, {"x-queue-type": "quorum"}),
             records_exchange=ExchangeSpec(records_exchange, "topic"),
+            records_stream=QueueSpec(
+                records_stream or f"{records_exchange}.stream",
+                {
+                    "x-queue-type": "stream",
+                    # Retention drops whole segments, the oldest first, once either limit
+                    # is passed; smaller segments make it follow the limits more closely.
+                    "x-max-age": stream_max_age,
+                    "x-max-length-bytes": stream_max_bytes,
+                    "x-stream-max-segment-size-bytes": min(
+                        100_000_000, max(1_000_000, stream_max_bytes // 20)
+                    ),
+                },
+            ),
         )

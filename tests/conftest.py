@@ -78,7 +78,11 @@ async def settings(database_url: str) -> AsyncIterator[Settings]:
     connection = await aio_pika.connect(AMQP_URL)
     try:
         channel = await connection.channel()
-        for queue in (settings.raw_queue, settings.dead_queue):
+        for queue in (
+            settings.raw_queue,
+            settings.dead_queue,
+            settings.topology().records_stream.name,
+        ):
             with contextlib.suppress(Exception):
                 await channel.queue_delete(queue)
             if channel.is_closed:
