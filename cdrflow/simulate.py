@@ -75,7 +75,9 @@ async def simulate(
                 path = f"/v1/callbacks/{source.name}/{source.token}"
                 if callback.query:
                     path += "?" + callback.query
-                headers = {"Content-Type": callback.content_type} if callback.content_type else {}
+                headers = dict(callback.headers)
+                if callback.content_type:
+                    headers["Content-Type"] = callback.content_type
                 try:
                     async with session.request(
                         callback.method, path, data=callback.body or None, headers=headers

@@ -141,8 +141,11 @@ class HuaweiAiccRelease:
             extra=f.extra(),
         )
 
-    def simulate(self, rng: random.Random, now: datetime, source: Source) -> SimulatedCallback:
+    def simulate(
+        self, rng: random.Random, now: datetime, source: Source, external_id: str | None = None
+    ) -> SimulatedCallback:
         event = sample_event(rng, now.astimezone(source.timezone))
+        event["callSerialNo"] = external_id or event["callSerialNo"]
         signing = signing_of(source)
         if signing.signing != "none":
             event = sign(event, signing.signing, signing.secret or "", now, rng)

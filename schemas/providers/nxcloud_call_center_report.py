@@ -96,8 +96,11 @@ class NXCloudCallCenterReport(UnsignedTextProvider):
             extra=f.extra(),
         )
 
-    def simulate(self, rng: random.Random, now: datetime, source: Source) -> SimulatedCallback:
+    def simulate(
+        self, rng: random.Random, now: datetime, source: Source, external_id: str | None = None
+    ) -> SimulatedCallback:
         report = sample_report(rng, now.astimezone(source.timezone))
+        report["callSessionId"] = external_id or report["callSessionId"]
         return SimulatedCallback(
             method="POST",
             body=dumps(report),

@@ -114,8 +114,11 @@ class NXCloudVoiceDR(UnsignedTextProvider):
             extra=f.extra(),
         )
 
-    def simulate(self, rng: random.Random, now: datetime, source: Source) -> SimulatedCallback:
+    def simulate(
+        self, rng: random.Random, now: datetime, source: Source, external_id: str | None = None
+    ) -> SimulatedCallback:
         fields = sample_receipt(rng, now.astimezone(source.timezone))
+        fields["messageid"] = external_id or fields["messageid"]
         query = urlencode(fields)
         if rng.random() < 0.3:  # older accounts get URL parameters, by GET
             return SimulatedCallback("GET", query=query, external_id=fields["messageid"])

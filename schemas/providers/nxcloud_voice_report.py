@@ -99,8 +99,11 @@ class NXCloudVoiceReport(UnsignedTextProvider):
             extra=f.extra(),
         )
 
-    def simulate(self, rng: random.Random, now: datetime, source: Source) -> SimulatedCallback:
+    def simulate(
+        self, rng: random.Random, now: datetime, source: Source, external_id: str | None = None
+    ) -> SimulatedCallback:
         report = sample_report(rng, now)
+        report["voiceId"] = external_id or report["voiceId"]
         return SimulatedCallback(
             method="POST",
             body=dumps(report),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -29,6 +29,7 @@ class SimulatedCallback:
     content_type: str = ""
     query: str = ""
     external_id: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)  # beside Content-Type
 
 
 class ProviderConfig(Protocol):
@@ -80,8 +81,11 @@ class Provider(Protocol):
     def normalize(self, payload: Mapping[str, Any], source: Source) -> CallRecord:
         """One payload as a call record; raise `Reject` when it cannot be one."""
 
-    def simulate(self, rng: random.Random, now: datetime, source: Source) -> SimulatedCallback:
-        """A realistic callback of this kind, for `cdrflow simulate` and the tests."""
+    def simulate(
+        self, rng: random.Random, now: datetime, source: Source, external_id: str | None = None
+    ) -> SimulatedCallback:
+        """A realistic callback of this kind, for `cdrflow simulate` and the tests; with
+        `external_id`, a report of that call (another report of a call already sent)."""
 
 
 class UnsignedTextProvider:

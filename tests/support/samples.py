@@ -1,11 +1,18 @@
-"""Callbacks for integration tests: one realistic request per source, with a variant
-switch that changes the content (for revisions)."""
+"""Callbacks for integration tests, with a variant switch that changes the content (for
+revisions):
+
+- `simulated(provider)`: a callback of any registered provider, built by the provider's
+  own `simulate()` and sent to its plain test source; what the per-provider tests use;
+- `sample(source)`: fixed callbacks of the four sources `nx-voice`, `nx-cc`, `nx-dr`,
+  `hw`, for the tests that assert their exact values (labels, durations, zones)."""
 
 from __future__ import annotations
 
 import json
+import random
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -16,8 +23,10 @@ import jsonschema
 
 from schemas.envelope import RawEnvelope, uuid7
 from schemas.jsoncodec import dumps
+from schemas.providers import Registry, default_registry
 from schemas.providers.huawei_aicc_release import render_map
-from tests.support.sources import load_test_sources
+from schemas.sources import Sources
+from tests.support.sources import load_test_sources, provider_source
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 
@@ -30,6 +39,37 @@ class Sample:
     body: bytes
     content_type: str = ""
     query: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)  # beside Content-Type
+
+
+def simulated(
+    provider: str,
+    external_id: str | None = None,
+    variant: int = 0,
+    *,
+    source: str | None = None,
+    sources: Sources | None = None,
+    registry: Registry | None = None,
+) -> Sample:
+    """A callback from the provider's `simulate()`, to its plain test source unless
+    `source` names another. The same id and variant give the same callback; another
+    variant is another report of the same call, with other content."""
+    source_name = source or provider_source(provider)
+    target = (sources or load_test_sources())[source_name]
+    ext = external_id or uuid.uuid4().hex[:16]
+    rng = random.Random(f"{ext}:{variant}")
+    callback = (registry or default_registry())[provider].simulate(
+        rng, datetime.now(UTC), target, ext
+    )
+    return Sample(
+        source_name,
+        callback.external_id,
+        callback.method,
+        callback.body,
+        callback.content_type,
+        callback.query,
+        callback.headers,
+    )
 
 
 def sample(source: str, external_id: str | None = None, variant: int = 0) -> Sample:

@@ -1,6 +1,10 @@
-"""The sources every integration test uses."""
+"""The sources every integration test uses: a few hand-written ones for the cases they
+name (signing, allowlists, zones), and one plain source per registered provider, made
+from the registry, so that a new provider is tested end to end without a line here."""
 
 from __future__ import annotations
+
+import hashlib
 
 from schemas.providers import default_registry
 from schemas.sources import Sources, parse_sources
@@ -14,6 +18,19 @@ TOKENS = {
     "hw-sha": "tok-hws-0123456789ab",
     "fenced": "tok-fenced-012345678",
 }
+
+
+def provider_source(provider: str) -> str:
+    """The name of the plain test source of a registered provider."""
+    return "p-" + provider.replace(".", "-")
+
+
+def _plain_source(provider: str) -> str:
+    token = "tok-" + hashlib.sha256(provider.encode()).hexdigest()[:24]
+    TOKENS[provider_source(provider)] = token
+    return f'\n[sources.{provider_source(provider)}]\nprovider = "{provider}"\ntoken = "{token}"\n'
+
+
 SECRETS = {"hw-hmac": "hmac-app-secret-42", "hw-sha": "sha-app-secret-42"}
 
 SOURCES_TOML = f"""
@@ -57,7 +74,7 @@ secret = "{SECRETS["hw-sha"]}"
 provider = "nxcloud.voice_report"
 token = "{TOKENS["fenced"]}"
 allow_cidrs = ["203.0.113.0/24"]
-"""
+""" + "".join(_plain_source(name) for name in default_registry())
 
 ENVIRON = {"TEST_HW_HMAC_SECRET": SECRETS["hw-hmac"]}
 

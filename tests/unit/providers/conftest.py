@@ -139,8 +139,7 @@ def simulated_records(
             method=callback.method,
             query=callback.query,
         )
-        if source.signing != "none":
-            adapter.authenticate(envelope, {}, source, NOW.timestamp())
+        adapter.authenticate(envelope, callback.headers, source, NOW.timestamp())
         payload = parse_one(provider_name, envelope)
         out.append((payload, adapter.normalize(payload, source), callback.external_id))
     return out
