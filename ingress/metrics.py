@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import time
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from ingress.spool import Spool
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -57,6 +63,49 @@ class IngressMetrics:
             "Body bytes held by requests that are being read or made durable",
             registry=self.registry,
         )
+        self.spool_records = Gauge(
+            "cdrflow_spool_records",
+            "Callbacks in the local spool, not yet confirmed by RabbitMQ",
+            registry=self.registry,
+        )
+        self.spool_bytes = Gauge(
+            "cdrflow_spool_bytes",
+            "Size on disk of the callbacks in the local spool",
+            registry=self.registry,
+        )
+        self.spool_oldest_age = Gauge(
+            "cdrflow_spool_oldest_age_seconds",
+            "Age of the oldest callback in the local spool (0 when empty)",
+            registry=self.registry,
+        )
+        self.spool_capacity = Gauge(
+            "cdrflow_spool_capacity_bytes",
+            "The local spool's bound (0: no spool)",
+            registry=self.registry,
+        )
+        self.spool_writes = Counter(
+            "cdrflow_spool_writes",
+            "Callbacks made durable in the local spool",
+            registry=self.registry,
+        )
+        self.spool_drained = Counter(
+            "cdrflow_spool_drained",
+            "Spooled callbacks confirmed by RabbitMQ and removed from the spool",
+            registry=self.registry,
+        )
+        self.spool_torn_records = Counter(
+            "cdrflow_spool_torn_records",
+            "Torn or damaged records found in the spool and skipped",
+            registry=self.registry,
+        )
+
+    def watch_spool(self, spool: Spool) -> None:
+        self.spool_records.set_function(lambda: spool.records)
+        self.spool_bytes.set_function(lambda: spool.bytes)
+        self.spool_oldest_age.set_function(
+            lambda: 0 if spool.oldest_ms is None else max(0, time.time() - spool.oldest_ms / 1000)
+        )
+        self.spool_capacity.set(spool.max_bytes)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

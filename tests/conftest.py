@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aio_pika
 import asyncpg
@@ -55,8 +56,9 @@ def sources() -> Sources:
 
 
 @pytest.fixture
-async def settings(database_url: str) -> AsyncIterator[Settings]:
-    """Settings whose queue and exchange names belong to this test alone."""
+async def settings(database_url: str, tmp_path: Path) -> AsyncIterator[Settings]:
+    """Settings whose queue and exchange names, and spool directory, belong to this test
+    alone."""
     base = unique("t")
     settings = Settings(
         amqp_url=AMQP_URL,
@@ -73,6 +75,7 @@ async def settings(database_url: str) -> AsyncIterator[Settings]:
         db_retry_max_seconds=1,
         header_timeout=5,
         body_timeout=5,
+        spool_dir=str(tmp_path / "spool"),
     )
     yield settings
     connection = await aio_pika.connect(AMQP_URL)
