@@ -24,10 +24,12 @@ from aiohttp.web_protocol import RequestPayloadError
 from cdrflow.amqp import BrokerLink
 from cdrflow.logs import get_logger
 from cdrflow.settings import Settings
+from ingress.drainer import start_drainer
 from ingress.edge import body_error_reason, scrub_token
 from ingress.inflight import Hold, InflightBytes, Overloaded
 from ingress.metrics import CONTENT_TYPE, IngressMetrics
 from ingress.publisher import CoalescingPublisher, NotDurable
+from ingress.spool import open_spool
 from schemas.envelope import RawEnvelope, stored_headers, uuid7
 from schemas.providers import Outcome, Provider, Registry, Unauthenticated, default_registry
 from schemas.sources import IPNetwork, Source, Sources
@@ -80,6 +82,7 @@ def create_app(
 async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
     ingress = app[INGRESS]
     settings = ingress.settings
+    spool = await open_spool(settings, ingress.metrics)
     link = BrokerLink(settings.amqp_url, settings.topology(), name="cdrflow-ingress")
     await link.start()
     ingress.publisher = CoalescingPublisher(
@@ -90,10 +93,15 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
         linger_ms=settings.coalesce_linger_ms,
         confirm_timeout=settings.confirm_timeout,
         metrics=ingress.metrics,
+        spool=spool,
     )
+    drainer = start_drainer(spool, link, settings, ingress.publisher)
     yield
     # aiohttp has stopped accepting and waited for requests in flight: ship what is left.
     await ingress.publisher.drain()
+    if drainer is not None and spool is not None:
+        await drainer.finish(settings.shutdown_timeout)
+        await spool.close()
     await link.close()
 
 

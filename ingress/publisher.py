@@ -4,7 +4,12 @@ Every request appends its envelope to the open batch and waits. A batch is shipp
 reaches `coalesce_max_envelopes` or `coalesce_max_bytes`, or `coalesce_linger_ms` after its
 first envelope, as one persistent, mandatory message with publisher confirms. Batches are
 pipelined: the next one fills while earlier ones wait for their confirms. So one broker
-round trip serves many requests, and a request waits at most the linger plus one confirm."""
+round trip serves many requests, and a request waits at most the linger plus one confirm.
+
+With a spool, what the broker does not confirm (no connection, nack, return, confirm
+timeout) is appended to the spool instead, and the request succeeds once that is fsynced.
+After a failed publish, requests go straight to the spool, without waiting for a confirm
+that is unlikely to come, until the drainer or a publish sees the broker confirm again."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from dataclasses import dataclass, field
 from cdrflow.amqp import BrokerLink, raw_message
 from cdrflow.logs import get_logger
 from ingress.metrics import IngressMetrics
+from ingress.spool import Spool, SpoolFull
 
 log = get_logger("cdrflow.ingress.publisher")
 
@@ -45,6 +51,7 @@ class CoalescingPublisher:
         linger_ms: float,
         confirm_timeout: float,
         metrics: IngressMetrics,
+        spool: Spool | None = None,
     ) -> None:
         self.link = link
         self.queue = queue
@@ -53,15 +60,39 @@ class CoalescingPublisher:
         self.linger = max(0.0, linger_ms) / 1000
         self.confirm_timeout = confirm_timeout
         self.metrics = metrics
+        self.spool = spool
+        self._broker_failing = False
         self._open: _Batch | None = None
         self._sending: set[asyncio.Task[None]] = set()
 
     @property
     def ready(self) -> bool:
-        return self.link.ready
+        """Callbacks can be made durable now: on the broker, or in a spool with room."""
+        return self.link.ready or (self.spool is not None and self.spool.has_room)
+
+    def broker_confirmed(self) -> None:
+        """The broker confirmed a publish (ours or the drainer's): stop bypassing it."""
+        self._broker_failing = False
 
     async def make_durable(self, encoded_envelope: bytes) -> None:
-        """Return once the envelope is in a message the broker confirmed; else NotDurable."""
+        """Return once the envelope is in a message the broker confirmed, or fsynced in the
+        spool; else NotDurable."""
+        spool = self.spool
+        if spool is None or not spool.can_take(len(encoded_envelope)):
+            await self._publish(encoded_envelope)
+            return
+        if self.link.ready and not self._broker_failing:
+            try:
+                await self._publish(encoded_envelope)
+                return
+            except NotDurable:
+                pass  # the reason is logged and counted once per batch in _send
+        try:
+            await spool.append(encoded_envelope)
+        except SpoolFull as exc:
+            raise NotDurable(str(exc)) from exc
+
+    async def _publish(self, encoded_envelope: bytes) -> None:
         if not self.link.ready:
             raise NotDurable("no connection to RabbitMQ")
         batch = self._open
@@ -103,9 +134,11 @@ class CoalescingPublisher:
             reason = type(exc).__name__
             self.metrics.publish_failures.labels(reason).inc()
             log.warning("publish_failed", envelopes=len(batch.parts), reason=reason, error=str(exc))
+            self._broker_failing = True
             batch.done.set_exception(NotDurable(f"{reason}: {exc}"))
             batch.done.exception()  # retrieved here: waiters may all have gone
             return
+        self.broker_confirmed()
         self.metrics.confirm_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_envelopes.observe(len(batch.parts))
         self.metrics.batch_bytes.observe(len(body))

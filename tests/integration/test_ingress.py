@@ -289,24 +289,25 @@ async def test_methods_a_provider_does_not_use_get_405(client: IngressClient) ->
 # --- durability: never a 200 without a confirm ---------------------------------------
 
 
-async def test_unroutable_publish_is_a_failure_not_a_200(
-    client: IngressClient, channel: AbstractChannel, settings: Settings
+async def test_unroutable_publish_is_a_failure_not_a_200_without_a_spool(
+    settings: Settings, sources: Sources, channel: AbstractChannel
 ) -> None:
-    await channel.queue_delete(settings.raw_queue)  # nothing can route the message now
-    dr = await client.post(callback_path("nx-dr"), data=b"messageid=lost")
-    hw = await client.post(callback_path("hw"), data=render_map(HUAWEI_EVENT).encode())
-    assert (dr.status, await dr.text()) == (503, "error")
-    assert hw.status == 503
-    assert loads(await hw.read())["retCode"] != "0"
+    async with ingress_client(settings.with_(spool_max_bytes=0), sources) as client:
+        await channel.queue_delete(settings.raw_queue)  # nothing can route the message now
+        dr = await client.post(callback_path("nx-dr"), data=b"messageid=lost")
+        hw = await client.post(callback_path("hw"), data=render_map(HUAWEI_EVENT).encode())
+        assert (dr.status, await dr.text()) == (503, "error")
+        assert hw.status == 503
+        assert loads(await hw.read())["retCode"] != "0"
 
 
-async def test_broker_gone_gives_503_and_readiness_follows_the_broker(
+async def test_without_a_spool_broker_gone_gives_503_and_readiness_follows_the_broker(
     settings: Settings, sources: Sources, channel: AbstractChannel
 ) -> None:
     proxy = TcpProxy("127.0.0.1", 5672)
     await proxy.start()
     via_proxy = settings.with_(
-        amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/", confirm_timeout=2
+        amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/", confirm_timeout=2, spool_max_bytes=0
     )
     try:
         async with ingress_client(via_proxy, sources) as client:
