@@ -14,6 +14,7 @@ from aiohttp import web
 from cdrflow.settings import Settings
 from ingress.app import create_app
 from ingress.server import make_runner
+from schemas.providers import Registry
 from schemas.sources import Sources
 from tests.support.samples import Sample
 from tests.support.sources import callback_path
@@ -48,8 +49,10 @@ class IngressClient:
 
 
 @asynccontextmanager
-async def ingress_client(settings: Settings, sources: Sources) -> AsyncIterator[IngressClient]:
-    app = create_app(settings, sources)
+async def ingress_client(
+    settings: Settings, sources: Sources, registry: Registry | None = None
+) -> AsyncIterator[IngressClient]:
+    app = create_app(settings, sources, registry)
     runner = make_runner(app, settings)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
