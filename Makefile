@@ -39,5 +39,10 @@ format: install
 bench: install
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
+# deploy/ without a container engine: overlays, compose, Dockerfile, alert rules, units.
+.PHONY: deploy-check
+deploy-check: install
+	bash deploy/check.sh
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -53,10 +53,6 @@ class Settings:
     # ingress process); 0 bytes: no spool, such callbacks get 503.
     spool_dir: str = "spool"
     spool_max_bytes: int = 1024 * 1024 * 1024
-    # Callbacks RabbitMQ cannot confirm are made durable here instead (one directory per
-    # ingress process); 0 bytes: no spool, such callbacks get 503.
-    spool_dir: str = "spool"
-    spool_max_bytes: int = 1024 * 1024 * 1024
     drain_seconds: float = 5.0  # after SIGTERM: /readyz 503, still serving, then stop listening
     max_inflight_bytes: int = 64 * 1024 * 1024  # body bytes read or awaiting durability; 503 past
 

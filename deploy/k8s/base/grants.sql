@@ -1,0 +1,16 @@
+-- Table rights of cdrflow's roles (deploy/postgres/roles.sql creates them). Idempotent: run
+-- as cdrflow_owner after every `cdrflow migrate` (the Kubernetes migration Job and
+-- compose.yaml do). A migration that adds a table adds its line here.
+--   psql -v ON_ERROR_STOP=1 "$OWNER_DATABASE_URL" -f deploy/postgres/grants.sql
+
+-- Workers: the upsert of call_records, the deliveries ledger (and its pruning), rejected
+-- callbacks (stored, resolved, marked replayed), the outbox (claimed FOR UPDATE, deleted once
+-- published), the schema version they wait for. No DDL, no TRUNCATE, no other table.
+GRANT SELECT, INSERT, UPDATE ON call_records TO cdrflow_worker;
+GRANT SELECT, INSERT, DELETE ON deliveries TO cdrflow_worker;
+GRANT SELECT, INSERT, UPDATE ON rejected_callbacks TO cdrflow_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON outbox TO cdrflow_worker;
+GRANT SELECT ON cdrflow_migrations TO cdrflow_worker;
+
+-- Downstream readers: the records, nothing of the pipeline's bookkeeping.
+GRANT SELECT ON call_records TO cdrflow_reader;
