@@ -14,12 +14,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from schemas.envelope import RawEnvelope
-from schemas.jsoncodec import dumps
 from schemas.providers.bodies import json_body
 from schemas.providers.call_status import is_connected, status_from_sip
 from schemas.providers.errors import Reason, Reject
 from schemas.providers.fields import Fields, require_text
-from schemas.providers.protocol import SimulatedCallback, UnsignedTextProvider
+from schemas.providers.protocol import SimulatedCallback, UnsignedTextProvider, json_callback
 from schemas.providers.values import to_int
 from schemas.record import CallRecord, CallType, Direction, HangupBy, Status
 from schemas.sources import Source
@@ -101,12 +100,7 @@ class NXCloudCallCenterReport(UnsignedTextProvider):
     ) -> SimulatedCallback:
         report = sample_report(rng, now.astimezone(source.timezone))
         report["callSessionId"] = external_id or report["callSessionId"]
-        return SimulatedCallback(
-            method="POST",
-            body=dumps(report),
-            content_type="application/json;charset=UTF-8",
-            external_id=str(report["callSessionId"]),
-        )
+        return json_callback(report, report["callSessionId"])
 
 
 def _status(

@@ -19,12 +19,11 @@ from datetime import datetime
 from typing import Any
 
 from schemas.envelope import RawEnvelope
-from schemas.jsoncodec import dumps
 from schemas.providers.bodies import json_body
 from schemas.providers.call_status import is_connected, status_from_sip
 from schemas.providers.errors import Reason, Reject
 from schemas.providers.fields import Fields, require_text
-from schemas.providers.protocol import SimulatedCallback, UnsignedTextProvider
+from schemas.providers.protocol import SimulatedCallback, UnsignedTextProvider, json_callback
 from schemas.providers.values import is_blank, to_int
 from schemas.record import CallRecord, CallType, Direction, Status
 from schemas.sources import Source
@@ -104,12 +103,7 @@ class NXCloudVoiceReport(UnsignedTextProvider):
     ) -> SimulatedCallback:
         report = sample_report(rng, now)
         report["voiceId"] = external_id or report["voiceId"]
-        return SimulatedCallback(
-            method="POST",
-            body=dumps(report),
-            content_type="application/json;charset=UTF-8",
-            external_id=str(report["voiceId"]),
-        )
+        return json_callback(report, report["voiceId"])
 
 
 def _status(

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from schemas.envelope import RawEnvelope
+from schemas.jsoncodec import dumps
 from schemas.providers.answers import Answer, Outcome, text_answers
 from schemas.providers.signing import SigningConfig, read_signing
 from schemas.record import CallRecord
@@ -30,6 +31,13 @@ class SimulatedCallback:
     query: str = ""
     external_id: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)  # beside Content-Type
+
+
+def json_callback(document: Mapping[str, Any], external_id: str) -> SimulatedCallback:
+    """A JSON POST, as NXCloud pushes its reports."""
+    return SimulatedCallback(
+        "POST", dumps(document), "application/json;charset=UTF-8", external_id=external_id
+    )
 
 
 class ProviderConfig(Protocol):

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from schemas.envelope import RawEnvelope
-from schemas.providers import Provider, default_registry
+from schemas.providers import Provider, SimulatedCallback, default_registry
 from schemas.record import CallRecord
 from schemas.sources import Source, parse_sources
 
@@ -124,6 +125,30 @@ def record_of(
     return provider(provider_name).normalize(parse_one(provider_name, envelope), src)
 
 
+def assert_every_field_lands(
+    payload: Mapping[str, Any], record: CallRecord, column_of: Mapping[str, str]
+) -> None:
+    """Each field of the payload is in `extra` unchanged, or its column is set."""
+    for key in payload:
+        if key in record.extra:
+            assert record.extra[key] == payload[key]
+        else:
+            value = getattr(record, column_of[key])
+            assert value is not None, key
+            assert value != (), key
+
+
+def envelope_of(provider_name: str, callback: SimulatedCallback) -> RawEnvelope:
+    """The envelope the ingress would make of a simulated callback."""
+    return make_envelope(
+        provider_name,
+        callback.body,
+        content_type=callback.content_type,
+        method=callback.method,
+        query=callback.query,
+    )
+
+
 def simulated_records(
     provider_name: str, source: Source, seeds: range
 ) -> list[tuple[dict[str, Any], CallRecord, str]]:
@@ -132,13 +157,7 @@ def simulated_records(
     out = []
     for seed in seeds:
         callback = adapter.simulate(random.Random(seed), NOW, source)
-        envelope = make_envelope(
-            provider_name,
-            callback.body,
-            content_type=callback.content_type,
-            method=callback.method,
-            query=callback.query,
-        )
+        envelope = envelope_of(provider_name, callback)
         adapter.authenticate(envelope, callback.headers, source, NOW.timestamp())
         payload = parse_one(provider_name, envelope)
         out.append((payload, adapter.normalize(payload, source), callback.external_id))

@@ -15,6 +15,7 @@ from schemas.sources import Source
 
 from .conftest import (
     NOW,
+    assert_every_field_lands,
     exact_json,
     make_envelope,
     make_source,
@@ -159,13 +160,7 @@ COLUMN_OF = {
 def test_every_field_lands_in_a_column_or_in_extra() -> None:
     payload = report(fooBar="baz", newField=[1, {"x": None}])
     record = normalize(payload)
-    for key in payload:
-        if key in record.extra:
-            assert record.extra[key] == payload[key]
-        else:
-            value = getattr(record, COLUMN_OF[key])
-            assert value is not None, key
-            assert value != (), key
+    assert_every_field_lands(payload, record, COLUMN_OF)
     assert record.extra["fooBar"] == "baz"
     assert record.extra["newField"] == [1, {"x": None}]
 

@@ -11,7 +11,7 @@ import pytest
 
 from schemas.providers import default_registry
 
-from .conftest import NOW, make_envelope, make_source, simulated_records
+from .conftest import NOW, envelope_of, make_source, simulated_records
 
 SCHEMA = Path(__file__).resolve().parents[3] / "schemas" / "call_record.schema.json"
 REGISTRY = default_registry()
@@ -37,13 +37,7 @@ def test_simulate_reports_the_call_it_is_asked_for(name: str) -> None:
     provider, source = REGISTRY[name], make_source(name)
     callback = provider.simulate(random.Random(7), NOW, source, "call-42")
     assert callback.external_id == "call-42"
-    envelope = make_envelope(
-        name,
-        callback.body,
-        content_type=callback.content_type,
-        method=callback.method,
-        query=callback.query,
-    )
+    envelope = envelope_of(name, callback)
     provider.authenticate(envelope, callback.headers, source, NOW.timestamp())
     (payload,) = provider.parse(envelope)
     assert provider.normalize(payload, source).external_id == "call-42"
