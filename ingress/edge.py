@@ -2,13 +2,15 @@
 
 1. Request lines are repaired before aiohttp's parser sees them (see ingress/requestline.py).
    That needs to know where each request line starts on a keep-alive or pipelined
-   connection, so `EdgeRequestHandler` follows the framing: the request line (held until
-   its CRLF arrives), the header block (up to CRLFCRLF), then Content-Length body bytes.
-   After each header block it checks that aiohttp's parser saw the same request end; if
-   the two ever disagree, or the body is chunked, it stops repairing for the rest of that
-   connection and passes bytes through untouched. So a repair can never touch a body, and
-   every refusal of the parser (Transfer-Encoding with Content-Length, duplicate
-   Content-Length, bare LF, obs-fold) still happens, in the parser.
+   connection, so `EdgeRequestHandler` follows the framing: it holds a request's head
+   (request line and headers, up to CRLFCRLF), repairs its first line, and feeds the head
+   with the Content-Length body bytes that follow, usually in one call, so a well-formed
+   request costs one extra scan. After each head it checks that aiohttp's parser saw the
+   same request end (one new request, same length, not chunked); if the two ever disagree,
+   or the body is chunked, it stops repairing for the rest of that connection and passes
+   bytes through untouched. So a repair can never touch a body, and every refusal of the
+   parser (Transfer-Encoding with Content-Length, duplicate Content-Length, bare LF,
+   obs-fold) still happens, in the parser.
 2. Requests the parser refuses are counted (`cdrflow_ingress_unroutable_requests_total`)
    and logged on one line with the client address and the first bytes of the request,
    token scrubbed, instead of aiohttp's ERROR with a traceback.
@@ -37,9 +39,12 @@ FIRST_BYTES_LOGGED = 160
 _CALLBACK_TOKEN = re.compile(r"(/v1/callbacks/[^/\s?#'\"]+/)[^/\s?#'\"]*")
 
 
+MAX_HEAD_HELD = 64 * 1024  # past this without CRLFCRLF the parser decides alone
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)[ \t]*\r\n", re.IGNORECASE)
+
+
 class _Framing(enum.Enum):
-    REQUEST_LINE = enum.auto()
-    HEADERS = enum.auto()
+    HEAD = enum.auto()
     BODY = enum.auto()
     PASS_THROUGH = enum.auto()
 
@@ -48,9 +53,8 @@ class EdgeRequestHandler(RequestHandler):
     def __init__(self, manager: web.Server, *, metrics: IngressMetrics, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._edge_metrics = metrics
-        self._framing = _Framing.REQUEST_LINE
-        self._line = bytearray()  # request line bytes held until its CRLF
-        self._header_tail = b""  # last bytes fed of the header block, to find CRLFCRLF
+        self._framing = _Framing.HEAD
+        self._head = bytearray()  # a request head held until its CRLFCRLF arrives
         self._body_left = 0
         self._first_bytes = b""  # of the request being parsed, for the unroutable log line
         self._open_payload: StreamReader | None = None  # body of the last request parsed
@@ -59,68 +63,85 @@ class EdgeRequestHandler(RequestHandler):
         if not data:
             self._feed(data)  # aiohttp re-parses what it buffered while paused
         while data:
-            data = self._feed_next(data)
+            if self._framing is _Framing.HEAD:
+                data = self._take_head(data)
+            elif self._framing is _Framing.BODY:
+                data = self._take_body(data)
+            else:
+                self._feed(data)
+                data = b""
 
-    def _feed_next(self, data: bytes) -> bytes:
-        """Feed the parser what belongs to the current part of a request; return the rest."""
-        if self._framing is _Framing.REQUEST_LINE:
-            return self._take_request_line(data)
-        if self._framing is _Framing.HEADERS:
-            return self._take_headers(data)
-        if self._framing is _Framing.BODY:
-            return self._take_body(data)
-        self._feed(data)
-        return b""
-
-    def _take_request_line(self, data: bytes) -> bytes:
-        self._line += data
-        end = self._line.find(b"\r\n")
+    def _take_head(self, data: bytes) -> bytes:
+        """Feed one request head, repaired, with what follows of its body; return the rest."""
+        if self._head:
+            self._head += data
+            data = bytes(self._head)
+        end = data.find(b"\r\n\r\n")
         if end < 0:
-            if len(self._line) > self.max_line_size:
-                self._pass_through(bytes(self._line))  # the parser refuses it: LineTooLong
-            return b""
-        line, rest = bytes(self._line[:end]), bytes(self._line[end + 2 :])
-        self._line.clear()
-        if not line:  # an empty line before a request is allowed (RFC 9112, 2.2)
+            return self._hold_head(data)
+        self._head.clear()
+        line_end = data.find(b"\r\n")
+        if line_end == 0:  # an empty line before a request is allowed (RFC 9112, 2.2)
             self._feed(b"\r\n")
-            return rest
+            return data[2:]
+        line = data[:line_end]
         self._first_bytes = line[:FIRST_BYTES_LOGGED]
-        self._feed(repair_request_line(line) + b"\r\n")
-        self._framing = _Framing.HEADERS
-        self._header_tail = b"\r\n"
+        head = repair_request_line(line) + data[line_end : end + 4]
+        declared = _CONTENT_LENGTH.search(head)
+        length = int(declared[1]) if declared else 0
+        rest = data[end + 4 :]
+        body, rest = rest[:length], rest[length:]
+        requests_before = self._request_count
+        self._feed(head + body)
+        if not self._parser_agrees(requests_before, length):
+            self._pass_through(rest)
+            return b""
+        if len(body) < length:
+            self._framing, self._body_left = _Framing.BODY, length - len(body)
         return rest
 
-    def _take_headers(self, data: bytes) -> bytes:
-        seen = self._header_tail + data
-        end = seen.find(b"\r\n\r\n")
-        if end < 0:
-            self._feed(data)
-            self._header_tail = seen[-3:]
+    def _hold_head(self, data: bytes) -> bytes:
+        bare_line_feed = data.count(b"\n") != data.count(b"\r\n")
+        if bare_line_feed:  # no CRLFCRLF may ever come: let the parser refuse it now
+            self._head.clear()
+            self._pass_through(data)
             return b""
-        cut = end + 4 - len(self._header_tail)
-        requests_before = self._request_count
-        self._feed(data[:cut])
-        message = self._messages[-1][0] if self._request_count == requests_before + 1 else None
-        if not isinstance(message, RawRequestMessage) or message.chunked or message.upgrade:
-            self._pass_through(data[cut:])
+        if len(data) <= MAX_HEAD_HELD:
+            self._head[:] = data
             return b""
-        self._body_left = int(message.headers.get("Content-Length", "0"))
-        self._framing = _Framing.BODY if self._body_left else _Framing.REQUEST_LINE
-        return data[cut:]
+        self._head.clear()
+        line, crlf, rest = data.partition(b"\r\n")
+        self._pass_through(repair_request_line(line) + crlf + rest)
+        return b""
+
+    def _parser_agrees(self, requests_before: int, length: int) -> bool:
+        """The parser saw exactly one request end where we did, with a plain body."""
+        if self._request_count != requests_before + 1:
+            return False
+        message = self._messages[-1][0]
+        return (
+            isinstance(message, RawRequestMessage)
+            and not message.chunked
+            and not message.upgrade
+            and int(message.headers.get("Content-Length", "0")) == length
+        )
 
     def _take_body(self, data: bytes) -> bytes:
-        part = data[: self._body_left]
+        part, rest = data[: self._body_left], data[self._body_left :]
         self._feed(part)
         self._body_left -= len(part)
         if self._body_left == 0:
-            self._framing = _Framing.REQUEST_LINE
-        return data[len(part) :]
+            self._framing = _Framing.HEAD
+        return rest
 
     def _feed(self, data: bytes) -> None:
         requests_before = self._request_count
         super().data_received(data)
         parsed = self._request_count - requests_before
-        for message, payload in list(self._messages)[-parsed:] if parsed else ():
+        if not parsed:
+            return
+        new = [self._messages[-1]] if parsed == 1 else list(self._messages)[-parsed:]
+        for message, payload in new:
             if isinstance(message, RawRequestMessage):
                 self._open_payload = payload
             elif self._open_payload is not None and not self._open_payload.is_eof():
