@@ -1,4 +1,4 @@
-# cdrflow — make install | run | test | lint | bench
+# cdrflow — make install | run | test | test-unit | lint | bench
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 export CDRFLOW_SOURCES ?= deploy/sources.dev.toml
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test test-unit lint format bench clean
 
 install: $(VENV)/.installed
 
@@ -24,8 +24,14 @@ run: install
 	$(BIN)/cdrflow ingress --host $(HOST) --port $(PORT) & ingress=$$!; \
 	wait
 
+# Every test, against the real RabbitMQ and PostgreSQL, with coverage (of the `cdrflow`
+# commands the tests run, too).
 test: install
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest --cov --cov-report=term $(PYTEST_ARGS)
+
+# The pure tests only: seconds, and neither RabbitMQ nor PostgreSQL needed.
+test-unit: install
+	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

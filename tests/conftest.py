@@ -16,11 +16,23 @@ from aio_pika.abc import AbstractChannel
 from cdrflow import logs
 from cdrflow.settings import Settings
 from schemas.sources import Sources
-from tests.support.env import AMQP_URL, POSTGRES_URL, RUN_ID, unique
+from tests.support.env import AMQP_URL, POSTGRES_URL, RUN_ID, drop_database, unique
 from tests.support.sources import load_test_sources
 from workers.migrate import migrate
 
 TABLES = ("call_records", "deliveries", "rejected_callbacks", "outbox")
+INTEGRATION = Path(__file__).parent / "integration"
+# Every fixture that reaches RabbitMQ or PostgreSQL needs one of these (db and settings
+# build on database_url).
+SERVICE_FIXTURES = frozenset({"database_url", "channel"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that need the real services, so `-m "not integration"` is the pure run."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if item.path.is_relative_to(INTEGRATION) or fixtures & SERVICE_FIXTURES:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
@@ -28,15 +40,7 @@ def database_url() -> Iterator[str]:
     url = f"{POSTGRES_URL}/cdrflow_test_{RUN_ID}"
     asyncio.run(migrate(url))
     yield url
-
-    async def drop() -> None:
-        admin = await asyncpg.connect(POSTGRES_URL + "/postgres")
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "cdrflow_test_{RUN_ID}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-    asyncio.run(drop())
+    asyncio.run(drop_database(f"cdrflow_test_{RUN_ID}"))
 
 
 @pytest.fixture
@@ -106,6 +110,15 @@ async def channel() -> AsyncIterator[AbstractChannel]:
         yield await connection.channel()
     finally:
         await connection.close()
+
+
+@pytest.fixture(autouse=True)
+def production_logs() -> None:
+    """Logs as `cdrflow` writes them: JSON lines on stderr (pytest shows them for a failing
+    test). Never structlog's development default, which renders each traceback with its
+    local variables through rich: that made a test with the database down 5 to 10 times
+    slower."""
+    logs.configure("info", "json")
 
 
 @pytest.fixture

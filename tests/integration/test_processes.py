@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import socket
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,8 +22,9 @@ from schemas.jsoncodec import dumps
 from schemas.providers import default_registry
 from schemas.sources import Sources
 from tests.support.broker import queue_depth, take_envelopes
-from tests.support.env import POSTGRES_URL, RUN_ID
+from tests.support.env import scratch_database
 from tests.support.ingress import ingress_client
+from tests.support.processes import cdrflow, free_port, ingress_process, start_cdrflow
 from tests.support.proxy import database_behind_proxy
 from tests.support.samples import Sample, envelope, sample
 from tests.support.sources import ENVIRON, SOURCES_TOML, callback_path
@@ -39,18 +36,7 @@ from workers.outbox import RecordPublisher
 from workers.replay import ReplaySelection, select_requests
 from workers.worker import Worker
 
-
-def cdrflow(
-    *args: str, env: dict[str, str], timeout: float = 30
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cdrflow.cli", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+__all__ = ["free_port"]  # tests/integration/test_edge.py takes it from here
 
 
 @pytest.mark.parametrize(
@@ -114,8 +100,7 @@ def test_check_lists_the_sources(tmp_path: Path) -> None:
 
 
 async def test_migrate_creates_the_database_and_is_idempotent() -> None:
-    url = f"{POSTGRES_URL}/cdrflow_migrate_{RUN_ID}"
-    try:
+    async with scratch_database("migrate", create=False) as url:
         first, second = await asyncio.gather(migrate(url), migrate(url))  # concurrent runs
         assert sorted(first + second) == list(range(1, LATEST + 1))
         assert await migrate(url) == []
@@ -140,76 +125,34 @@ async def test_migrate_creates_the_database_and_is_idempotent() -> None:
         result = cdrflow("migrate", env={"CDRFLOW_DATABASE_URL": url})
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == f"schema at version {LATEST} (up to date)"
-    finally:
-        admin = await asyncpg.connect(f"{POSTGRES_URL}/postgres")
-        await admin.execute(f'DROP DATABASE IF EXISTS "cdrflow_migrate_{RUN_ID}" WITH (FORCE)')
-        await admin.close()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 async def test_sigterm_lets_requests_in_flight_finish_and_loses_none(
     settings: Settings, channel: AbstractChannel, tmp_path: Path
 ) -> None:
-    sources = tmp_path / "sources.toml"
-    sources.write_text(SOURCES_TOML)
-    port = free_port()
-    env = {**os.environ, **ENVIRON, **settings_env(settings), "CDRFLOW_SOURCES": str(sources)}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cdrflow.cli",
-        "ingress",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(200):
-                try:
-                    async with session.get(base + "/readyz") as ready:
-                        if ready.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
+    async with ingress_process(settings, tmp_path) as ingress, aiohttp.ClientSession() as session:
 
-            async def push(n: int) -> int:
-                body = dumps({"callSessionId": f"inflight-{n}"})
-                try:
-                    async with session.post(base + callback_path("nx-cc"), data=body) as response:
-                        await response.read()
-                        return response.status
-                except aiohttp.ClientError:
-                    return 0  # refused: the server had stopped accepting
+        async def push(n: int) -> int:
+            body = dumps({"callSessionId": f"inflight-{n}"})
+            url = ingress.url + callback_path("nx-cc")
+            try:
+                async with session.post(url, data=body) as response:
+                    await response.read()
+                    return response.status
+            except aiohttp.ClientError:
+                return 0  # refused: the server had stopped accepting
 
-            pushes = [asyncio.create_task(push(n)) for n in range(300)]
-            await asyncio.sleep(0.01)
-            process.send_signal(signal.SIGTERM)
-            statuses = await asyncio.gather(*pushes)
-        _, logged = await asyncio.wait_for(process.communicate(), 30)
-        assert process.returncode == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.communicate()
+        pushes = [asyncio.create_task(push(n)) for n in range(300)]
+        await asyncio.sleep(0.01)
+        ingress.terminate()
+        statuses = await asyncio.gather(*pushes)
+        assert await ingress.exit_status() == 0
     accepted = statuses.count(200)
     assert accepted > 0
     assert set(statuses) <= {200, 0}  # every request answered was made durable: no 503, no 500
     envelopes = await take_envelopes(channel, settings.raw_queue, count=accepted, timeout=15)
     assert len(envelopes) == accepted  # every 200 is in the queue
-    assert b"ingress_stopped" in logged
+    assert "ingress_stopped" in ingress.logged()
 
 
 # --- replay, tail and simulate as commands ---------------------------------------------
@@ -275,15 +218,9 @@ async def _rejected(db: asyncpg.Connection, count: int) -> bool:
 async def test_tail_as_a_command_prints_records(
     settings: Settings, channel: AbstractChannel
 ) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cdrflow.cli",
-        "tail",
-        "acme.#",
-        "--count",
-        "1",
-        env={**os.environ, **settings_env(settings)},
+    process = await start_cdrflow(
+        *("tail", "acme.#", "--count", "1"),
+        env=settings_env(settings),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -357,28 +294,21 @@ async def _depth(channel: AbstractChannel, settings: Settings, depth: int) -> bo
 async def test_a_worker_waits_for_the_schema_then_starts(
     settings: Settings, sources: Sources
 ) -> None:
-    url = f"{POSTGRES_URL}/cdrflow_unmigrated_{RUN_ID}"
-    admin = await asyncpg.connect(f"{POSTGRES_URL}/postgres")
-    await admin.execute(f'CREATE DATABASE "cdrflow_unmigrated_{RUN_ID}"')
-    worker = Worker(settings.with_(database_url=url), sources, default_registry())
-    task = asyncio.create_task(worker.run())
-    try:
-        await asyncio.sleep(1.5)
-        assert not worker.consuming.is_set()  # no schema: it takes no work
-        await migrate(url)
-        await asyncio.wait_for(worker.consuming.wait(), 30)
-    finally:
-        worker.stop()
-        await asyncio.wait_for(task, 30)
-        await admin.execute(f'DROP DATABASE IF EXISTS "cdrflow_unmigrated_{RUN_ID}" WITH (FORCE)')
-        await admin.close()
+    async with scratch_database("unmigrated") as url:
+        worker = Worker(settings.with_(database_url=url), sources, default_registry())
+        task = asyncio.create_task(worker.run())
+        try:
+            await asyncio.sleep(1.5)
+            assert not worker.consuming.is_set()  # no schema: it takes no work
+            await migrate(url)
+            await asyncio.wait_for(worker.consuming.wait(), 15)
+        finally:
+            worker.stop()
+            await asyncio.wait_for(task, 15)
 
 
 async def test_migrate_upgrades_a_version_1_database_and_keeps_its_rows() -> None:
-    url = f"{POSTGRES_URL}/cdrflow_upgrade_{RUN_ID}"
-    admin = await asyncpg.connect(f"{POSTGRES_URL}/postgres")
-    await admin.execute(f'CREATE DATABASE "cdrflow_upgrade_{RUN_ID}"')
-    try:
+    async with scratch_database("upgrade") as url:
         connection = await asyncpg.connect(url)
         try:
             version_1 = next(m for m in available() if m.version == 1)
@@ -404,9 +334,6 @@ async def test_migrate_upgrades_a_version_1_database_and_keeps_its_rows() -> Non
             assert key == "PRIMARY KEY (source, external_id)"
         finally:
             await connection.close()
-    finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "cdrflow_upgrade_{RUN_ID}" WITH (FORCE)')
-        await admin.close()
 
 
 async def test_the_deliveries_ledger_is_pruned_past_retention_in_chunks(
