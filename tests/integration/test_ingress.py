@@ -22,9 +22,10 @@ from schemas.providers.huawei_aicc_release import render_map, sign
 from schemas.sources import Sources
 from tests.support.broker import queue_depth, take_envelopes, take_messages
 from tests.support.ingress import IngressClient, ingress_client
-from tests.support.proxy import TcpProxy
+from tests.support.proxy import broker_behind_proxy
 from tests.support.samples import raw_batch_validator
 from tests.support.sources import SECRETS, TOKENS, callback_path
+from tests.support.waiting import eventually
 
 CC_REPORT = {
     "callId": "c-1",
@@ -289,47 +290,44 @@ async def test_methods_a_provider_does_not_use_get_405(client: IngressClient) ->
 # --- durability: never a 200 without a confirm ---------------------------------------
 
 
+async def assert_unavailable(client: IngressClient, dr_body: bytes) -> None:
+    """Both answer styles say 503, and neither reads as success to its provider."""
+    dr = await client.post(callback_path("nx-dr"), data=dr_body)
+    hw = await client.post(callback_path("hw"), data=render_map(HUAWEI_EVENT).encode())
+    assert (dr.status, await dr.text()) == (503, "error")
+    assert hw.status == 503
+    assert loads(await hw.read())["retCode"] != "0"
+
+
 async def test_unroutable_publish_is_a_failure_not_a_200_without_a_spool(
     settings: Settings, sources: Sources, channel: AbstractChannel
 ) -> None:
     async with ingress_client(settings.with_(spool_max_bytes=0), sources) as client:
         await channel.queue_delete(settings.raw_queue)  # nothing can route the message now
-        dr = await client.post(callback_path("nx-dr"), data=b"messageid=lost")
-        hw = await client.post(callback_path("hw"), data=render_map(HUAWEI_EVENT).encode())
-        assert (dr.status, await dr.text()) == (503, "error")
-        assert hw.status == 503
-        assert loads(await hw.read())["retCode"] != "0"
+        await assert_unavailable(client, b"messageid=lost")
 
 
 async def test_without_a_spool_broker_gone_gives_503_and_readiness_follows_the_broker(
     settings: Settings, sources: Sources, channel: AbstractChannel
 ) -> None:
-    proxy = TcpProxy("127.0.0.1", 5672)
-    await proxy.start()
-    via_proxy = settings.with_(
-        amqp_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/", confirm_timeout=2, spool_max_bytes=0
-    )
-    try:
-        async with ingress_client(via_proxy, sources) as client:
-            assert (await client.get("/readyz")).status == 200
-            await proxy.cut()
-            dr = await client.post(callback_path("nx-dr"), data=b"messageid=during-outage")
-            hw = await client.post(callback_path("hw"), data=render_map(HUAWEI_EVENT).encode())
-            assert (dr.status, await dr.text()) == (503, "error")
-            assert hw.status == 503
-            assert loads(await hw.read())["retCode"] != "0"
-            assert (await client.get("/readyz")).status == 503
-            assert (await client.get("/healthz")).status == 200
+    async with (
+        broker_behind_proxy(settings, confirm_timeout=2, spool_max_bytes=0) as (proxy, via_proxy),
+        ingress_client(via_proxy, sources) as client,
+    ):
+        assert (await client.get("/readyz")).status == 200
+        await proxy.cut()
+        await assert_unavailable(client, b"messageid=during-outage")
+        assert (await client.get("/readyz")).status == 503
+        assert (await client.get("/healthz")).status == 200
 
-            await proxy.restore()
-            for _ in range(100):
-                if (await client.get("/readyz")).status == 200:
-                    break
-                await asyncio.sleep(0.1)
-            after = await client.post(callback_path("nx-dr"), data=b"messageid=after-outage")
-            assert after.status == 200
-    finally:
-        await proxy.close()
+        await proxy.restore()
+
+        async def ready() -> bool:
+            return (await client.get("/readyz")).status == 200
+
+        assert await eventually(ready)
+        after = await client.post(callback_path("nx-dr"), data=b"messageid=after-outage")
+        assert after.status == 200
     envelopes = await take_envelopes(channel, settings.raw_queue, count=1)
     assert [e.body for e in envelopes] == [b"messageid=after-outage"]
     assert await queue_depth(channel, settings.raw_queue) == 0
@@ -376,7 +374,8 @@ async def test_a_thousand_concurrent_requests_are_all_confirmed_and_queued_once(
 async def test_the_token_is_never_logged_nor_put_in_an_envelope(
     settings: Settings, sources: Sources, channel: AbstractChannel, log_output: io.StringIO
 ) -> None:
-    async with ingress_client(settings, sources) as client:
+    no_spool = settings.with_(spool_max_bytes=0)  # so that the unroutable publish is a 503
+    async with ingress_client(no_spool, sources) as client:
         await client.post(callback_path("nx-cc"), data=dumps(CC_REPORT))
         await client.post(callback_path("nx-cc", "not-the-right-token-123"), data=b"{}")
         await client.post(callback_path("fenced"), data=b"{}")

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from cdrflow.settings import Settings
 
@@ -73,10 +74,30 @@ async def database_behind_proxy(
     settings: Settings, **changes: Any
 ) -> AsyncIterator[tuple[TcpProxy, Settings]]:
     """Settings whose database connections go through a proxy the test can cut."""
-    proxy = TcpProxy("127.0.0.1", 5432)
+    async with _behind_proxy(settings.database_url, "database_url", settings, changes) as pair:
+        yield pair
+
+
+@contextlib.asynccontextmanager
+async def broker_behind_proxy(
+    settings: Settings, **changes: Any
+) -> AsyncIterator[tuple[TcpProxy, Settings]]:
+    """Settings whose RabbitMQ connections go through a proxy the test can cut."""
+    async with _behind_proxy(settings.amqp_url, "amqp_url", settings, changes) as pair:
+        yield pair
+
+
+@contextlib.asynccontextmanager
+async def _behind_proxy(
+    url: str, field: str, settings: Settings, changes: dict[str, Any]
+) -> AsyncIterator[tuple[TcpProxy, Settings]]:
+    target = urlsplit(url)
+    assert target.hostname is not None, url
+    assert target.port is not None, url
+    proxy = TcpProxy(target.hostname, target.port)
     await proxy.start()
-    url = settings.database_url.replace(":5432/", f":{proxy.port}/")
+    via_proxy = url.replace(f":{target.port}/", f":{proxy.port}/", 1)
     try:
-        yield proxy, settings.with_(database_url=url, **changes)
+        yield proxy, settings.with_(**{field: via_proxy, **changes})
     finally:
         await proxy.close()
