@@ -14,6 +14,7 @@ from cdrflow.settings import Settings
 from schemas.envelope import RawEnvelope, decode_batch
 from schemas.jsoncodec import loads
 from tests.support.samples import record_validator
+from tests.support.waiting import eventually
 
 
 async def take_messages(
@@ -66,10 +67,12 @@ class RecordTap:
         return [m for m in self.messages if loads(m.body)["record_id"] == record_id]
 
     async def wait_for(self, count: int, timeout: float = 15.0) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while len(self.messages) < count and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        """Until `count` messages came, or time ran out: the caller asserts on what came."""
+
+        async def enough() -> bool:
+            return len(self.messages) >= count
+
+        await eventually(enough, timeout)
 
 
 @asynccontextmanager

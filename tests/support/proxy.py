@@ -69,22 +69,18 @@ class TcpProxy:
             writer.transport.abort()
 
 
-@contextlib.asynccontextmanager
-async def database_behind_proxy(
+def database_behind_proxy(
     settings: Settings, **changes: Any
-) -> AsyncIterator[tuple[TcpProxy, Settings]]:
+) -> contextlib.AbstractAsyncContextManager[tuple[TcpProxy, Settings]]:
     """Settings whose database connections go through a proxy the test can cut."""
-    async with _behind_proxy(settings.database_url, "database_url", settings, changes) as pair:
-        yield pair
+    return _behind_proxy(settings.database_url, "database_url", settings, changes)
 
 
-@contextlib.asynccontextmanager
-async def broker_behind_proxy(
+def broker_behind_proxy(
     settings: Settings, **changes: Any
-) -> AsyncIterator[tuple[TcpProxy, Settings]]:
+) -> contextlib.AbstractAsyncContextManager[tuple[TcpProxy, Settings]]:
     """Settings whose RabbitMQ connections go through a proxy the test can cut."""
-    async with _behind_proxy(settings.amqp_url, "amqp_url", settings, changes) as pair:
-        yield pair
+    return _behind_proxy(settings.amqp_url, "amqp_url", settings, changes)
 
 
 @contextlib.asynccontextmanager
