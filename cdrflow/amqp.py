@@ -18,7 +18,9 @@ from aio_pika.abc import (
     AbstractExchange,
     AbstractMessage,
 )
+from tenacity import RetryCallState
 
+from cdrflow.backoff import BROKER_WAIT_MAX, is_loud, retry_fields, retrying
 from cdrflow.logs import get_logger
 from schemas.envelope import COUNT_HEADER, FORMAT, FORMAT_HEADER, encode_batch, uuid7
 from schemas.topology import RECORD_KEY_SHAPE, Topology
@@ -86,7 +88,7 @@ async def declare(channel: AbstractChannel, topology: Topology) -> dict[str, Abs
 
 class BrokerLink:
     """One connection with one publisher-confirm channel (unroutable publishes raise),
-    kept open by a background task that reconnects with backoff."""
+    kept open by a background task that reconnects with backoff (`cdrflow.backoff`)."""
 
     def __init__(self, url: str, topology: Topology, *, name: str) -> None:
         self.url = url
@@ -97,7 +99,7 @@ class BrokerLink:
         self._exchanges: dict[str, AbstractExchange] = {}
         self._ready = asyncio.Event()
         self._lost = asyncio.Event()
-        self._closing = False
+        self._closed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -118,7 +120,7 @@ class BrokerLink:
             await asyncio.wait_for(self._ready.wait(), wait)
 
     async def close(self) -> None:
-        self._closing = True
+        self._closed.set()
         self._lost.set()
         if self._task is not None:
             self._task.cancel()
@@ -144,27 +146,38 @@ class BrokerLink:
         await target.publish(message, routing_key, mandatory=mandatory, timeout=timeout)
 
     async def _run(self) -> None:
-        delay = 0.25
-        while not self._closing:
+        while not self._closed.is_set():
             try:
-                await self._open()
-                delay = 0.25
-                log.info("broker_connected", link=self.name)
-                await self._lost.wait()
-                if not self._closing:
-                    log.warning("broker_connection_lost", link=self.name)
-            except asyncio.CancelledError:
-                raise
-            except TopologyMismatch as exc:
-                log.error("broker_topology_mismatch", link=self.name, error=str(exc))
-            except Exception as exc:
-                log.warning("broker_unavailable", link=self.name, error=str(exc), retry_in=delay)
-            finally:
-                self._ready.clear()
+                await self._open_retrying()
+            except Exception:
+                return  # closed while RabbitMQ was unreachable
+            log.info("broker_connected", link=self.name)
+            await self._lost.wait()
+            self._ready.clear()
+            if not self._closed.is_set():
+                log.warning("broker_connection_lost", link=self.name)
             await self._teardown()
-            if not self._closing:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+
+    async def _open_retrying(self) -> None:
+        async for attempt in retrying(
+            stop=self._closed, max_wait=BROKER_WAIT_MAX, on_retry=self._log_retry
+        ):
+            with attempt:
+                try:
+                    await self._open()
+                except BaseException:
+                    self._ready.clear()
+                    await self._teardown()
+                    raise
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(error, TopologyMismatch):  # an operator must act: say so louder
+            level = log.error if is_loud(state) else log.debug
+            level("broker_topology_mismatch", link=self.name, **retry_fields(state))
+        else:
+            level = log.warning if is_loud(state) else log.debug
+            level("broker_unavailable", link=self.name, **retry_fields(state))
 
     async def _open(self) -> None:
         self._lost.clear()

@@ -22,12 +22,13 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from cdrflow.amqp import BrokerLink
+from cdrflow.health import add_health_routes
 from cdrflow.logs import get_logger
 from cdrflow.settings import Settings
 from ingress.drainer import start_drainer
 from ingress.edge import body_error_reason, scrub_token
 from ingress.inflight import Hold, InflightBytes, Overloaded
-from ingress.metrics import CONTENT_TYPE, IngressMetrics
+from ingress.metrics import IngressMetrics
 from ingress.publisher import CoalescingPublisher, NotDurable
 from ingress.spool import open_spool
 from schemas.envelope import RawEnvelope, stored_headers, uuid7
@@ -72,9 +73,8 @@ def create_app(
     app.cleanup_ctx.append(broker_ctx)
     # Every method: the token is checked first, so a wrong one gets 404 whatever the method.
     app.router.add_route("*", CALLBACK_PATH, handle_callback)
-    app.router.add_get("/healthz", handle_health)
-    app.router.add_get("/readyz", handle_ready)
-    app.router.add_get("/metrics", handle_metrics)
+    ingress = app[INGRESS]
+    add_health_routes(app, lambda: _report_ready(ingress), lambda: _render_metrics(ingress))
     app.router.add_route("*", "/{path:.*}", handle_unrouted)
     return app
 
@@ -292,18 +292,12 @@ def _within(address: str, networks: tuple[IPNetwork, ...]) -> bool:
     return any(ip in network for network in networks)
 
 
-async def handle_health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "alive"})
-
-
-async def handle_ready(request: web.Request) -> web.Response:
-    ingress = request.app[INGRESS]
+def _report_ready(ingress: Ingress) -> bool:
     ready = ingress.ready
     ingress.metrics.broker_ready.set(1 if ready else 0)
-    return web.json_response({"ready": ready}, status=200 if ready else 503)
+    return ready
 
 
-async def handle_metrics(request: web.Request) -> web.Response:
-    ingress = request.app[INGRESS]
-    ingress.metrics.broker_ready.set(1 if ingress.ready else 0)
-    return web.Response(body=ingress.metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+def _render_metrics(ingress: Ingress) -> bytes:
+    _report_ready(ingress)
+    return ingress.metrics.render()

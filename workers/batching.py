@@ -6,15 +6,16 @@ until some are acknowledged).
 A redelivered message is never batched with others: it is handed over alone, so that a
 message that crashes workers cannot drag its neighbours to the dead-letter queue.
 
-Prefetch is counted in messages, but a message holds up to `coalesce_max_envelopes`
-callbacks. The worker therefore sizes its prefetch from what it sees: about one batch of
-callbacks in hand, never more than `prefetch` (the setting) messages."""
+Prefetch is counted in messages, and set once per subscription (changing it would mean
+subscribing anew, and RabbitMQ hands the deliveries in flight back to the queue, counting
+them against the delivery limit): two batches of callbacks even if each message holds one,
+so the next batch arrives while the current one is stored, and never more than `prefetch`
+(the setting) messages."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import Callable, Mapping
 from typing import Generic, Protocol, TypeVar
 
@@ -36,6 +37,10 @@ def envelope_count(message: Delivered) -> int:
     return count if isinstance(count, int) and count > 0 else 1
 
 
+def prefetch_for(batch_size: int, prefetch_cap: int) -> int:
+    return max(1, min(prefetch_cap, 2 * batch_size))
+
+
 def redeliveries(message: Delivered) -> int:
     """How often RabbitMQ has handed this message out before (quorum queues count)."""
     count = (message.headers or {}).get("x-delivery-count", 0)
@@ -50,15 +55,13 @@ class Inbox(Generic[M]):
         self,
         batch_size: int,
         wait_ms: float,
-        prefetch_cap: int,
-        initial: int,
+        prefetch: int,
         batch_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.batch_size = batch_size
         self.batch_bytes = batch_bytes
         self.wait = wait_ms / 1000
-        self.prefetch_cap = max(1, prefetch_cap)
-        self.prefetch = max(1, min(initial, self.prefetch_cap))
+        self.prefetch = max(1, prefetch)
         self.queue: asyncio.Queue[M] = asyncio.Queue()
         self._held: M | None = None
 
@@ -84,33 +87,34 @@ class Inbox(Generic[M]):
     async def next_batch(self, stop: Callable[[], bool], wait: bool = True) -> list[M]:
         """The next batch; [] when `stop()` turns true while waiting, or at once when
         `wait` is false and nothing is in hand."""
-        first = self._held
-        self._held = None
+        first = await self._first(stop, wait)
+        if first is None:
+            return []
+        if redeliveries(first):
+            return [first]
+        return await self._fill([first], stop, wait)
+
+    async def _first(self, stop: Callable[[], bool], wait: bool) -> M | None:
+        first, self._held = self._held, None
         while first is None:
             if self.queue.empty() and (not wait or stop()):
-                return []
+                return None
             with contextlib.suppress(TimeoutError):
                 first = await asyncio.wait_for(self.queue.get(), POLL)
-        batch = [first]
-        if redeliveries(first):
-            return batch
-        callbacks = envelope_count(first)
-        size = len(first.body)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.wait
+        return first
+
+    async def _fill(self, batch: list[M], stop: Callable[[], bool], wait: bool) -> list[M]:
+        """Add messages until the batch is full or closes; a redelivered message is kept
+        for the next batch, which it will have to itself."""
+        callbacks = envelope_count(batch[0])
+        size = len(batch[0].body)
+        deadline = asyncio.get_running_loop().time() + self.wait
         while (
             callbacks < self.batch_size and size < self.batch_bytes and len(batch) < self.prefetch
         ):
-            if self.queue.empty():
-                remaining = deadline - loop.time()
-                if not wait or remaining <= 0 or stop():
-                    break
-                try:
-                    message = await asyncio.wait_for(self.queue.get(), remaining)
-                except TimeoutError:
-                    break
-            else:
-                message = self.queue.get_nowait()
+            message = await self._next(deadline, stop, wait)
+            if message is None:
+                break
             if redeliveries(message):
                 self._held = message
                 break
@@ -119,12 +123,13 @@ class Inbox(Generic[M]):
             size += len(message.body)
         return batch
 
-    def resize(self, batch: list[M]) -> int | None:
-        """The prefetch that holds about one batch of callbacks, judged by this batch's
-        callbacks per message; None when the current one is close enough."""
-        per_message = sum(envelope_count(m) for m in batch) / len(batch)
-        target = max(1, min(self.prefetch_cap, math.ceil(self.batch_size / per_message)))
-        if abs(target - self.prefetch) <= max(1, self.prefetch // 4):
+    async def _next(self, deadline: float, stop: Callable[[], bool], wait: bool) -> M | None:
+        if not self.queue.empty():
+            return self.queue.get_nowait()
+        remaining = deadline - asyncio.get_running_loop().time()
+        if not wait or remaining <= 0 or stop():
             return None
-        self.prefetch = target
-        return target
+        try:
+            return await asyncio.wait_for(self.queue.get(), remaining)
+        except TimeoutError:
+            return None

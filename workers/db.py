@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 from asyncpg.exceptions import _base as asyncpg_base
 
@@ -73,3 +75,14 @@ def is_transient(exc: BaseException) -> bool:
     if is_data_error(exc):
         return False
     return isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | OSError | TimeoutError)
+
+
+class DatabaseHold:
+    """What the store tells the worker about the database, and the worker the store: a
+    batch is waiting for the database to come back (`waiting`, set by the store), and
+    waiting should end (`give_up`, set by the worker at shutdown with the database still
+    down: the batch is then handed back to the broker)."""
+
+    def __init__(self) -> None:
+        self.waiting = asyncio.Event()
+        self.give_up = asyncio.Event()

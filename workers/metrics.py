@@ -1,15 +1,8 @@
-"""Prometheus metrics of a worker, and its optional HTTP endpoint (`CDRFLOW_WORKER_PORT`):
-/healthz (alive), /readyz (consuming, database reachable), /metrics."""
+"""Prometheus metrics of a worker (served by `cdrflow.health` on `CDRFLOW_WORKER_PORT`)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class WorkerMetrics:
@@ -39,6 +32,11 @@ class WorkerMetrics:
         self.published = Counter(
             "cdrflow_worker_published", "Records confirmed on cdr.records", registry=self.registry
         )
+        self.redelivered = Counter(
+            "cdrflow_worker_redelivered",
+            "Messages that came back after a fault (they carry a delivery count)",
+            registry=self.registry,
+        )
         self.parked = Counter(
             "cdrflow_worker_parked",
             "Messages sent to the dead-letter queue",
@@ -52,38 +50,3 @@ class WorkerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-@asynccontextmanager
-async def serve_health(
-    metrics: WorkerMetrics,
-    ready: Callable[[], bool],
-    port: int,
-    host: str = "0.0.0.0",  # noqa: S104
-) -> AsyncIterator[None]:
-    """Serve the endpoint while the context is open; port 0 serves nothing."""
-    if not port:
-        yield
-        return
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "alive"})
-
-    async def readyz(request: web.Request) -> web.Response:
-        is_ready = ready()
-        return web.json_response({"ready": is_ready}, status=200 if is_ready else 503)
-
-    async def render(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE})
-
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", render)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    try:
-        yield
-    finally:
-        await runner.cleanup()

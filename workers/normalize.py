@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import traceback
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
-from itertools import groupby
 from typing import Any
 
 from cdrflow.logs import get_logger
 from schemas.envelope import RawEnvelope
 from schemas.providers import Provider, Reason, Reject
 from schemas.providers.bodies import charset_of
-from schemas.record import CallRecord, content_hash
+from schemas.record import content_hash
 from schemas.sources import Source
 from workers.sanitize import sanitize
+from workers.versions import Delivery
 
 log = get_logger("cdrflow.worker")
 
@@ -27,33 +26,15 @@ MAX_EXTERNAL_ID = 256  # characters; a longer "id" is not an id (and would not f
 
 
 @dataclass(frozen=True, slots=True)
-class Delivery:
-    """One report of one request, normalized."""
-
-    envelope: RawEnvelope
-    item: int
-    record: CallRecord
-    content_hash: bytes
-
-    @property
-    def ingest_id(self) -> uuid.UUID:
-        return uuid.UUID(self.envelope.ingest_id)
-
-    @property
-    def received_at(self) -> datetime:
-        return self.envelope.received_at
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.record.source, self.record.external_id)
-
-
-@dataclass(frozen=True, slots=True)
 class Rejection:
     envelope: RawEnvelope
     item: int
     reason: str
     message: str
+
+    @property
+    def ingest_id(self) -> uuid.UUID:
+        return uuid.UUID(self.envelope.ingest_id)
 
 
 @dataclass
@@ -140,41 +121,6 @@ def _crash(envelope: RawEnvelope, provider: Provider, exc: Exception) -> str:
         traceback="".join(traceback.format_exception(exc)[-3:]),
     )
     return f"{provider.name} failed: {type(exc).__name__}: {exc}"
-
-
-@dataclass(frozen=True, slots=True)
-class Version:
-    """One content of one record within a batch, and the deliveries that carried it.
-    `round` orders the versions of a key: one statement may not touch a key twice."""
-
-    round: int
-    first: Delivery
-    deliveries: int
-    first_received_at: datetime
-    last_received_at: datetime
-
-
-def plan_versions(deliveries: Iterable[Delivery]) -> list[Version]:
-    """Merge a batch's deliveries per record: consecutive deliveries of the same content
-    (in order of arrival) become one version; each change of content starts the next."""
-    by_key: dict[tuple[str, str], list[Delivery]] = {}
-    for delivery in deliveries:
-        by_key.setdefault(delivery.key, []).append(delivery)
-    versions = []
-    for items in by_key.values():
-        items.sort(key=lambda d: (d.received_at, d.envelope.ingest_id, d.item))
-        for round_, (_, run) in enumerate(groupby(items, key=lambda d: d.content_hash)):
-            group = list(run)
-            versions.append(
-                Version(
-                    round=round_,
-                    first=group[0],
-                    deliveries=len(group),
-                    first_received_at=group[0].received_at,
-                    last_received_at=group[-1].received_at,
-                )
-            )
-    return versions
 
 
 def as_request(envelope: RawEnvelope) -> dict[str, Any]:

@@ -9,19 +9,21 @@ see a message twice; `message_id` = `{record_id}:{revision}` tells them it is th
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aio_pika
 import asyncpg
 from aio_pika import DeliveryMode
+from tenacity import RetryCallState
 
 from cdrflow.amqp import BrokerLink
+from cdrflow.backoff import is_loud, retry_fields, retrying, sleep_unless
 from cdrflow.logs import get_logger
 from schemas.record import SCHEMA_VERSION
 from workers.db import is_transient
-from workers.store import OutboxEntry
 
 log = get_logger("cdrflow.worker.outbox")
 
@@ -42,6 +44,19 @@ DELETE FROM deliveries WHERE (ingest_id, item) IN (
     SELECT ingest_id, item FROM deliveries
     WHERE received_at < now() - make_interval(days => $1) LIMIT $2)
 """
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    outbox_id: int  # 0 until the row is written
+    record_id: uuid.UUID
+    revision: int
+    routing_key: str
+    body: bytes
+
+    @property
+    def message_id(self) -> str:
+        return f"{self.record_id}:{self.revision}"
 
 
 def record_message(entry: OutboxEntry) -> aio_pika.Message:
@@ -70,6 +85,7 @@ class RecordPublisher:
         grace_seconds: float,
         interval_seconds: float,
         retention_days: int,
+        retry_max_seconds: float = 30.0,
     ) -> None:
         self.link = link
         self.pool = pool
@@ -78,7 +94,9 @@ class RecordPublisher:
         self.grace_seconds = grace_seconds
         self.interval_seconds = interval_seconds
         self.retention_days = retention_days
+        self.retry_max_seconds = retry_max_seconds
         self.database_ok = True  # as of the relay's last look at the database
+        self._last_prune = float("-inf")
 
     async def publish(self, entries: Sequence[OutboxEntry]) -> int:
         """Publish committed records and forget the confirmed ones. Returns how many were
@@ -154,28 +172,36 @@ class RecordPublisher:
     async def run(self, stopping: asyncio.Event) -> None:
         """The relay loop, until `stopping` is set. It also tells, through `database_ok`,
         whether the database answers, for an idle worker's readiness."""
-        last_prune = 0.0
-        loop = asyncio.get_running_loop()
         while not stopping.is_set():
             try:
-                if self.link.ready:
-                    while await self.relay_once() == RELAY_BATCH:
-                        pass
-                else:
-                    await self.pool.fetchval("SELECT 1")
+                async for attempt in retrying(
+                    stop=stopping,
+                    max_wait=self.retry_max_seconds,
+                    retry_on=is_transient,
+                    on_retry=self._deferred,
+                ):
+                    with attempt:
+                        await self._relay_round()
                 self.database_ok = True
-                if loop.time() - last_prune > PRUNE_EVERY:
-                    pruned = await self.prune_deliveries()
-                    last_prune = loop.time()
-                    if pruned:
-                        log.info(
-                            "deliveries_pruned", count=pruned, older_than_days=self.retention_days
-                        )
             except Exception as exc:
-                if not is_transient(exc):
+                if not is_transient(exc):  # a transient one here means: stopped meanwhile
                     log.exception("outbox_relay_failed")
-                else:
-                    self.database_ok = False
-                    log.warning("outbox_relay_deferred", error=f"{type(exc).__name__}: {exc}")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), self.interval_seconds)
+            await sleep_unless(stopping, self.interval_seconds)
+
+    async def _relay_round(self) -> None:
+        if self.link.ready:
+            while await self.relay_once() == RELAY_BATCH:
+                pass
+        else:
+            await self.pool.fetchval("SELECT 1")
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._last_prune > PRUNE_EVERY:
+            pruned = await self.prune_deliveries()
+            self._last_prune = loop.time()
+            if pruned:
+                log.info("deliveries_pruned", count=pruned, older_than_days=self.retention_days)
+
+    def _deferred(self, state: RetryCallState) -> None:
+        self.database_ok = False
+        level = log.warning if is_loud(state) else log.debug
+        level("outbox_relay_deferred", **retry_fields(state))

@@ -32,7 +32,7 @@ from tests.support.proxy import database_behind_proxy
 from tests.support.samples import Sample, envelope, record_validator, sample
 from tests.support.waiting import eventually, one
 from tests.support.workers import WorkerProcess, publish_envelopes, running_worker, stop_all
-from workers.db import create_pool
+from workers.db import DatabaseHold, create_pool
 from workers.normalize import Normalized, normalize_envelope
 from workers.outbox import RecordPublisher
 from workers.replay import ReplaySelection, replay
@@ -479,8 +479,9 @@ async def test_records_committed_but_never_published_are_relayed(
     pool = await create_pool(settings.database_url, 2)
     link = BrokerLink(settings.amqp_url, settings.topology(), name="test-relay")
     try:
-        batch = normalize_envelope(envelope(sample("nx-voice")), sources, default_registry())
-        result = await Store(pool, retry_max_seconds=1).write(batch)  # committed, not published
+        normalized = normalize_envelope(envelope(sample("nx-voice")), sources, default_registry())
+        # committed, not published
+        result = await Store(pool, DatabaseHold(), retry_max_seconds=1).write(normalized)
         assert len(result.published) == 1
         assert await count(db, "SELECT count(*) FROM outbox") == 1
         await link.start()
@@ -576,7 +577,7 @@ async def test_a_callback_that_keeps_crashing_workers_parks_itself_alone(
             raise RuntimeError("simulated crash")
         return real(envelope, *args)
 
-    monkeypatch.setattr("workers.worker.normalize_envelope", crashing)
+    monkeypatch.setattr("workers.pipeline.normalize_envelope", crashing)
     limited = settings.with_(delivery_limit=3, coalesce_max_envelopes=4)
     good = [sample("nx-cc", f"good-{n}") for n in range(5)]
     poison = sample("nx-voice", "poison-1")
@@ -659,3 +660,52 @@ async def test_a_redelivered_message_is_processed_whole_when_it_cannot_be_split(
         assert await eventually(lambda: _queue_empty(channel, settings))
     assert await queue_depth(channel, settings.dead_queue) == 0
     assert await total_deliveries(db) == 3
+
+
+async def test_under_steady_load_no_message_comes_back_with_a_delivery_count(
+    settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
+) -> None:
+    # Messages of 1 and of 20 callbacks, in turns: what made the worker resize its prefetch
+    # (and re-subscribe, handing deliveries in flight back to the queue) before.
+    tuned = settings.with_(batch_size=40, prefetch=100, batch_wait_ms=5)
+    rounds, expected = 6, 0
+    async with running_worker(tuned, sources) as worker:
+        for _ in range(rounds):
+            small = [envelope(sample("nx-cc")) for _ in range(20)]
+            large = [envelope(sample("nx-dr")) for _ in range(100)]
+            await publish_envelopes(channel, tuned, small, per_message=1)
+            await publish_envelopes(channel, tuned, large, per_message=20)
+            expected += len(small) + len(large)
+        assert await eventually(lambda: _has_rows(db, expected), timeout=60)
+        redelivered = worker.metrics.registry.get_sample_value("cdrflow_worker_redelivered_total")
+    assert redelivered == 0
+    assert await total_deliveries(db) == expected
+
+
+async def test_a_consumer_the_broker_cancels_is_re_established(
+    settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
+) -> None:
+    async with running_worker(settings, sources) as worker:
+        await publish_envelopes(channel, settings, [envelope(sample("nx-cc"))])
+        assert await eventually(lambda: _has_rows(db, 1))
+        # The queue deleted (by an operator, say): the broker cancels the subscription, and
+        # the worker subscribes anew, declaring the queue again. (Declared again by someone
+        # else at once, RabbitMQ 3.10 may not send the cancel at all.)
+        await channel.queue_delete(settings.raw_queue)
+        assert await eventually(lambda: _queue_exists(settings))
+        await publish_envelopes(channel, settings, [envelope(sample("hw"))])
+        assert await eventually(lambda: _has_rows(db, 2), timeout=30)
+        assert worker.consuming.is_set()
+    assert await count(db, "SELECT count(*) FROM call_records WHERE source = 'hw'") == 1
+
+
+async def _queue_exists(settings: Settings) -> bool:
+    connection = await aio_pika.connect(settings.amqp_url)
+    try:
+        channel = await connection.channel()
+        await channel.declare_queue(settings.raw_queue, passive=True)
+        return True
+    except aio_pika.exceptions.ChannelNotFoundEntity:
+        return False
+    finally:
+        await connection.close()

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from schemas.envelope import COUNT_HEADER
-from workers.batching import Inbox
+from workers.batching import Inbox, prefetch_for
 
 
 @dataclass
@@ -24,10 +24,8 @@ def message(name: str, callbacks: int = 1, redelivered: int = 0, size: int = 2) 
     return Message(name, headers, b"x" * size)
 
 
-def inbox(
-    batch_size: int = 10, wait_ms: float = 30, cap: int = 100, prefetch: int = 100
-) -> Inbox[Message]:
-    return Inbox(batch_size, wait_ms, cap, prefetch)
+def inbox(batch_size: int = 10, wait_ms: float = 30, prefetch: int = 100) -> Inbox[Message]:
+    return Inbox(batch_size, wait_ms, prefetch)
 
 
 def never() -> bool:
@@ -45,7 +43,7 @@ async def test_a_batch_closes_at_batch_size_callbacks() -> None:
 
 
 async def test_a_batch_closes_at_batch_bytes() -> None:
-    box = Inbox[Message](1000, 30, 100, 100, batch_bytes=1000)
+    box = Inbox[Message](1000, 30, 100, batch_bytes=1000)
     for n in range(4):
         box.put(message(f"m{n}", size=400))
     assert [m.name for m in await box.next_batch(never)] == ["m0", "m1", "m2"]  # 1200 >= 1000
@@ -95,11 +93,10 @@ async def test_stop_ends_an_idle_wait_and_no_wait_drains() -> None:
     assert await box.next_batch(never, wait=False) == []
 
 
-def test_prefetch_follows_the_callbacks_per_message_within_the_cap() -> None:
-    box = inbox(batch_size=500, cap=500, prefetch=4)
-    assert box.resize([message("a", callbacks=100), message("b", callbacks=100)]) is None  # 5 ~ 4
-    assert box.resize([message("a", callbacks=8)] * 3) == 63  # 500 / 8
-    assert box.resize([message("a", callbacks=1)]) == 500
-    assert box.resize([message("a", callbacks=1)]) is None
-    small_cap = inbox(batch_size=500, cap=20, prefetch=4)
-    assert small_cap.resize([message("a", callbacks=1)]) == 20
+def test_prefetch_holds_two_batches_of_one_callback_messages_within_the_cap() -> None:
+    # Fixed for a subscription: the next batch arrives while the current one is stored,
+    # whatever the messages hold, and the setting bounds it.
+    assert prefetch_for(batch_size=500, prefetch_cap=5000) == 1000
+    assert prefetch_for(batch_size=500, prefetch_cap=500) == 500
+    assert prefetch_for(batch_size=20, prefetch_cap=50) == 40
+    assert prefetch_for(batch_size=1, prefetch_cap=0) == 1

@@ -12,7 +12,8 @@ from schemas.providers import default_registry
 from schemas.record import CONTENT_COLUMNS, LEDGER_COLUMNS, RECORD_COLUMNS, Ledger, published_body
 from tests.support.samples import envelope, record_validator, sample
 from tests.support.sources import load_test_sources
-from workers.normalize import Delivery, normalize_envelope, plan_versions
+from workers.normalize import normalize_envelope
+from workers.versions import Delivery, plan_versions
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
