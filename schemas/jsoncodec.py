@@ -2,7 +2,12 @@
 
 Provider bodies are parsed with the standard library so that every JSON number with a
 fraction becomes a `Decimal` (orjson would make it a float); everything we write is
-rendered by orjson, with decimals written back as the same JSON number text."""
+rendered by orjson, with decimals written back as the same JSON number text.
+
+Numbers are never expanded, in any form we store or publish: PostgreSQL's jsonb writes a
+number out in full (`1e999` reads back as 1,000 digits), so a number whose full form would
+be more than twice as long as its text is kept as a JSON *string* of its text. A document
+nested deeper than `MAX_NESTING` is refused: nothing we write can then fail on depth."""
 
 from __future__ import annotations
 
@@ -20,6 +25,10 @@ class JSONError(ValueError):
 
 MAX_NUMBER_TEXT = 64  # characters: no call datum needs more; a longer number is an attack
 MAX_EXPONENT = 1000  # 1e131071 is 22 bytes in jsonb and 131 kB on every read: refused
+MAX_EXPANSION = 2  # a number's full form may be this many times its text; longer: a string
+# Objects and arrays inside each other: a call report has 2 or 3 levels. Deeper documents
+# are refused here, so that no writer (orjson stops at 255) ever meets them.
+MAX_NESTING = 64
 
 
 def _reject_constant(name: str) -> Any:
@@ -34,24 +43,62 @@ def _parse_int(text: str) -> int | Decimal:
     return int(text) if len(text) < 19 else Decimal(text)
 
 
-def _parse_float(text: str) -> Decimal:
+def _parse_float(text: str) -> Decimal | str:
     if len(text) > MAX_NUMBER_TEXT:
         raise JSONError(f"a number of {len(text)} characters")
     number = Decimal(text)
     if abs(number.adjusted()) > MAX_EXPONENT:
         raise JSONError(f"a number of magnitude 1e{number.adjusted()}")
+    if plain_length(number) > MAX_EXPANSION * len(text):
+        return text  # 1e999 stays "1e999": jsonb would store and return 1,000 digits
     return number
 
 
+def plain_length(number: Decimal) -> int:
+    """Characters of `number` written without an exponent, as jsonb and numeric write it
+    (`format(number, "f")`), counted without writing it."""
+    sign, digits, exponent = number.as_tuple()
+    assert isinstance(exponent, int)  # finite: JSON has no NaN or Infinity
+    if exponent >= 0:
+        length = len(digits) + exponent
+    elif len(digits) > -exponent:
+        length = len(digits) + 1  # the point
+    else:
+        length = 2 - exponent  # "0." and the fraction's digits
+    return length + sign
+
+
+def _too_deep(document: Any) -> bool:
+    stack = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > MAX_NESTING:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
 def loads_exact(text: str | bytes) -> Any:
-    """Parse JSON with fractional numbers as Decimal (exact), rejecting NaN/Infinity and
-    absurdly long numbers. A Decimal keeps its exponent: 1e400000000 is never expanded."""
+    """Parse JSON with fractional numbers as Decimal (exact), rejecting NaN/Infinity,
+    absurdly long numbers and documents nested deeper than `MAX_NESTING`. A number whose
+    full form is long (1e999) is kept as the string of its text (see the module doc)."""
     try:
-        return json.loads(
+        document = json.loads(
             text, parse_float=_parse_float, parse_int=_parse_int, parse_constant=_reject_constant
         )
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise JSONError(str(exc) or type(exc).__name__) from exc
+    # Fewer brackets than the limit cannot nest deeper than it: most bodies skip the walk.
+    if isinstance(text, str):
+        brackets = text.count("[") + text.count("{")
+    else:
+        brackets = text.count(b"[") + text.count(b"{")
+    if brackets > MAX_NESTING and isinstance(document, dict | list) and _too_deep(document):
+        raise JSONError(f"nested deeper than {MAX_NESTING} levels")
+    return document
 
 
 def _default(value: Any) -> Any:

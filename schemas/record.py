@@ -4,16 +4,15 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from schemas.jsoncodec import canonical_json, dumps
+from schemas.jsoncodec import dumps
 
 # Bumped whenever the record format (columns or their meaning) changes.
 SCHEMA_VERSION = 1
@@ -21,6 +20,15 @@ SCHEMA_VERSION = 1
 # record_id = uuid5(RECORD_NAMESPACE, "{source}\n{external_id}"): the same id on every re-push,
 # on every worker and on replay, with no lookup needed.
 RECORD_NAMESPACE = uuid.UUID("6f0d2c1e-8a7b-5e43-9c1d-3b2a4f5e6d70")
+
+# What the columns can hold. A value outside is not refused: it moves to `extra`, under
+# the column's name (see `CallRecord.__post_init__`), and the record is stored.
+INT4 = (-(2**31), 2**31 - 1)  # integer columns
+MONEY_MAX_EXPONENT = 24  # numeric columns: 1e24 and 1e-24 are no amounts of money
+MONEY_MAX_DIGITS = 40
+# Times outside these bounds are not call times.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 
 class Status(StrEnum):
@@ -107,6 +115,21 @@ class CallRecord:
     extra: Mapping[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
+    def __post_init__(self) -> None:
+        """Every record a provider builds is storable: a column value PostgreSQL cannot
+        hold (an int32 overflow from `cycle * size`, say) or that is no call datum moves to
+        `extra` under the column's name, here, for every provider at once."""
+        misfits = {
+            name: value
+            for name in (*INTEGER_COLUMNS, *MONEY_COLUMNS, *TIME_COLUMNS)
+            if (value := getattr(self, name)) is not None and not _fits(value)
+        }
+        if misfits:
+            for name in misfits:
+                object.__setattr__(self, name, None)
+            kept = {name: _as_extra(value) for name, value in misfits.items()}
+            object.__setattr__(self, "extra", {**kept, **self.extra})
+
     @property
     def record_id(self) -> uuid.UUID:
         return record_id_for(self.source, self.external_id)
@@ -119,6 +142,49 @@ class CallRecord:
 
 
 _FIELDS_BUT_RAW = tuple(f.name for f in dataclasses.fields(CallRecord) if f.name != "raw")
+INTEGER_COLUMNS: tuple[str, ...] = (
+    "sip_code",
+    "ring_seconds",
+    "talk_seconds",
+    "billed_seconds",
+    "schema_version",
+)
+TIME_COLUMNS: tuple[str, ...] = (
+    "submitted_at",
+    "started_at",
+    "ringing_at",
+    "answered_at",
+    "ended_at",
+)
+
+
+def _fits(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return INT4[0] <= value <= INT4[1]
+    if isinstance(value, Decimal):
+        return (
+            value.is_finite()
+            and abs(value.adjusted()) <= MONEY_MAX_EXPONENT
+            and len(value.as_tuple().digits) <= MONEY_MAX_DIGITS
+        )
+    if isinstance(value, datetime):
+        return value.tzinfo is not None and EARLIEST <= value < LATEST
+    return False
+
+
+def _as_extra(value: Any) -> Any:
+    """A misfit as JSON can hold it, never expanded: orjson writes no integer beyond 64
+    bits, and a Decimal keeps its own text."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Decimal(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
 
 # Column order of the record part of `call_records` (the ledger columns come from the database).
 RECORD_COLUMNS: tuple[str, ...] = (
@@ -137,13 +203,6 @@ LEDGER_COLUMNS: tuple[str, ...] = (
     "delivery_count",
     "revision",
 )
-
-
-def content_hash(payload: Mapping[str, Any], volatile: frozenset[str]) -> bytes:
-    """What makes two deliveries "the same content": the provider's payload, key order
-    ignored, without the fields that change on every push (signatures, nonces)."""
-    kept = {k: v for k, v in payload.items() if k not in volatile}
-    return hashlib.sha256(canonical_json(kept)).digest()
 
 
 @dataclass(frozen=True, slots=True)

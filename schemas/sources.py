@@ -6,6 +6,7 @@ environment in."""
 
 from __future__ import annotations
 
+import codecs
 import hmac
 import ipaddress
 import re
@@ -26,8 +27,11 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 _TENANT = re.compile(r"[A-Za-z0-9_-]{1,64}")  # goes into routing keys: no dots
 _TOKEN = re.compile(r"[A-Za-z0-9._~-]+")  # a URL path segment that needs no escaping
 _OFFSET = re.compile(r"([+-])(\d{2}):?(\d{2})")
+_CURRENCY = re.compile(r"[A-Z]{3}")  # ISO 4217
 # Every source has these; any other key is its provider's to read (`Provider.configure`).
-COMMON_KEYS = frozenset({"provider", "tenant", "token", "token_env", "timezone", "allow_cidrs"})
+COMMON_KEYS = frozenset(
+    {"provider", "tenant", "token", "token_env", "timezone", "allow_cidrs", "charset", "currency"}
+)
 
 
 class SourcesError(ValueError):
@@ -61,6 +65,12 @@ class Source:
     config: ProviderConfig  # the settings that belong to the provider, as it read them
     token: str | None = field(default=None, repr=False)
     allow_cidrs: tuple[IPNetwork, ...] = ()
+    # The charset of every body of this source, whatever a request declares; None: the
+    # declared one, else UTF-8, else GB18030 (`schemas.providers.bodies`).
+    charset: str | None = None
+    # The currency of every money column of this source's records; None: the provider's
+    # rule (USD, or EUR for an NXCloud voice report with `costEur` and no `cost`).
+    currency: str | None = None
 
     @property
     def signing(self) -> str:
@@ -218,6 +228,7 @@ def _parse_source(
     token = _token(settings)
     config = provider.configure(settings)
     networks = _networks(settings)
+    charset, currency = _charset(settings), _currency(settings)
     settings.refuse_unread()
     return Source(
         name=name,
@@ -228,7 +239,26 @@ def _parse_source(
         config=config,
         token=token,
         allow_cidrs=networks,
+        charset=charset,
+        currency=currency,
     )
+
+
+def _charset(settings: SourceSettings) -> str | None:
+    charset = settings.string("charset")
+    if charset is None:
+        return None
+    try:
+        return codecs.lookup(charset).name
+    except LookupError as exc:
+        raise settings.fail("charset", f"unknown charset {charset!r}") from exc
+
+
+def _currency(settings: SourceSettings) -> str | None:
+    currency = settings.string("currency")
+    if currency is not None and not _CURRENCY.fullmatch(currency):
+        raise settings.fail("currency", "must be an ISO 4217 code of three capitals (EUR)")
+    return currency
 
 
 def _provider(settings: SourceSettings, providers: Mapping[str, Provider]) -> Provider:

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cdrflow.logs import get_logger
+from schemas.content import content_hash
 from schemas.envelope import RawEnvelope
 from schemas.providers import Provider, Reason, Reject
 from schemas.providers.bodies import charset_of
-from schemas.record import content_hash
 from schemas.sources import Source
-from workers.sanitize import sanitize
+from workers.sanitize import sanitize_record
 from workers.versions import Delivery
 
 log = get_logger("cdrflow.worker")
@@ -69,16 +69,17 @@ def normalize_envelope(
             WHOLE_REQUEST, Reason.UNKNOWN_PROVIDER, f"no provider module {envelope.provider!r}"
         )
     try:
-        payloads = provider.parse(envelope)
+        payloads = provider.parse(envelope, source)
     except Reject as exc:
         return reject(WHOLE_REQUEST, exc.reason, exc.message)
     except Exception as exc:
         return reject(WHOLE_REQUEST, Reason.INTERNAL_ERROR, _crash(envelope, provider, exc))
-    scrub = _may_hold_unstorable_text(envelope)
+    scrub = _may_hold_unstorable_text(envelope) or source.charset is not None
     for item, payload in enumerate(payloads):
         try:
-            clean = sanitize(payload) if scrub else payload
-            record = provider.normalize(clean, source)
+            record = provider.normalize(payload, source)
+            if scrub:  # after the id is read: an id holding NUL is refused, not rewritten
+                record = sanitize_record(record)
             if len(record.external_id) > MAX_EXTERNAL_ID:
                 raise Reject(
                     Reason.INVALID_FIELD,
@@ -86,7 +87,7 @@ def normalize_envelope(
                 )
             # Everything that could still fail on this report's content happens here, where
             # a failure rejects this report alone (it is also what the store will write).
-            digest = content_hash(clean, provider.volatile_fields)
+            digest = content_hash(record, provider.volatile_fields)
         except Reject as exc:
             reject(item, exc.reason, exc.message)
             continue

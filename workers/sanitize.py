@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
+
+from schemas.providers import Reason, Reject
+from schemas.record import CallRecord
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
@@ -15,6 +19,21 @@ def sanitize(value: Any) -> Any:
         return _UNSTORABLE.sub("\ufffd", value) if _UNSTORABLE.search(value) else value
     if isinstance(value, dict):
         return {sanitize(k): sanitize(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [sanitize(v) for v in value]
     return value
+
+
+def sanitize_record(record: CallRecord) -> CallRecord:
+    """`sanitize` over every text of a record. Its id is never rewritten: `a\\x00` and
+    `a\\ufffd` would become one record, so an id holding such text is `invalid_field`."""
+    if _UNSTORABLE.search(record.external_id):
+        raise Reject(Reason.INVALID_FIELD, "the provider's id holds NUL or broken UTF-16")
+    changes = {
+        f.name: sanitize(value)
+        for f in dataclasses.fields(record)
+        if isinstance(value := getattr(record, f.name), str | dict | list | tuple)
+        and f.name != "external_id"
+    }
+    changes["labels"] = tuple(changes["labels"])
+    return dataclasses.replace(record, **changes)

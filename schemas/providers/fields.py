@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
@@ -10,9 +11,7 @@ from typing import Any, TypeVar
 
 from schemas.providers.errors import Reason, Reject
 from schemas.providers.values import (
-    EARLIEST,
     EMPTY,
-    LATEST,
     MAX_SECONDS,
     as_text,
     from_epoch_millis,
@@ -21,16 +20,25 @@ from schemas.providers.values import (
     to_decimal,
     to_int,
 )
+from schemas.record import EARLIEST, LATEST
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
+# NUL and lone surrogates cannot be stored and are replaced later (`workers.sanitize`): in
+# an id, that would make two ids one record, so such an id is refused instead.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def require_text(payload: Mapping[str, Any], key: str) -> str:
+    """A required text field: the report's id."""
     value = payload.get(key)
     text = "" if value is None or isinstance(value, dict | list | bool) else str(value).strip()
     if not text or text == "null":
         raise Reject(Reason.MISSING_FIELD, f"required field {key!r} is missing or empty")
+    if _UNSTORABLE.search(text):
+        raise Reject(Reason.INVALID_FIELD, f"required field {key!r} holds NUL or broken UTF-16")
     return text
 
 

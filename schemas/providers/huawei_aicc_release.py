@@ -4,6 +4,11 @@ No Content-Type is promised and the documented example is a Java `Map.toString()
 rendering, `{key=value, key=value}` with `null` for nulls; JSON and form bodies are read
 too. The answer is HTTP 200 `{"retCode":"0","retMsg":"success"}`; any other retCode fails.
 
+The `{k=v}` rendering is ambiguous (a value may hold `, name=` or braces): it is read with
+the document's field names as anchors and balanced braces (`map_rendering`); for a signed
+source the ingress accepts the first reading whose signature verifies, and the worker,
+which holds no secret, stores the deterministic reading (the first one tried).
+
 Signing (when the callback URL was registered with shared-key authentication): the body
 carries `timestamp`, `nonce`, `signature`. The other parameters, sorted by name, rendered
 as a TreeMap with every space removed; string to sign = appSecret_timestamp_nonce_params;
@@ -22,15 +27,15 @@ import base64
 import hashlib
 import hmac
 import random
-import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
 from schemas.envelope import RawEnvelope
 from schemas.jsoncodec import dumps
+from schemas.providers import map_rendering
 from schemas.providers.answers import HTTP_STATUS, Answer, Outcome
-from schemas.providers.bodies import body_text, charset_of, parse_form, parse_json
+from schemas.providers.bodies import body_text, form_body, is_multipart, parse_json
 from schemas.providers.call_status import is_connected
 from schemas.providers.errors import Reason, Reject, Unauthenticated
 from schemas.providers.fields import Fields, require_text
@@ -42,7 +47,29 @@ from schemas.sources import Source, SourceSettings
 
 TIME_FORMATS = ("%Y/%m/%d,%H:%M:%S:%f", "%Y/%m/%d,%H:%M:%S", "%Y-%m-%d %H:%M:%S")
 SIGNATURE_FIELDS = frozenset({"timestamp", "nonce", "signature"})
-_PAIR_BOUNDARY = re.compile(r",\s*(?=[A-Za-z_][A-Za-z0-9_.]*=)")
+# The document's Table 1, and the signing fields: the anchors of the `{k=v}` rendering.
+DOCUMENTED_FIELDS = SIGNATURE_FIELDS | frozenset(
+    {
+        "callSerialNo",
+        "serviceNo",
+        "called",
+        "caller",
+        "callerPresent",
+        "callData",
+        "createCallTime",
+        "alertingTime",
+        "talkingTime",
+        "releaseTime",
+        "talkDuration",
+        "recordfile",
+        "locationId",
+        "releaseReason",
+        "agentAlertingTime",
+        "agentTalkingTime",
+        "agentReleaseTime",
+        "agentTalkDuration",
+    }
+)
 # releaseReason, for a call that never connected.
 _REASON_STATUS: dict[int | None, Status] = {
     0: Status.REJECTED,  # the called party hung up while it rang
@@ -80,24 +107,29 @@ class HuaweiAiccRelease:
         signing = signing_of(source)
         if signing.signing == "none":
             return
+        secret, skew = signing.secret or "", signing.max_skew_seconds
         try:
-            (params,) = self.parse(envelope)
+            verify_any(self._readings(envelope, source), signing.signing, secret, now, skew)
         except Reject as exc:
             raise Unauthenticated(f"signed body cannot be read: {exc.message}") from exc
-        verify_signature(
-            params, signing.signing, signing.secret or "", now, signing.max_skew_seconds
-        )
 
-    def parse(self, envelope: RawEnvelope) -> list[Any]:
-        text = body_text(envelope).strip()
+    def parse(self, envelope: RawEnvelope, source: Source) -> list[Any]:
+        return [next(iter(self._readings(envelope, source)))]
+
+    def _readings(self, envelope: RawEnvelope, source: Source) -> Iterable[dict[str, Any]]:
+        """The body's fields: one reading, or for the `{k=v}` rendering every reading, the
+        deterministic one first (`map_rendering`)."""
+        if is_multipart(envelope.content_type):
+            return [form_body(envelope, source)]
+        text = body_text(envelope, source).strip()
         if not text:
             raise Reject(Reason.EMPTY_BODY, "body is empty")
-        if text.startswith("{"):
-            document = parse_json(text) if _looks_like_json(text) else parse_map_rendering(text)
-        elif "json" in envelope.content_type.lower():
+        if text.startswith("{") and not _looks_like_json(text):
+            return map_rendering.splits(text, DOCUMENTED_FIELDS)
+        if text.startswith("{") or "json" in envelope.content_type.lower():
             document = parse_json(text)
         else:
-            document = parse_form(text, charset_of(envelope.content_type))
+            document = form_body(envelope, source)
         if not isinstance(document, dict):
             raise Reject(Reason.NOT_AN_OBJECT, "body is not an object of fields")
         return [document]
@@ -135,6 +167,7 @@ class HuaweiAiccRelease:
             answered_at=answered_at,
             ended_at=_time(f, "releaseTime"),
             talk_seconds=talk_seconds,
+            currency=source.currency or "USD",
             recording_url=f.text("recordfile"),
             user_data=f.text("callData"),
             agent_id=f.text("serviceNo"),
@@ -168,33 +201,13 @@ def _time(f: Fields, key: str) -> datetime | None:
 
 
 def parse_map_rendering(text: str) -> dict[str, Any]:
-    """`{k=v, k2=v2}` as Java's Map.toString() writes it; `null` is None."""
-    inner = text.strip()
-    if not (inner.startswith("{") and inner.endswith("}")):
-        raise Reject(Reason.UNPARSEABLE_BODY, "body is neither JSON, form data nor {k=v, ...}")
-    inner = inner[1:-1].strip()
-    fields: dict[str, Any] = {}
-    if not inner:
-        return fields
-    for pair in _PAIR_BOUNDARY.split(inner):
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise Reject(Reason.UNPARSEABLE_BODY, f"{pair.strip()[:40]!r} is not key=value")
-        value = value.strip()
-        fields[key.strip()] = None if value == "null" else value
-    return fields
+    """`{k=v, k2=v2}` as Java's Map.toString() writes it, read deterministically with the
+    document's field names as anchors; `null` is None."""
+    return map_rendering.read(text, DOCUMENTED_FIELDS)
 
 
-def render_map(fields: Mapping[str, Any]) -> str:
-    return "{" + ", ".join(f"{k}={_render(v)}" for k, v in fields.items()) + "}"
-
-
-def _render(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)  # a Decimal keeps its own text: 0.50 stays 0.50, 1e9 is never expanded
+render_map = map_rendering.render
+_render = map_rendering.render_value
 
 
 def signing_strings(
@@ -208,10 +221,12 @@ def signing_strings(
 
 
 def signature_of(text: str, mode: str, secret: str) -> str:
+    # surrogatepass: a JSON body may carry a lone surrogate (\ud800); it must not crash.
+    data = text.encode("utf-8", "surrogatepass")
     if mode == "hmac-sha256":
-        digest = hmac.new(secret.encode(), text.encode(), hashlib.sha256).digest()
+        digest = hmac.new(secret.encode(), data, hashlib.sha256).digest()
     else:
-        digest = hashlib.sha256(text.encode()).digest()
+        digest = hashlib.sha256(data).digest()
     return base64.b64encode(digest).decode()
 
 
@@ -236,6 +251,21 @@ def verify_signature(
         )
     if not matched:
         raise Unauthenticated("signature does not match")
+
+
+def verify_any(
+    readings: Iterable[Mapping[str, Any]], mode: str, secret: str, now: float, max_skew: int
+) -> None:
+    """Accept the first reading of an ambiguous body whose signature verifies."""
+    failure: Unauthenticated | None = None
+    for params in readings:
+        try:
+            verify_signature(params, mode, secret, now, max_skew)
+        except Unauthenticated as exc:
+            failure = failure or exc
+        else:
+            return
+    raise failure or Unauthenticated("signed body has no fields")
 
 
 def sign(

@@ -49,8 +49,8 @@ class NXCloudCallCenterReport(UnsignedTextProvider):
     methods = frozenset({"POST"})
     default_timezone = "+08:00"
 
-    def parse(self, envelope: RawEnvelope) -> list[Any]:
-        return [json_body(envelope)]
+    def parse(self, envelope: RawEnvelope, source: Source) -> list[Any]:
+        return [json_body(envelope, source)]
 
     def normalize(self, payload: Mapping[str, Any], source: Source) -> CallRecord:
         if not isinstance(payload, Mapping):
@@ -84,6 +84,7 @@ class NXCloudCallCenterReport(UnsignedTextProvider):
             answered_at=answered_at,
             ended_at=f.local_time("callEndTime", *TIME_FORMATS),
             talk_seconds=talk_seconds,
+            currency=source.currency or "USD",
             cost=f.decimal("cost"),
             base_cost=f.decimal("baseCost"),
             recording_url=f.text("voiceUrl"),

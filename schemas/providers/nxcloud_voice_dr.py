@@ -1,8 +1,10 @@
 """NXCloud voice delivery receipt (`nxcloud-voice-dr.txt`).
 
-Fields arrive as an `application/x-www-form-urlencoded` body or in the URL query string
-(older accounts), by POST or GET; both are read, body fields winning. The platform pushes
-a DR **once**: the ingress answers `success` only when it is durable, `error` otherwise.
+Fields arrive as an `application/x-www-form-urlencoded` or `multipart/form-data` body or in
+the URL query string (older accounts), by POST or GET; both are read, body fields winning.
+A field that cannot be decoded is kept undecoded in `extra` (`bodies.parse_form`).
+The platform pushes a DR **once**: the ingress answers `success` only when it is durable,
+`error` otherwise.
 `result` comes in English or Chinese; `hangup_cause` is a FreeSWITCH cause name (or its
 Q.850 number); `start_time`/`end_time` are zone-less, read in the source's zone.
 `voice_type` 1 is "verification/notification": recorded as `notification`."""
@@ -16,7 +18,14 @@ from typing import Any
 from urllib.parse import urlencode
 
 from schemas.envelope import RawEnvelope
-from schemas.providers.bodies import body_text, charset_of, parse_form, parse_json
+from schemas.providers.bodies import (
+    body_text,
+    charsets_to_try,
+    is_multipart,
+    parse_form,
+    parse_json,
+    parse_multipart,
+)
 from schemas.providers.errors import Reason, Reject
 from schemas.providers.fields import Fields, require_text
 from schemas.providers.protocol import SimulatedCallback, UnsignedTextProvider
@@ -61,17 +70,19 @@ class NXCloudVoiceDR(UnsignedTextProvider):
     methods = frozenset({"POST", "GET"})
     default_timezone = "+08:00"
 
-    def parse(self, envelope: RawEnvelope) -> list[Any]:
-        fields: dict[str, Any] = parse_form(envelope.query) if envelope.query else {}
-        text = body_text(envelope)
-        if text.strip():
+    def parse(self, envelope: RawEnvelope, source: Source) -> list[Any]:
+        charsets = charsets_to_try(envelope, source)
+        fields: dict[str, Any] = parse_form(envelope.query, charsets) if envelope.query else {}
+        if is_multipart(envelope.content_type):  # "submit using form data"
+            fields.update(parse_multipart(envelope, source))
+        elif (text := body_text(envelope, source)).strip():
             if "json" in envelope.content_type.lower() or text.lstrip().startswith("{"):
                 document = parse_json(text)
                 if not isinstance(document, dict):
                     raise Reject(Reason.NOT_AN_OBJECT, "JSON body is not an object")
                 fields.update(document)
             else:
-                fields.update(parse_form(text, charset_of(envelope.content_type)))
+                fields.update(parse_form(text, charsets))
         if not fields:
             raise Reject(Reason.EMPTY_BODY, "no fields in the body or the query string")
         return [fields]
@@ -106,6 +117,7 @@ class NXCloudVoiceDR(UnsignedTextProvider):
             talk_seconds=talk_seconds,
             billed_seconds=cycle * cycles if cycle and cycles is not None and cycles >= 0 else None,
             billing_increment=str(cycle) if cycle else None,
+            currency=source.currency or "USD",
             rate=f.decimal("customer_price"),
             base_cost=f.decimal("basic_price"),
             recording_url=f.text("record_url"),

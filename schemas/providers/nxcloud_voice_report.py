@@ -4,7 +4,9 @@ Variants from the platform's white-label copies, all accepted:
 - a JSON array of reports (batch variant), which adds `recordingFileId`, `scriptId`, `intent`;
 - `costEur` instead of `cost`: that copy's `rate`, `baseCost` and `costEur` are all in EUR
   (the sample's arithmetic: 0.023625/min for a 20 s cycle is 0.007875), so `currency` is EUR;
-  beside `cost`, it is kept in `extra` and the USD figures are the columns;
+  beside `cost`, it is kept in `extra` and the USD figures are the columns. The rule reads
+  only whether `cost` is blank and `costEur` is not; a source's `currency` setting
+  overrides it (and labels every money column of that source);
 - `outRecallCount`, kept in `extra`.
 
 `terminationCode` is "0 = success" in one copy and a SIP code (200 established) in the
@@ -42,8 +44,8 @@ class NXCloudVoiceReport(UnsignedTextProvider):
     methods = frozenset({"POST"})
     default_timezone = "+08:00"  # unused: every time in this report is an epoch
 
-    def parse(self, envelope: RawEnvelope) -> list[Any]:
-        document = json_body(envelope)
+    def parse(self, envelope: RawEnvelope, source: Source) -> list[Any]:
+        document = json_body(envelope, source)
         if isinstance(document, list):
             if not document:
                 raise Reject(Reason.EMPTY_BODY, "batch body is an empty JSON array")
@@ -63,6 +65,7 @@ class NXCloudVoiceReport(UnsignedTextProvider):
             currency, cost = "EUR", f.decimal("costEur")
         else:
             currency, cost = "USD", f.decimal("cost")
+        currency = source.currency or currency
         call_type = f.code("type", _CALL_TYPES)
         return CallRecord(
             source=source.name,

@@ -83,8 +83,9 @@ class Provider(Protocol):
         `headers` are all the request's headers, names case-insensitive: a signature in a
         header is at hand, whatever the envelope keeps (`schemas.envelope.stored_headers`)."""
 
-    def parse(self, envelope: RawEnvelope) -> list[dict[str, Any]]:
-        """The payloads in one request (several for batch variants); raise `Reject`."""
+    def parse(self, envelope: RawEnvelope, source: Source) -> list[dict[str, Any]]:
+        """The payloads in one request (several for batch variants); raise `Reject`. The
+        source says how its bodies are read (`charset`: `schemas.providers.bodies`)."""
 
     def normalize(self, payload: Mapping[str, Any], source: Source) -> CallRecord:
         """One payload as a call record; raise `Reject` when it cannot be one."""

@@ -10,10 +10,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from schemas.record import EARLIEST, LATEST, MONEY_MAX_DIGITS, MONEY_MAX_EXPONENT
+
 MAX_SECONDS = 10_000_000  # ~115 days: anything longer is not a call duration
-# Times outside these bounds are not call times: kept raw in `extra`, never a crash.
-EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
-LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EARLIEST_MS = int((EARLIEST - _EPOCH).total_seconds() * 1000)
 _LATEST_MS = int((LATEST - _EPOCH).total_seconds() * 1000)
@@ -60,7 +59,11 @@ def to_decimal(value: Any) -> Decimal | None:
             return None
     else:
         return None
-    if not amount.is_finite() or abs(amount.adjusted()) > 24 or len(amount.as_tuple().digits) > 40:
+    if (
+        not amount.is_finite()
+        or abs(amount.adjusted()) > MONEY_MAX_EXPONENT
+        or len(amount.as_tuple().digits) > MONEY_MAX_DIGITS
+    ):
         return None  # not an amount of money: kept raw in `extra`
     return amount
 

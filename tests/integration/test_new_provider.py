@@ -83,8 +83,8 @@ class Ping:
         if not hmac.compare_digest(headers.get(SIGNATURE_HEADER, ""), expected):
             raise Unauthenticated("signature header does not match")
 
-    def parse(self, envelope: RawEnvelope) -> list[dict[str, Any]]:
-        document = json_body(envelope)
+    def parse(self, envelope: RawEnvelope, source: Source) -> list[dict[str, Any]]:
+        document = json_body(envelope, source)
         if not isinstance(document, dict):
             raise Reject(Reason.NOT_AN_OBJECT, "body is not an object")
         return [document]

@@ -32,7 +32,7 @@ def expected_record(item: Sample) -> CallRecord:
     """What the provider module itself makes of the callback: what must be stored."""
     source = load_test_sources()[item.source]
     provider = default_registry()[source.provider]
-    (payload,) = provider.parse(envelope(item))
+    (payload,) = provider.parse(envelope(item), source)
     return provider.normalize(payload, source)
 
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from schemas.jsoncodec import JSONError, canonical_json, dumps, loads_exact
+from schemas.jsoncodec import MAX_NESTING, JSONError, canonical_json, dumps, loads_exact
 from schemas.providers import default_registry
 from schemas.providers.values import to_decimal, to_int
 from tests.support.samples import Sample, envelope
@@ -57,8 +57,9 @@ def test_a_large_but_bounded_exponent_is_kept_raw_not_as_money() -> None:
     )
     record = result.deliveries[0].record
     assert (record.rate, record.cost, record.talk_seconds) == (None, None, None)
-    assert record.extra["rate"] == Decimal("1e999")
-    assert dumps(record.extra["rate"]) == b"1E+999"  # its own text, never 1000 digits
+    # jsonb would write 1e999 out as 1,000 digits: it is kept as the string of its text.
+    assert record.extra["rate"] == "1e999"
+    assert record.raw["callDuration"] == "1e99"
 
 
 def test_an_absurdly_long_number_rejects_only_the_request() -> None:
@@ -91,11 +92,18 @@ def test_an_id_too_long_to_be_an_id_rejects_that_report_alone() -> None:
     assert rejected == [(1, "invalid_field")]
 
 
-def test_nesting_that_orjson_cannot_write_rejects_that_report_alone() -> None:
-    deep = "[" * 300 + "]" * 300  # fine for Python's parser, too deep for orjson
+@pytest.mark.parametrize("depth", [MAX_NESTING, 255, 300, 1_000])
+def test_nesting_beyond_the_limit_is_an_unparseable_body_never_a_crash(depth: int) -> None:
+    # 255 to ~1,000 levels: fine for Python's parser, too deep for orjson (internal_error).
+    deep = "[" * depth + "]" * depth
     stored, rejected = run(f'[{{"voiceId":"ok"}},{{"voiceId":"deep","x":{deep}}}]'.encode())
-    assert stored == ["ok"]
-    assert rejected == [(1, "internal_error")]
+    assert (stored, rejected) == ([], [(-1, "unparseable_body")])
+
+
+def test_nesting_up_to_the_limit_is_stored() -> None:
+    deep = "[" * (MAX_NESTING - 2) + "]" * (MAX_NESTING - 2)  # the batch and report are 2
+    stored, rejected = run(f'[{{"voiceId":"ok","x":{deep}}}]'.encode())
+    assert (stored, rejected) == (["ok"], [])
 
 
 @pytest.mark.parametrize(

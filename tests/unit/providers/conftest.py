@@ -100,8 +100,10 @@ def exact_json(text: str | bytes) -> Any:
     return json.loads(text, parse_float=Decimal)
 
 
-def parse_one(provider_name: str, envelope: RawEnvelope) -> dict[str, Any]:
-    payloads = provider(provider_name).parse(envelope)
+def parse_one(
+    provider_name: str, envelope: RawEnvelope, source: Source | None = None
+) -> dict[str, Any]:
+    payloads = provider(provider_name).parse(envelope, source or make_source(provider_name))
     assert len(payloads) == 1
     payload = payloads[0]
     assert isinstance(payload, dict)
@@ -122,7 +124,7 @@ def record_of(
     envelope = make_envelope(
         provider_name, body, content_type=content_type, method=method, query=query
     )
-    return provider(provider_name).normalize(parse_one(provider_name, envelope), src)
+    return provider(provider_name).normalize(parse_one(provider_name, envelope, src), src)
 
 
 def assert_every_field_lands(
@@ -159,6 +161,6 @@ def simulated_records(
         callback = adapter.simulate(random.Random(seed), NOW, source)
         envelope = envelope_of(provider_name, callback)
         adapter.authenticate(envelope, callback.headers, source, NOW.timestamp())
-        payload = parse_one(provider_name, envelope)
+        payload = parse_one(provider_name, envelope, source)
         out.append((payload, adapter.normalize(payload, source), callback.external_id))
     return out

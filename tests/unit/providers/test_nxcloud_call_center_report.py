@@ -370,20 +370,20 @@ def test_money_as_json_numbers_stays_exact() -> None:
 @pytest.mark.parametrize("body", ["", " \r\n "])
 def test_empty_body_is_rejected(body: str) -> None:
     with pytest.raises(Reject) as caught:
-        ADAPTER.parse(make_envelope(NAME, body, content_type=CT))
+        ADAPTER.parse(make_envelope(NAME, body, content_type=CT), make_source(NAME))
     assert caught.value.reason is Reason.EMPTY_BODY
 
 
 @pytest.mark.parametrize("body", ['{"callSessionId": NaN}', "{'a': 1}", "callSessionId=1"])
 def test_unparseable_body_is_rejected(body: str) -> None:
     with pytest.raises(Reject) as caught:
-        ADAPTER.parse(make_envelope(NAME, body, content_type=CT))
+        ADAPTER.parse(make_envelope(NAME, body, content_type=CT), make_source(NAME))
     assert caught.value.reason is Reason.UNPARSEABLE_BODY
 
 
 @pytest.mark.parametrize("body", ["[" + SAMPLE + "]", '"x"', "null"])
 def test_a_body_that_is_not_an_object_is_rejected(body: str) -> None:
-    (payload,) = ADAPTER.parse(make_envelope(NAME, body, content_type=CT))
+    (payload,) = ADAPTER.parse(make_envelope(NAME, body, content_type=CT), make_source(NAME))
     with pytest.raises(Reject) as caught:
         normalize(payload)
     assert caught.value.reason is Reason.NOT_AN_OBJECT

@@ -242,11 +242,11 @@ def test_raw_gbk_form_body() -> None:
     assert record.status is Status.BUSY
 
 
-def test_gbk_body_without_a_declared_charset_is_rejected() -> None:
-    body = "messageid=m-gbk&result=未接通".encode("gbk")
-    with pytest.raises(Reject) as caught:
-        ADAPTER.parse(make_envelope(NAME, body, content_type=FORM))
-    assert caught.value.reason is Reason.UNPARSEABLE_BODY
+def test_gbk_body_without_a_declared_charset_is_read_as_gb18030() -> None:
+    body = "messageid=m-gbk&result=未接通&ext=活动-7".encode("gbk")
+    record = record_of(NAME, body, content_type=FORM)
+    assert record.extra["result"] == "未接通"
+    assert record.user_data == "活动-7"
 
 
 def test_utf8_chinese_result_by_get() -> None:
@@ -435,7 +435,7 @@ def test_nothing_in_body_or_query_is_rejected() -> None:
         make_envelope(NAME, b"  ", content_type=FORM),
     ):
         with pytest.raises(Reject) as caught:
-            ADAPTER.parse(envelope)
+            ADAPTER.parse(envelope, make_source(NAME))
         assert caught.value.reason is Reason.EMPTY_BODY
 
 
@@ -444,7 +444,7 @@ def test_nothing_in_body_or_query_is_rejected() -> None:
 )
 def test_json_body_that_is_not_an_object(body: str, reason: Reason) -> None:
     with pytest.raises(Reject) as caught:
-        ADAPTER.parse(make_envelope(NAME, body, content_type="application/json"))
+        ADAPTER.parse(make_envelope(NAME, body, content_type="application/json"), make_source(NAME))
     assert caught.value.reason is reason
 
 
@@ -507,8 +507,7 @@ def test_simulate_sends_both_get_query_strings_and_post_form_bodies() -> None:
     assert all(c.body and not c.query and c.content_type == FORM for c in posts)
 
 
-def test_a_query_string_that_is_not_utf8_is_rejected_not_garbled() -> None:
+def test_a_query_string_that_is_not_utf8_is_read_as_gb18030_not_garbled() -> None:
     query = "messageid=m1&result=%B3%C9%B9%A6"  # GBK bytes in the URL: not UTF-8
-    with pytest.raises(Reject) as caught:
-        parse_one(NAME, make_envelope(NAME, b"", method="GET", query=query))
-    assert caught.value.reason is Reason.UNPARSEABLE_BODY
+    payload = parse_one(NAME, make_envelope(NAME, b"", method="GET", query=query))
+    assert payload["result"] == "成功"

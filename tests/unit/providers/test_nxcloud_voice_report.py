@@ -182,7 +182,7 @@ def test_batch_variant_is_a_json_array_of_reports() -> None:
     first = report(recordingFileId="rf-001", scriptId="sc-7", intent="A")
     second = report(voiceId="22121121451211349003", recordingFileId="rf-002", intent="B")
     envelope = make_envelope(NAME, json.dumps([first, second], default=str), content_type=CT)
-    payloads = ADAPTER.parse(envelope)
+    payloads = ADAPTER.parse(envelope, make_source(NAME))
     assert [p["voiceId"] for p in payloads] == ["22121121451211349002", "22121121451211349003"]
     records = [ADAPTER.normalize(p, make_source(NAME)) for p in payloads]
     assert [r.recording_url for r in records] == ["rf-001", "rf-002"]
@@ -194,7 +194,7 @@ def test_batch_variant_is_a_json_array_of_reports() -> None:
 
 def test_batch_item_that_is_not_an_object_is_rejected_alone() -> None:
     body = "[" + SAMPLE + ', "oops", 5, null]'
-    payloads = ADAPTER.parse(make_envelope(NAME, body, content_type=CT))
+    payloads = ADAPTER.parse(make_envelope(NAME, body, content_type=CT), make_source(NAME))
     assert len(payloads) == 4
     assert ADAPTER.normalize(payloads[0], make_source(NAME)).external_id == "22121121451211349002"
     for item in payloads[1:]:
@@ -205,7 +205,7 @@ def test_batch_item_that_is_not_an_object_is_rejected_alone() -> None:
 
 @pytest.mark.parametrize("body", ['"just a string"', "42", "null"])
 def test_a_body_that_is_not_an_object_is_rejected(body: str) -> None:
-    (payload,) = ADAPTER.parse(make_envelope(NAME, body, content_type=CT))
+    (payload,) = ADAPTER.parse(make_envelope(NAME, body, content_type=CT), make_source(NAME))
     with pytest.raises(Reject) as caught:
         ADAPTER.normalize(payload, make_source(NAME))
     assert caught.value.reason is Reason.NOT_AN_OBJECT
@@ -346,7 +346,7 @@ def test_status_of_an_unconnected_call(changes: dict[str, Any], status: Status) 
 @pytest.mark.parametrize("body", ["", "  \n", "[]", " [ ] "])
 def test_empty_body_or_empty_batch_is_rejected(body: str) -> None:
     with pytest.raises(Reject) as caught:
-        ADAPTER.parse(make_envelope(NAME, body, content_type=CT))
+        ADAPTER.parse(make_envelope(NAME, body, content_type=CT), make_source(NAME))
     assert caught.value.reason is Reason.EMPTY_BODY
 
 
@@ -355,7 +355,7 @@ def test_empty_body_or_empty_batch_is_rejected(body: str) -> None:
 )
 def test_unparseable_json_is_rejected(body: str) -> None:
     with pytest.raises(Reject) as caught:
-        ADAPTER.parse(make_envelope(NAME, body, content_type=CT))
+        ADAPTER.parse(make_envelope(NAME, body, content_type=CT), make_source(NAME))
     assert caught.value.reason is Reason.UNPARSEABLE_BODY
 
 

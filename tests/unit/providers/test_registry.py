@@ -39,5 +39,5 @@ def test_simulate_reports_the_call_it_is_asked_for(name: str) -> None:
     assert callback.external_id == "call-42"
     envelope = envelope_of(name, callback)
     provider.authenticate(envelope, callback.headers, source, NOW.timestamp())
-    (payload,) = provider.parse(envelope)
+    (payload,) = provider.parse(envelope, source)
     assert provider.normalize(payload, source).external_id == "call-42"

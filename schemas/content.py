@@ -1,0 +1,128 @@
+"""What makes two deliveries of one call "the same content": the canonical form of a record.
+
+A re-push is the same content when its normalized record is, compared column by column and
+over `extra`, after writing every value that can be spelled several ways in one way:
+
+- key order and whitespace of the body do not matter (the record is compared, not the body);
+- a number is its value: `15`, `15.0`, `1.5e1` and the string `"15"` are one; so are the
+  money strings `"0.01350"` and `"0.0135"` (a string counts as a number when it is written
+  as a JSON number: `"007"` and `"+1"` stay strings, so phone numbers never merge);
+- a time is its moment: columns hold UTC times; a time string left in `extra` is read in
+  its ISO (`T` or space) or Huawei (`yyyy/MM/dd,HH:mm:ss:SSS`) spelling, fraction zeros
+  dropped, an offset turned into UTC;
+- the provider's volatile fields (signature, nonce, timestamp) are not content;
+- `raw` is not content: it keeps what the first delivery of this content sent.
+
+Pure: no I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from schemas.jsoncodec import MAX_EXPANSION, MAX_NUMBER_TEXT, canonical_json, plain_length
+from schemas.record import CONTENT_COLUMNS, CallRecord
+
+# Bumped when the canonical form changes: hashes of one form never meet hashes of another.
+CONTENT_FORM = b"cdrflow.content/2\n"
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_ISO_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}")
+_SLASHED_TIME = re.compile(
+    r"([0-9]{4})/([0-9]{2})/([0-9]{2}),([0-9]{2}):([0-9]{2}):([0-9]{2})(?::([0-9]{1,3}))?"
+)
+_COMPARED_COLUMNS = tuple(c for c in CONTENT_COLUMNS if c not in ("raw", "extra"))
+
+
+def content_hash(record: CallRecord, volatile: frozenset[str]) -> bytes:
+    """SHA-256 of the record's canonical content (see the module doc)."""
+    return hashlib.sha256(
+        CONTENT_FORM + canonical_json(canonical_content(record, volatile))
+    ).digest()
+
+
+def canonical_content(record: CallRecord, volatile: frozenset[str]) -> dict[str, Any]:
+    content = {column: canonical(getattr(record, column)) for column in _COMPARED_COLUMNS}
+    content["extra"] = {
+        key: canonical(value) for key, value in record.extra.items() if key not in volatile
+    }
+    return content
+
+
+def canonical(value: Any) -> Any:
+    """One spelling of a value (nested values too)."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int | Decimal):
+        return _number(Decimal(value))
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, datetime):
+        return _moment(value)
+    if isinstance(value, Mapping):
+        return {str(k): canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [canonical(v) for v in value]
+    return str(value)
+
+
+def _number(number: Decimal) -> str:
+    if not number.is_finite():
+        return str(number)
+    if number.is_zero():
+        return "0"
+    reduced = number.normalize()
+    if plain_length(reduced) > MAX_EXPANSION * MAX_NUMBER_TEXT:
+        return str(reduced)  # kept short; such numbers only come from a column misfit
+    return format(reduced, "f")
+
+
+def _text(text: str) -> str:
+    if len(text) <= MAX_NUMBER_TEXT and _JSON_NUMBER.fullmatch(text):
+        try:
+            number = Decimal(text)
+        except InvalidOperation:  # pragma: no cover - the pattern is Decimal's syntax
+            return text
+        if plain_length(number) <= MAX_EXPANSION * len(text):
+            return _number(number)
+        return text
+    if _ISO_TIME.match(text):
+        return _iso_time(text)
+    slashed = _SLASHED_TIME.fullmatch(text)
+    if slashed:
+        return _slashed_time(text, slashed)
+    return text
+
+
+def _iso_time(text: str) -> str:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    return _moment(moment)
+
+
+def _slashed_time(text: str, match: re.Match[str]) -> str:
+    year, month, day, hour, minute, second, millis = match.groups()
+    micros = int(millis.ljust(3, "0")) * 1000 if millis else 0
+    try:
+        moment = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second), micros
+        )
+    except ValueError:
+        return text
+    return _moment(moment)
+
+
+def _moment(moment: datetime) -> str:
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+        suffix = "Z"
+    else:
+        suffix = ""
+    whole = moment.replace(microsecond=0).isoformat()
+    fraction = f"{moment.microsecond:06d}".rstrip("0")
+    return whole + ("." + fraction if fraction else "") + suffix

@@ -1,0 +1,123 @@
+"""Java's `Map.toString()` rendering, `{key=value, key=value}`, read back.
+
+The rendering is ambiguous: nothing is escaped, so a value holding `, name=` or braces
+looks like more fields. It is read with three aids:
+
+- anchors: a field boundary is a comma before a name the provider's document defines
+  (spaces around `=` and after the comma tolerated, as some senders write them), or a
+  comma before any other name in exactly Java's own form (`, name=`); a name met twice was
+  inside a value the first time (the real field follows, in Java's sorted rendering);
+- balanced braces and brackets: a comma inside `{...}` or `[...]` of a value (a nested map
+  or list) is never a boundary; when a body's braces do not balance they are ignored;
+- the signature, when the source signs: `splits` yields every reading in a fixed order,
+  the deterministic one first, and the ingress accepts the first that verifies.
+
+Reading is linear in the text."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from schemas.providers.errors import Reason, Reject
+
+_BOUNDARY = re.compile(r",(\s*)([A-Za-z_][A-Za-z0-9_.]*)(\s*)=")
+_OPENING, _CLOSING = "{[", "}]"
+# Beyond this many fields (an event has 21), no reading merges two fields: each would cost
+# a pass over the text.
+MAX_FIELDS_TO_MERGE = 64
+
+
+def splits(text: str, documented: frozenset[str]) -> Iterator[dict[str, Any]]:
+    """The distinct readings of `text`, lazily: the deterministic one (`read`) first, then
+    the documented names alone, then every name, then, for a rendering of at most
+    `MAX_FIELDS_TO_MERGE` fields, the deterministic one with one boundary fewer each (a
+    value holding `, caller=`). Each reading is linear in the text."""
+    inner = _inside_braces(text)
+    depth = _depths(inner)
+    candidates = [m for m in _BOUNDARY.finditer(inner) if depth[m.start()] == 0]
+    anchored = _anchored(candidates, documented)
+    first = _last_of_each_name(anchored)
+    merged = (
+        ([m.start() for m in anchored if m is not dropped] for dropped in anchored)
+        if len(anchored) <= MAX_FIELDS_TO_MERGE
+        else iter(())
+    )
+    cut_sets = itertools.chain(
+        [first, [m.start() for m in candidates if m.group(2) in documented]],
+        [[m.start() for m in candidates]],
+        merged,
+    )
+    seen: set[tuple[int, ...]] = set()
+    for cuts in cut_sets:
+        if tuple(cuts) not in seen:
+            seen.add(tuple(cuts))
+            yield _fields(inner, cuts)
+
+
+def read(text: str, documented: frozenset[str]) -> dict[str, Any]:
+    """The deterministic reading (see the module doc); `null` is None."""
+    return next(splits(text, documented))
+
+
+def render(fields: Mapping[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}={render_value(v)}" for k, v in fields.items()) + "}"
+
+
+def render_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)  # a Decimal keeps its own text: 0.50 stays 0.50, 1e9 is never expanded
+
+
+def _inside_braces(text: str) -> str:
+    inner = text.strip()
+    if not (inner.startswith("{") and inner.endswith("}")):
+        raise Reject(Reason.UNPARSEABLE_BODY, "body is neither JSON, form data nor {k=v, ...}")
+    return inner[1:-1]
+
+
+def _anchored(candidates: list[re.Match[str]], documented: frozenset[str]) -> list[re.Match[str]]:
+    """Boundaries before documented names and in Java's own `, name=` form."""
+    return [
+        m for m in candidates if m.group(2) in documented or (m.group(1) == " " and not m.group(3))
+    ]
+
+
+def _last_of_each_name(anchored: list[re.Match[str]]) -> list[int]:
+    """A name that appears twice was inside a value the first time (in Java's sorted
+    rendering the real field comes later): only its last boundary counts."""
+    last = {m.group(2): m.start() for m in anchored}
+    return [m.start() for m in anchored if last[m.group(2)] == m.start()]
+
+
+def _fields(inner: str, cuts: list[int]) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if not inner.strip():
+        return fields
+    for start, end in zip([-1, *cuts], [*cuts, len(inner)], strict=True):
+        pair = inner[start + 1 : end]
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise Reject(Reason.UNPARSEABLE_BODY, f"{pair.strip()[:40]!r} is not key=value")
+        value = value.strip()
+        fields[key.strip()] = None if value == "null" else value
+    return fields
+
+
+def _depths(text: str) -> list[int]:
+    """Brace and bracket depth at each character; all 0 when they do not balance."""
+    depths, depth = [], 0
+    for char in text:
+        if char in _CLOSING:
+            depth -= 1
+            if depth < 0:
+                return [0] * len(text)
+        depths.append(depth)
+        if char in _OPENING:
+            depth += 1
+    return depths if depth == 0 else [0] * len(text)
