@@ -50,5 +50,12 @@ bench: install
 deploy-check: install
 	bash deploy/check.sh
 
+# The fault suite (README "Fault suite"): its own RabbitMQ node (5701) and PostgreSQL
+# (5433), wrk load, six faults one at a time, a table; exit 1 if a success is lost.
+.PHONY: chaos
+chaos: install
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(BIN)/python -m tests.chaos.run $(CHAOS_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
