@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import random
 from typing import Any
+from urllib.parse import urlsplit
 
 import aio_pika
 import aiormq
@@ -52,10 +55,49 @@ def raw_message(encoded_envelopes: list[bytes]) -> aio_pika.Message:
     )
 
 
+def broker_urls(setting: str) -> list[str]:
+    """The nodes `CDRFLOW_AMQP_URL` names: one URL, or the nodes of a cluster separated by
+    commas (a comma inside a password must be percent-encoded, as in any URL)."""
+    urls = [url.strip() for url in setting.split(",") if url.strip()]
+    if not urls:
+        raise ValueError("no RabbitMQ URL given")
+    return urls
+
+
+def node_address(url: str) -> str:
+    """host:port of a broker URL, for logs: never its credentials."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or (5671 if parts.scheme == 'amqps' else 5672)}"
+
+
+# Each connection starts at the next node of the list, from a random first one per process:
+# the connections of many processes spread over a cluster, and a lost node is passed over.
+_next_node = itertools.count(random.randrange(1 << 16))
+
+
 async def connect(url: str, name: str) -> AbstractConnection:
-    return await aio_pika.connect(
+    """Connect to the first node of `url` (see `broker_urls`) that answers; when none does,
+    the last node's error is raised."""
+    urls = broker_urls(url)
+    first = next(_next_node) % len(urls)
+    *others, last = urls[first:] + urls[:first]
+    for node in others:
+        try:
+            return await _connect_node(node, name, cluster=True)
+        except Exception as exc:  # whatever ails this node, the next one may answer
+            log.debug(
+                "broker_node_unreachable", connection=name, node=node_address(node), error=str(exc)
+            )
+    return await _connect_node(last, name, cluster=bool(others))
+
+
+async def _connect_node(url: str, name: str, *, cluster: bool) -> AbstractConnection:
+    connection = await aio_pika.connect(
         url, timeout=CONNECT_TIMEOUT, client_properties={"connection_name": name}
     )
+    if cluster:  # which node a connection went to matters once there are several
+        log.info("broker_node_connected", connection=name, node=node_address(url))
+    return connection
 
 
 async def declare(channel: AbstractChannel, topology: Topology) -> dict[str, AbstractExchange]:
