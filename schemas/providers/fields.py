@@ -157,7 +157,7 @@ class Fields:
         value = self.take(key)
         if is_blank(value):
             return ()
-        if isinstance(value, list) and all(isinstance(v, str | int) for v in value):
+        if isinstance(value, list) and all(isinstance(v, str | int | Decimal) for v in value):
             return tuple(str(v).strip() for v in value if str(v).strip())
         if isinstance(value, str):
             return tuple(v.strip() for v in value.split(",") if v.strip())

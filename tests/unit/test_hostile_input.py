@@ -211,6 +211,7 @@ CC = {
     "labels": ["a", "b"],
     "remark": "1.50",
     "settled": 12,
+    "tags": [1, 2],
 }
 
 
@@ -232,6 +233,7 @@ def cc(document: dict[str, Any] | str) -> Sample:
         json.dumps({**CC, "remark": "1.5"}),
         json.dumps({**CC, "answerTime": "2023-11-17T13:42:33"}),  # equivalent time spellings
         json.dumps({**CC, "callEndTime": "2023-11-17 13:42:48.000"}),
+        json.dumps(CC).replace('"tags": [1, 2]', '"tags": [1.0, 2e0]'),
     ],
 )
 def test_equivalent_spellings_are_the_same_content(variant: str) -> None:
@@ -253,6 +255,14 @@ def test_equivalent_spellings_are_the_same_content(variant: str) -> None:
 )
 def test_a_real_change_is_new_content(change: dict[str, Any]) -> None:
     assert digest(cc({**CC, **change})) != digest(cc(CC))
+
+
+def test_labels_spelled_as_numbers_are_one_content() -> None:
+    # Found by the fuzzer: [1.0] was not read as labels while [1] was.
+    plain = json.dumps({**CC, "labels": [1, 2]})
+    assert digest(cc(plain.replace('"labels": [1, 2]', '"labels": [1.0, 2e0]'))) == digest(
+        cc(plain)
+    )
 
 
 def test_phone_numbers_that_differ_in_leading_zeros_stay_different() -> None:
