@@ -83,7 +83,7 @@ class Settle:
     amqp_url: str
     raw_queue: str
     spool_records: Callable[[], float | None]
-    timeout: float = 180
+    timeout: float = 120
     quiet_seconds: float = 20  # nothing moves for this long: what is missing stays missing
 
 
