@@ -1,14 +1,50 @@
 """The health and metrics endpoints both processes serve: /healthz (the process is alive),
-/readyz (it can do its work now: 200, else 503) and /metrics (Prometheus text format)."""
+/readyz (it can do its work now: 200, else 503) and /metrics (Prometheus text format), and
+what every process's metrics registry holds besides its own metrics."""
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from aiohttp import web
+from prometheus_client import (
+    CollectorRegistry,
+    Gauge,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from schemas.record import SCHEMA_VERSION
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("cdrflow")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree never installed
+        return "unknown"
+
+
+def process_registry() -> CollectorRegistry:
+    """A registry of one process's own (one per app, so tests can run several in one
+    interpreter), with what the global registry would have had: the process_* and python_*
+    collectors, and cdrflow_build_info."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    build = Gauge(
+        "cdrflow_build_info",
+        "Always 1: the running release and the schema_version of the records it writes",
+        ["version", "schema_version"],
+        registry=registry,
+    )
+    build.labels(version(), str(SCHEMA_VERSION)).set(1)
+    return registry
 
 
 def add_health_routes(

@@ -67,7 +67,7 @@ def create_app(
     settings: Settings, sources: Sources, registry: Registry | None = None
 ) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
-    metrics = IngressMetrics()
+    metrics = IngressMetrics(sources)
     inflight = InflightBytes(settings.max_inflight_bytes, metrics.inflight_bytes)
     app[INGRESS] = Ingress(settings, sources, registry or default_registry(), metrics, inflight)
     app.cleanup_ctx.append(broker_ctx)

@@ -1,21 +1,44 @@
-"""Prometheus metrics of the ingress, in a registry of its own (one per app)."""
+"""Prometheus metrics of the ingress, in a registry of its own (one per app).
+
+Every label value known in advance is there from start-up at zero, so that `rate()` and
+`increase()` in alert rules have a series to work on before the first event."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import Counter, Gauge, Histogram, generate_latest
+
+from cdrflow.health import process_registry
+from schemas.providers.answers import Outcome
 
 if TYPE_CHECKING:
     from ingress.spool import Spool
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
+NO_SOURCE = "-"  # the source label of a request whose path names no source
+NOT_FOUND = "not_found"  # its outcome
+# The reasons `ingress.edge.unroutable_reason`, `body_error_reason` and the unrouted
+# handler give.
+UNROUTABLE_REASONS = (
+    "line_too_long",
+    "bad_request_line",
+    "bad_headers",
+    "bad_content_encoding",
+    "incomplete_body",
+    "bad_chunk",
+    "no_route",
+)
+# The exceptions a publish to RabbitMQ usually ends with (the label is the type's name).
+PUBLISH_FAILURES = ("BrokerUnavailable", "TimeoutError", "DeliveryError")
+
 
 class IngressMetrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+    def __init__(self, sources: Iterable[str] = ()) -> None:
+        self.registry = process_registry()
         self.requests = Counter(
             "cdrflow_ingress_requests",
             "Callback requests by source and outcome",
@@ -63,6 +86,7 @@ class IngressMetrics:
             "Body bytes held by requests that are being read or made durable",
             registry=self.registry,
         )
+
         self.spool_records = Gauge(
             "cdrflow_spool_records",
             "Callbacks in the local spool, not yet confirmed by RabbitMQ",
@@ -98,6 +122,18 @@ class IngressMetrics:
             "Torn or damaged records found in the spool and skipped",
             registry=self.registry,
         )
+
+        self._start_at_zero(sources)
+
+    def _start_at_zero(self, sources: Iterable[str]) -> None:
+        for source in sources:
+            for outcome in Outcome:
+                self.requests.labels(source, outcome.value)
+        self.requests.labels(NO_SOURCE, NOT_FOUND)
+        for reason in UNROUTABLE_REASONS:
+            self.unroutable.labels(reason)
+        for reason in PUBLISH_FAILURES:
+            self.publish_failures.labels(reason)
 
     def watch_spool(self, spool: Spool) -> None:
         self.spool_records.set_function(lambda: spool.records)

@@ -63,6 +63,7 @@ class Pipeline:
             for envelope in envelopes:
                 normalized.extend(normalize_envelope(envelope, self.sources, self.providers))
         result = await self.store.write(normalized)
+        self.metrics.observe_lag(d.received_at for d in normalized.deliveries)
         for message, _ in decoded:
             await message.ack()
             unsettled.remove(message)
