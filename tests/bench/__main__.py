@@ -1,0 +1,210 @@
+"""`make bench`: one table of what the pipeline does on this machine, each figure next to
+the limit it is measured against in the same run (see tests/bench/__init__.py).
+
+    make bench                          # about 5 to 10 minutes
+    make bench BENCH_ARGS=--full        # adds the 1,000,000-message backlog
+    make bench BENCH_ARGS="--smoke --shared"   # seconds per figure: proves it runs"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cdrflow import logs
+from tests.bench import drain, flow, hostile, limits, machine, serving
+from tests.bench.mix import write_wrk_requests
+from tests.bench.options import Options
+from tests.bench.processes import bench_settings
+from tests.bench.services import Services, services
+from tests.bench.table import Table, ratio
+from tests.bench.wrk import require_wrk
+
+
+def _say(text: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+async def run(options: Options, where: Services, workdir: Path) -> Table:
+    table = Table()
+    table.header = await machine.describe(where, bench_settings(where.amqp_url, "", workdir))
+    try:
+        await _measure(table, options, where, workdir)
+    finally:
+        await where.drop_databases()
+    return table
+
+
+async def _measure(table: Table, options: Options, where: Services, workdir: Path) -> None:
+    _say(f"writing {options.templates} wrk requests")
+    typical_body = write_wrk_requests(options.requests_file, options.templates)
+    table.header.append(
+        f"load: wrk, the four providers' simulate(), {options.templates} distinct requests "
+        f"(mean body {typical_body} B), about 10% re-pushes, 1% malformed"
+    )
+
+    _say("ingress and bare handler")
+    await serving.measure(table, where, options, workdir)
+
+    _say("publish limit")
+    publish = await limits.publish_limit(where, options)
+    table.add(
+        "limit.publish",
+        "publish limit: confirmed persistent publishes, quorum queue, aio-pika",
+        publish,
+        "msg/s",
+        f"{limits.IN_FLIGHT} in flight, one message each",
+    )
+
+    _say(f"one worker draining a {options.backlog:,} backlog")
+    drained_db = await where.fresh_database("drain")
+    drained = await drain.drain(where, drained_db, options.backlog, workdir)
+    drain_rate = drained.callbacks / drained.seconds
+    table.add(
+        "drain.rate",
+        f"one worker draining a {options.backlog:,}-callback backlog",
+        drain_rate,
+        "callbacks/s",
+        f"{ratio(drain_rate, publish)} of publish limit",
+    )
+    table.add(
+        "drain.cpu",
+        "... its CPU per callback",
+        drained.cpu_seconds / drained.callbacks * 1e6,
+        "µs",
+        "utime+stime of the worker process",
+    )
+    table.add("drain.rss", "... its peak RSS", drained.rss_mb, "MB")
+
+    _say("database limit")
+    database = await limits.database_limit(drained_db)
+    await where.drop(drained_db)
+    table.add(
+        "limit.database",
+        "database limit: staged COPY upsert of the same rows",
+        database,
+        "rows/s",
+        f"{limits.BATCH} rows a transaction, one connection",
+    )
+    table.rows["drain.rate"].detail += f", {ratio(drain_rate, database)} of database limit"
+
+    for count in options.end_to_end_workers:
+        _say(f"end to end, {count} worker(s)")
+        url = await where.fresh_database(f"e2e{count}")
+        result = await flow.end_to_end(where, url, options, count, workdir)
+        await where.drop(url)
+        rate = result.callbacks / result.seconds
+        key = "end_to_end" if count == options.end_to_end_workers[0] else f"end_to_end.{count}"
+        table.add(
+            key,
+            f"end to end, HTTP to committed and published, 1 ingress, {count} worker(s)",
+            rate,
+            "callbacks/s",
+            f"{ratio(rate, publish)} of publish limit, {ratio(rate, database)} of database limit; "
+            f"{result.records:,} records on the bound queue from {result.callbacks:,} callbacks",
+        )
+
+    first_growing = 0
+    for index, rate in enumerate(options.lag_rates, start=1):
+        _say(f"lag at {rate}/s offered")
+        url = await where.fresh_database(f"lag{rate}")
+        lag = await flow.lag(where, url, options, rate, workdir)
+        await where.drop(url)
+        if lag.grows and not first_growing:
+            first_growing = rate
+        table.add(
+            f"lag.{index}",
+            f"stored_at - received_at at {rate:,}/s offered (achieved {lag.achieved:,.0f}/s)",
+            lag.p99_ms,
+            "ms p99",
+            f"p50 {lag.p50_ms:.0f} ms; {'grows' if lag.grows else 'steady'}",
+        )
+    if first_growing:
+        steady = [r for r in options.lag_rates if r < first_growing]
+        between = f"steady at {max(steady):,}/s" if steady else "at the lowest rate tried"
+        table.add("lag.grows_from", "lag starts to grow at", first_growing, "callbacks/s", between)
+    else:
+        table.add(
+            "lag.grows_from",
+            "lag starts to grow above",
+            max(options.lag_rates),
+            "callbacks/s",
+            "steady at every rate tried",
+        )
+
+    _say("hostile inputs")
+    typical = await hostile.typical(where, options, workdir)
+    table.add(
+        "hostile.typical",
+        "worker time per input byte, typical callbacks",
+        typical.microseconds_per_byte,
+        "µs/B",
+        f"{typical.requests:,} callbacks in {typical.seconds:.1f} s",
+    )
+    for key, (what, _) in hostile.CASES.items():
+        cost = await hostile.hostile(where, options, workdir, key)
+        done = "" if cost.finished else f"NOT DONE in {cost.seconds:.0f} s; "
+        table.add(
+            key,
+            f"... {what}",
+            cost.microseconds_per_byte,
+            "µs/B",
+            f"{done}{ratio(cost.microseconds_per_byte, typical.microseconds_per_byte)} x typical"
+            f"; {cost.body_bytes // cost.requests:,} B,"
+            f" {cost.seconds / cost.requests:.2f} s a request",
+        )
+
+    if options.million:
+        _say(f"a worker facing {options.million:,} messages")
+        url = await where.fresh_database("million")
+        rss = await drain.big_backlog_rss(
+            where, url, options.million, options.million_seconds, workdir
+        )
+        await where.drop(url)
+        table.add(
+            "drain.rss_million",
+            f"worker peak RSS, {options.million:,}-message backlog",
+            rss,
+            "MB",
+            f"over its first {options.million_seconds:.0f} s of draining",
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--smoke", action="store_true", help="seconds per figure: proves the bench runs"
+    )
+    parser.add_argument("--full", action="store_true", help="add the 1,000,000-message backlog")
+    parser.add_argument(
+        "--shared",
+        action="store_true",
+        help="use the shared RabbitMQ and PostgreSQL (unique names), not private ones",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="worker processes of the end-to-end runs (default: 1 2)",
+    )
+    parser.add_argument("--json", type=Path, help="also write the table here as JSON")
+    args = parser.parse_args()
+    require_wrk()
+    logs.configure("warning", "console")
+    with tempfile.TemporaryDirectory(prefix="cdrflow-bench-") as directory:
+        workdir = Path(directory)
+        options = Options.from_args(args, workdir)
+        with services(shared=args.shared) as where:
+            table = asyncio.run(run(options, where, workdir))
+    print(table.render())
+    if args.json:
+        args.json.write_text(json.dumps(table.as_json(), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""The whole pipeline under wrk: HTTP to committed and published, a downstream quorum
+queue bound to the records exchange.
+
+- end to end: wrk at 256 connections for a while, as fast as the ingress answers, then
+  until every callback answered 200 is stored and every record is on the downstream queue;
+  callbacks/s over that whole time;
+- lag: `stored_at - received_at` (ingress to first commit) of the calls received while
+  wrk offers a fixed rate (paced by callbacks.lua), one worker; it grows when the median
+  lag of the last third of the window is more than twice the first third's plus 50 ms."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from tests.bench.options import Options
+from tests.bench.pipeline import topology, until_drained
+from tests.bench.processes import bench_settings, ingress, workers
+from tests.bench.services import Services
+from tests.bench.wrk import Load, run_wrk
+
+CONNECTIONS = 256
+
+
+@dataclass(frozen=True)
+class EndToEnd:
+    callbacks: int
+    records: int
+    seconds: float
+    load: Load
+
+
+async def end_to_end(
+    services: Services, database_url: str, options: Options, worker_count: int, workdir: Path
+) -> EndToEnd:
+    settings = bench_settings(services.amqp_url, database_url, workdir)
+    db = await asyncpg.connect(database_url)
+    try:
+        async with (
+            topology(settings) as broker,
+            workers(settings, workdir, worker_count),
+            ingress(settings, workdir) as served,
+        ):
+            await broker.until_consumed_by(worker_count)
+            started = time.monotonic()
+            load = await run_wrk(
+                served.url,
+                options.requests_file,
+                connections=CONNECTIONS,
+                seconds=options.end_to_end_seconds,
+            )
+            drained = await until_drained(broker, db, at_least=load.requests - load.failed)
+    finally:
+        await db.close()
+    return EndToEnd(drained.callbacks, drained.records, drained.finished - started, load)
+
+
+@dataclass(frozen=True)
+class Lag:
+    offered: float
+    achieved: float
+    p50_ms: float
+    p99_ms: float
+    grows: bool
+
+
+_LAG = """
+WITH lag AS (
+    SELECT received_at, extract(epoch FROM stored_at - received_at) * 1000 AS ms,
+           ntile(3) OVER (ORDER BY received_at) AS third
+    FROM call_records)
+SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS p50,
+       percentile_cont(0.99) WITHIN GROUP (ORDER BY ms) AS p99,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) FILTER (WHERE third = 1) AS first,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) FILTER (WHERE third = 3) AS last
+FROM lag
+"""
+
+
+async def lag(
+    services: Services, database_url: str, options: Options, rate: int, workdir: Path
+) -> Lag:
+    settings = bench_settings(services.amqp_url, database_url, workdir)
+    db = await asyncpg.connect(database_url)
+    try:
+        async with (
+            topology(settings) as broker,
+            workers(settings, workdir),
+            ingress(settings, workdir) as served,
+        ):
+            await broker.until_consumed_by(1)
+            load = await run_wrk(
+                served.url,
+                options.requests_file,
+                connections=CONNECTIONS,
+                seconds=options.lag_seconds,
+                rate=rate,
+            )
+            await until_drained(broker, db, at_least=load.requests - load.failed)
+            row = await db.fetchrow(_LAG)
+            assert row is not None  # an aggregate always has its row
+    finally:
+        await db.close()
+    grows = row["last"] > 2 * row["first"] + 50
+    return Lag(rate, load.rate, row["p50"], row["p99"], grows)

@@ -1,0 +1,49 @@
+"""How long and how big each measurement is: the default run (about 5 to 10 minutes),
+`--smoke` (seconds each: proves the bench works, measures nothing worth quoting) and
+`--full` (adds the 1,000,000-message backlog)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Options:
+    requests_file: Path
+    templates: int  # distinct wrk requests (the file is sent in a loop)
+    http_seconds: float
+    publish_seconds: float
+    end_to_end_seconds: float
+    end_to_end_workers: tuple[int, ...]
+    backlog: int
+    lag_rates: tuple[int, ...]
+    lag_seconds: float
+    hostile_scale: float  # 1.0: bodies near the 1 MiB limit
+    hostile_typical: int
+    million: int  # messages of the big backlog (0: skipped)
+    million_seconds: float
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, workdir: Path) -> Options:
+        requests_file = workdir / "requests.bin"
+        if args.smoke:
+            return cls(
+                requests_file, 3000, 1, 1, 2, (1,), 2000, (100, 200, 400), 2, 0.05, 300, 0, 0
+            )
+        return cls(
+            requests_file,
+            templates=60_000,
+            http_seconds=5,
+            publish_seconds=5,
+            end_to_end_seconds=10,
+            end_to_end_workers=tuple(args.workers),
+            backlog=100_000,
+            lag_rates=(1000, 2000, 3000, 4000) if args.full else (1000, 2000, 4000),
+            lag_seconds=10,
+            hostile_scale=1.0,
+            hostile_typical=5000,
+            million=1_000_000 if args.full else 0,
+            million_seconds=90,
+        )

@@ -1,0 +1,152 @@
+"""What the pipeline measurements share: the topology with a downstream quorum queue bound
+to the records exchange, a backlog put straight on the raw queue, and waiting until the
+database holds every callback (as a delivery or a rejection) and every record is on the
+downstream queue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import aio_pika
+import asyncpg
+from aio_pika.abc import AbstractChannel
+
+from cdrflow.amqp import declare, raw_message
+from cdrflow.settings import Settings
+from tests.bench.mix import Callback
+
+ENVELOPES_PER_MESSAGE = 32  # about what the ingress coalesces under load
+PUBLISHERS = 64
+
+
+@dataclass
+class Broker:
+    channel: AbstractChannel
+    settings: Settings
+
+    @property
+    def downstream(self) -> str:
+        return f"{self.settings.records_exchange}.downstream"
+
+    async def consumers(self) -> int:
+        declared = await self.channel.declare_queue(self.settings.raw_queue, passive=True)
+        return int(declared.declaration_result.consumer_count or 0)
+
+    async def until_consumed_by(self, count: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while await self.consumers() < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fewer than {count} workers consume {self.settings.raw_queue}")
+            await asyncio.sleep(0.05)
+
+    async def depth(self, queue: str) -> int:
+        declared = await self.channel.declare_queue(queue, passive=True)
+        count = declared.declaration_result.message_count
+        return int(count or 0)
+
+
+@contextlib.asynccontextmanager
+async def topology(settings: Settings) -> AsyncIterator[Broker]:
+    """The topology, a downstream quorum queue bound to every record; all deleted after."""
+    connection = await aio_pika.connect(settings.amqp_url)
+    try:
+        channel = await connection.channel()
+        exchanges = await declare(channel, settings.topology())
+        broker = Broker(channel, settings)
+        queue = await channel.declare_queue(
+            broker.downstream, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await queue.bind(exchanges[settings.records_exchange], routing_key="#")
+        try:
+            yield broker
+        finally:
+            names = settings.topology()
+            for name in (
+                names.raw_queue.name,
+                names.dead_queue.name,
+                broker.downstream,
+                names.records_stream.name,
+            ):
+                await channel.queue_delete(name)
+            for name in (settings.records_exchange, settings.dead_exchange):
+                await channel.exchange_delete(name)
+    finally:
+        await connection.close()
+
+
+async def fill(
+    broker: Broker, backlog: Iterable[Callback], per_message: int = ENVELOPES_PER_MESSAGE
+) -> int:
+    """Put the callbacks on the raw queue as the ingress would have (confirmed); returns
+    how many."""
+    now = datetime.now(UTC)
+    chunks: list[list[bytes]] = [[]]
+    for callback in backlog:
+        if len(chunks[-1]) == per_message:
+            chunks.append([])
+        chunks[-1].append(callback.envelope(now).encode())
+    pending = iter(chunks)
+
+    async def publisher() -> None:
+        for chunk in pending:
+            await broker.channel.default_exchange.publish(
+                raw_message(chunk), routing_key=broker.settings.raw_queue, mandatory=True
+            )
+
+    await asyncio.gather(*(publisher() for _ in range(PUBLISHERS)))
+    return sum(len(chunk) for chunk in chunks)
+
+
+async def stored(db: asyncpg.Connection) -> int:
+    """Callbacks the workers are done with: each is a delivery or a rejection."""
+    value = await db.fetchval(
+        "SELECT (SELECT count(*) FROM deliveries) + (SELECT count(*) FROM rejected_callbacks)"
+    )
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Drained:
+    callbacks: int
+    records: int  # published: new records and new revisions
+    finished: float  # time.monotonic() when the last one was seen
+
+
+async def until_drained(
+    broker: Broker,
+    db: asyncpg.Connection,
+    *,
+    at_least: int,
+    quiet_seconds: float = 3.0,
+    timeout: float = 900,
+) -> Drained:
+    """Wait until `at_least` callbacks are stored (or, short of that, nothing moved for
+    `quiet_seconds` with the raw queue empty), the outbox is empty and every record is on
+    the downstream queue."""
+    deadline = time.monotonic() + timeout
+    last_change, last = time.monotonic(), (-1, -1)
+    while time.monotonic() < deadline:
+        done = await stored(db)
+        published = int(await db.fetchval("SELECT coalesce(sum(revision), 0) FROM call_records"))
+        outbox = int(await db.fetchval("SELECT count(*) FROM outbox"))
+        downstream = await broker.depth(broker.downstream)
+        now = time.monotonic()
+        if (done, downstream) != last:
+            last, last_change = (done, downstream), now
+        # sum(revision) is what was published, unless a content came back (then less)
+        settled = outbox == 0 and (downstream >= published or now - last_change > quiet_seconds)
+        if settled and done >= at_least:
+            return Drained(done, downstream, now)
+        if (
+            settled
+            and now - last_change > quiet_seconds
+            and await broker.depth(broker.settings.raw_queue) == 0
+        ):
+            return Drained(done, downstream, last_change)
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"not drained in {timeout} s: {last}")

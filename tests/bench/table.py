@@ -1,0 +1,92 @@
+"""The one table `make bench` prints: each figure under a stable key (the smoke test checks
+that every key is there and every figure positive), with its ratio to a same-run limit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Every row a table may have, in the order it is printed; `--smoke` fills all of them but
+# NOT_ALWAYS.
+ROWS = (
+    "bare.64.keepalive",
+    "bare.64.close",
+    "bare.256.keepalive",
+    "bare.256.close",
+    "ingress.64.keepalive",
+    "ingress.64.close",
+    "ingress.256.keepalive",
+    "ingress.256.close",
+    "ingress.rss",
+    "limit.publish",
+    "limit.database",
+    "end_to_end",
+    "end_to_end.2",
+    "drain.rate",
+    "drain.cpu",
+    "drain.rss",
+    "lag.1",
+    "lag.2",
+    "lag.3",
+    "lag.4",
+    "lag.grows_from",
+    "hostile.typical",
+    "hostile.versions",
+    "hostile.deep",
+    "hostile.array",
+    "hostile.string",
+    "hostile.numbers",
+)
+OPTIONAL_ROWS = ("drain.rss_million",)
+# Only in some runs: a second end-to-end worker count, a fourth lag rate (--full).
+NOT_ALWAYS = frozenset({"end_to_end.2", "lag.4", *OPTIONAL_ROWS})
+
+
+@dataclass
+class Row:
+    key: str
+    what: str
+    value: float
+    unit: str
+    detail: str = ""  # latencies, ratios to the same-run limits
+
+
+@dataclass
+class Table:
+    header: list[str] = field(default_factory=list)
+    rows: dict[str, Row] = field(default_factory=dict)
+
+    def add(self, key: str, what: str, value: float, unit: str, detail: str = "") -> Row:
+        row = Row(key, what, value, unit, detail)
+        self.rows[key] = row
+        return row
+
+    def render(self) -> str:
+        lines = [*self.header, ""]
+        lines.append("| measure | value | detail |")
+        lines.append("|---|---:|---|")
+        for key in (*ROWS, *OPTIONAL_ROWS):
+            row = self.rows.get(key)
+            if row is not None:
+                lines.append(f"| {row.what} | {_number(row.value)} {row.unit} | {row.detail} |")
+        return "\n".join(lines)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "header": self.header,
+            "rows": {
+                k: {"value": r.value, "unit": r.unit, "detail": r.detail}
+                for k, r in self.rows.items()
+            },
+        }
+
+
+def _number(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def ratio(value: float, limit: float) -> str:
+    return f"{value / limit:.2f}" if limit > 0 else "n/a"
