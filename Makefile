@@ -42,7 +42,10 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# One table of the pipeline against the same-run limits of this machine (README,
+# Benchmarks): about 5 to 10 minutes; BENCH_ARGS=--full adds a 1,000,000-message backlog.
 bench: install
+	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
 # deploy/ without a container engine: overlays, compose, Dockerfile, alert rules, units.
