@@ -148,8 +148,9 @@ class Worker:
 
 def _log_database_unavailable(state: RetryCallState) -> None:
     error = state.outcome.exception() if state.outcome is not None else None
-    if isinstance(error, SchemaOutdated):
-        log.error("database_schema_outdated", error=str(error), hint="run `cdrflow migrate`")
+    if isinstance(error, SchemaOutdated):  # an operator must act: say so louder
+        level = log.error if is_loud(state) else log.debug
+        level("database_schema_outdated", **retry_fields(state), hint="run `cdrflow migrate`")
         return
     level = log.warning if is_loud(state) else log.debug
     level("database_unavailable", **retry_fields(state))
