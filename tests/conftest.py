@@ -20,7 +20,7 @@ from tests.support.env import AMQP_URL, POSTGRES_URL, RUN_ID, drop_database, uni
 from tests.support.sources import load_test_sources
 from workers.migrate import migrate
 
-TABLES = ("call_records", "deliveries", "rejected_callbacks", "outbox")
+TABLES = ("call_records", "record_revisions", "deliveries", "rejected_callbacks", "outbox")
 INTEGRATION = Path(__file__).parent / "integration"
 # Every fixture that reaches RabbitMQ or PostgreSQL needs one of these (db and settings
 # build on database_url).

@@ -13,7 +13,7 @@ from schemas.record import RECORD_COLUMNS
 # migrations): a batch is COPYed here, then upserted. ON COMMIT DELETE ROWS empties it.
 STAGE_TABLE = "cdr_stage"
 STAGE_COLUMNS: tuple[str, ...] = (
-    "round",
+    "ordinal",
     "deliveries",
     "first_received_at",
     "last_received_at",
@@ -24,7 +24,7 @@ STAGE_COLUMNS: tuple[str, ...] = (
 )
 _CREATE_STAGE = f"""
 CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} ON COMMIT DELETE ROWS AS
-SELECT 0::integer AS round, 0::integer AS deliveries,
+SELECT 0::integer AS ordinal, 0::integer AS deliveries,
        received_at AS first_received_at, received_at AS last_received_at,
        content_ingest_id AS ingest_id, content_item AS item, content_hash,
        {", ".join(RECORD_COLUMNS)}

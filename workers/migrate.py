@@ -1,11 +1,15 @@
 """`cdrflow migrate`: create the database if it is missing, then apply the versioned SQL
 steps in `workers/migrations/` that it has not seen, each in its own transaction, under an
-advisory lock so that concurrent runs are safe. Running it again changes nothing."""
+advisory lock so that concurrent runs are safe. Running it again changes nothing.
+
+A step that SQL alone cannot do has its Python part in `AFTER_STEP`, run in the step's
+transaction right after its SQL."""
 
 from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 from urllib.parse import unquote, urlsplit
@@ -13,11 +17,16 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 
 from cdrflow.logs import get_logger
+from workers.rehash import rehash_stored_contents
 
 log = get_logger("cdrflow.migrate")
 
 _LOCK_KEY = 0x63647266  # "cdrf": serializes concurrent migrate runs
 _STEP = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
+# 3: the content hash now covers the normalized record, not the payload.
+AFTER_STEP: dict[int, Callable[[asyncpg.Connection], Awaitable[int]]] = {
+    3: rehash_stored_contents,
+}
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,8 @@ async def migrate(url: str) -> list[int]:
                 continue
             async with connection.transaction():
                 await connection.execute(step.sql)
+                if step.version in AFTER_STEP:
+                    await AFTER_STEP[step.version](connection)
                 await connection.execute(
                     "INSERT INTO cdrflow_migrations (version, name) VALUES ($1, $2)",
                     step.version,

@@ -2,9 +2,15 @@
 
 Right after a batch commits, its new records and revisions are published with publisher
 confirms and their outbox rows deleted. A worker that dies in between leaves the rows: the
-relay of any worker publishes outbox rows older than `outbox_grace_seconds` (claimed with
-FOR UPDATE SKIP LOCKED, so two relays never take the same rows). Consumers may therefore
-see a message twice; `message_id` = `{record_id}:{revision}` tells them it is the same."""
+relay of any worker publishes outbox rows older than `outbox_grace_seconds`.
+
+Whoever publishes a row holds its row lock from before the publish until the delete
+commits: the batch's own publisher and every relay claim rows with FOR UPDATE SKIP LOCKED,
+and a publisher takes only rows still there. So a row is published by one of them, however
+long the batch's transaction stayed open (the grace period only spares the relay rows the
+batch's publisher is about to take); it is published twice only when a process dies, or
+loses the database, between the broker's confirm and the delete's commit. `message_id` =
+`{record_id}:{revision}` tells a consumer that it is the same."""
 
 from __future__ import annotations
 
@@ -36,6 +42,11 @@ _CLAIM_STALE = """
 SELECT outbox_id, record_id, revision, routing_key, body FROM outbox
 WHERE created_at < now() - make_interval(secs => $1)
 ORDER BY outbox_id LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+_CLAIM_OWN = """
+SELECT outbox_id FROM outbox WHERE outbox_id = ANY($1::bigint[])
+ORDER BY outbox_id
 FOR UPDATE SKIP LOCKED
 """
 _DELETE = "DELETE FROM outbox WHERE outbox_id = ANY($1::bigint[])"
@@ -103,15 +114,21 @@ class RecordPublisher:
         confirmed; the rest stay in the outbox for the relay."""
         if not entries:
             return 0
-        confirmed = await self._publish_all(entries)
-        if confirmed:
-            try:
-                await self.pool.execute(_DELETE, confirmed)
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                # Published but still in the outbox: the relay publishes them again later.
-                log.warning("outbox_cleanup_failed", count=len(confirmed), error=str(exc))
+        confirmed: list[int] = []
+        try:
+            async with self.pool.acquire() as connection, connection.transaction():
+                rows = await connection.fetch(_CLAIM_OWN, [e.outbox_id for e in entries])
+                claimed = {row["outbox_id"] for row in rows}
+                # A row missing here was taken by a relay (published, or being published).
+                confirmed = await self._publish_all([e for e in entries if e.outbox_id in claimed])
+                if confirmed:
+                    await connection.execute(_DELETE, confirmed)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # Rolled back: the rows stay, and the relay publishes them after the grace period.
+            log.warning("outbox_publish_deferred", count=len(entries), error=str(exc))
+            return 0
         return len(confirmed)
 
     async def _publish_all(self, entries: Sequence[OutboxEntry]) -> list[int]:

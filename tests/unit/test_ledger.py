@@ -1,4 +1,4 @@
-"""Merging a batch's deliveries into versions, and the published record."""
+"""Grouping a batch's deliveries per record and content, and the published record."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from schemas.jsoncodec import loads
+from schemas.jsoncodec import dumps, loads
 from schemas.providers import default_registry
 from schemas.record import CONTENT_COLUMNS, LEDGER_COLUMNS, RECORD_COLUMNS, Ledger, published_body
-from tests.support.samples import envelope, record_validator, sample
+from tests.support.samples import Sample, envelope, record_validator, sample
 from tests.support.sources import load_test_sources
 from workers.normalize import normalize_envelope
 from workers.versions import Delivery, plan_versions
@@ -18,28 +18,49 @@ from workers.versions import Delivery, plan_versions
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
+def at(seconds: int) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def voice_array(external_id: str, variants: list[int]) -> Sample:
+    items = [loads(sample("nx-voice", external_id, v).body) for v in variants]
+    first = sample("nx-voice", external_id)
+    return Sample(first.source, external_id, first.method, dumps(items), first.content_type)
+
+
 def delivery(external_id: str, variant: int, seconds: int) -> Delivery:
-    item = envelope(sample("nx-cc", external_id, variant), T0 + timedelta(seconds=seconds))
+    item = envelope(sample("nx-cc", external_id, variant), at(seconds))
     (found,) = normalize_envelope(item, load_test_sources(), default_registry()).deliveries
     return found
 
 
-def test_same_content_merges_and_each_change_starts_a_round() -> None:
+def test_same_content_merges_and_contents_are_ordered_by_their_newest_report() -> None:
     batch = [delivery("k", 0, 3), delivery("k", 0, 1), delivery("k", 1, 5), delivery("k", 0, 9)]
     random.Random(4).shuffle(batch)
-    versions = plan_versions(batch)
-    assert [(v.round, v.deliveries) for v in versions] == [(0, 2), (1, 1), (2, 1)]
-    assert versions[0].first_received_at == T0 + timedelta(seconds=1)
-    assert versions[0].last_received_at == T0 + timedelta(seconds=3)
-    assert [v.first.received_at for v in versions] == [T0 + timedelta(seconds=s) for s in (1, 5, 9)]
+    (versions,) = plan_versions(batch)
+    assert [(c.ordinal, c.deliveries) for c in versions.contents] == [(0, 1), (1, 3)]
+    changed, first = versions.contents
+    assert changed.record.labels == ("Intended customers", "High level")
+    assert (first.first_received_at, first.last_received_at) == (at(1), at(9))
+    assert first.brought_by.received_at == at(1)
+    assert versions.deliveries == 4
 
 
-def test_different_records_share_round_zero() -> None:
-    versions = plan_versions([delivery("a", 0, 1), delivery("b", 0, 1), delivery("a", 0, 2)])
-    assert sorted((v.first.record.external_id, v.round, v.deliveries) for v in versions) == [
-        ("a", 0, 2),
-        ("b", 0, 1),
-    ]
+def test_items_of_one_request_count_as_deliveries_and_the_last_is_its_content() -> None:
+    request = envelope(voice_array("k", [0, 1, 2, 1, 3]), at(0))
+    deliveries = normalize_envelope(request, load_test_sources(), default_registry()).deliveries
+    random.Random(2).shuffle(deliveries)
+    (versions,) = plan_versions(deliveries)
+    (content,) = versions.contents
+    assert (content.deliveries, content.brought_by.item) == (5, 4)
+    assert content.record.talk_seconds == 16
+
+
+def test_different_records_are_planned_apart() -> None:
+    planned = plan_versions([delivery("a", 0, 1), delivery("b", 0, 1), delivery("a", 0, 2)])
+    assert sorted(
+        (v.contents[0].record.external_id, len(v.contents), v.deliveries) for v in planned
+    ) == [("a", 1, 2), ("b", 1, 1)]
 
 
 def test_the_published_body_follows_its_json_schema() -> None:
