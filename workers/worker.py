@@ -26,6 +26,7 @@ from schemas.providers import Provider
 from schemas.sources import Source
 from workers.consumer import Consumer
 from workers.db import DatabaseHold, create_pool
+from workers.gauges import DatabaseGauges
 from workers.metrics import WorkerMetrics
 from workers.migrate import LATEST, schema_version
 from workers.outbox import RecordPublisher
@@ -52,7 +53,7 @@ class Worker:
         self.providers = providers
         self.stopping = asyncio.Event()
         self.consuming = asyncio.Event()  # set while subscribed to the raw queue
-        self.metrics = WorkerMetrics()
+        self.metrics = WorkerMetrics(sources)
         self.hold = DatabaseHold()
         self.publisher: RecordPublisher | None = None
 
@@ -93,6 +94,8 @@ class Worker:
         pipeline = Pipeline(self.sources, self.providers, store, publisher, splitter, self.metrics)
         consumer = Consumer(settings, pipeline, self.hold, self.stopping, self.consuming)
         relay = asyncio.create_task(publisher.run(self.stopping), name="outbox-relay")
+        gauges = DatabaseGauges(pool, self.metrics, settings.outbox_interval_seconds)
+        reading = asyncio.create_task(gauges.run(self.stopping), name="database-gauges")
         deadline = asyncio.create_task(self._give_up_after_stop(), name="shutdown-deadline")
         try:
             await consumer.run()
@@ -100,6 +103,7 @@ class Worker:
             await pipeline.wait_for_previous_publish()
             deadline.cancel()
             await relay
+            await reading
             await link.close()
             await pool.close()
             log.info("worker_stopped")
