@@ -6,23 +6,39 @@ import argparse
 import asyncio
 import signal
 import sys
+import uuid
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from cdrflow import logs
+from cdrflow.health import version
 from cdrflow.settings import Settings, SettingsError, load_sources
 from schemas.providers import default_registry
+from schemas.providers.errors import Reason
+from schemas.record import SCHEMA_VERSION
 from schemas.sources import Sources, SourcesError
 
+if TYPE_CHECKING:
+    from workers.replay import ReplaySelection
+
 EXIT_CONFIG = 2
+EXIT_UNAVAILABLE = 1  # `check`: the broker or the database did not answer
+REPLAY_LIMIT = 1000  # workers.replay.DEFAULT_LIMIT, without importing asyncpg to parse
+
+log = logs.get_logger("cdrflow")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cdrflow", description="Telephony call-status callbacks into PostgreSQL and RabbitMQ."
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"cdrflow {version()} (records schema_version {SCHEMA_VERSION})",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -32,15 +48,27 @@ def _parser() -> argparse.ArgumentParser:
 
     commands.add_parser("worker", help="run one worker process")
     commands.add_parser("migrate", help="create or upgrade the database schema")
-    commands.add_parser("check", help="check the settings and the sources file, then exit")
+    commands.add_parser(
+        "check",
+        help="check the settings and the sources file, and that RabbitMQ and PostgreSQL answer",
+    )
 
     replay = commands.add_parser("replay", help="send rejected callbacks through the workers again")
     replay.add_argument("--source", help="only this source")
-    replay.add_argument("--reason", help="only this reason code (e.g. unparseable_body)")
+    replay.add_argument(
+        "--reason", type=_reason, help="only this reason code (e.g. unparseable_body)"
+    )
     replay.add_argument("--since", type=_when, help="received at or after (ISO 8601)")
     replay.add_argument("--until", type=_when, help="received before (ISO 8601)")
-    replay.add_argument("--limit", type=int, help="at most this many requests")
-    replay.add_argument("--dry-run", action="store_true", help="count, send nothing")
+    replay.add_argument(
+        "--limit",
+        type=_limit,
+        default=REPLAY_LIMIT,
+        help=f"at most this many requests, oldest first ({REPLAY_LIMIT}; 0: all)",
+    )
+    replay.add_argument(
+        "--dry-run", action="store_true", help="list what would be sent, send nothing"
+    )
 
     tail = commands.add_parser(
         "tail", help="print records as they arrive, or from a point of the records stream"
@@ -53,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     start.add_argument("--offset", type=_offset, help="stream: from this offset")
     tail.add_argument("--count", type=int, help="exit after this many records")
+
+    history = commands.add_parser("history", help="print every revision and delivery of a record")
+    history.add_argument("source", nargs="?", help="the record's source")
+    history.add_argument("external_id", nargs="?", help="the provider's id of the call")
+    history.add_argument("--record-id", type=uuid.UUID, help="the record, by record_id")
+    history.add_argument("--json", action="store_true", help="JSON lines, one per entry")
 
     republish = commands.add_parser("republish", help="send stored records again to one queue")
     republish.add_argument(
@@ -76,8 +110,31 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _when(text: str) -> datetime:
-    moment = datetime.fromisoformat(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time (e.g. 2026-01-31, 2026-01-31T08:00:00 in UTC,"
+            " 2026-01-31T08:00:00+08:00)"
+        ) from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _reason(text: str) -> str:
+    known = [reason.value for reason in Reason]
+    if text not in known:
+        raise argparse.ArgumentTypeError(f"unknown reason {text!r}; known: {', '.join(known)}")
+    return text
+
+
+def _limit(text: str) -> int:
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number, 0 or more (0: all)")
+    return limit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cdrflow: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     logs.configure(settings.log_level, settings.log_format)
+    for problem in Settings.unknown_variables():
+        log.warning("setting_unknown", problem=problem)
     try:
         return COMMANDS[args.command](settings, args)
     except (SourcesError, SettingsError) as exc:
@@ -156,21 +215,68 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    from cdrflow.services import check_services
+
     sources = _sources(settings)
     for name, source in sources.items():
         print(
             f"{name}: {source.provider} tenant={source.tenant}"
             f" timezone={source.timezone_name} signing={source.signing}"
         )
-    return 0
+    answers = asyncio.run(check_services(settings))
+    for answer in answers:
+        print(answer)
+    return 0 if all(answer.ok for answer in answers) else EXIT_UNAVAILABLE
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.replay import ReplaySelection, replay
+    from workers.replay import ReplaySelection
 
-    selection = ReplaySelection(args.source, args.reason, args.since, args.until, args.limit)
-    count = asyncio.run(replay(settings, selection, dry_run=args.dry_run))
-    print(f"{count} request(s) {'would be ' if args.dry_run else ''}sent again")
+    if args.since and args.until and args.since >= args.until:
+        raise SettingsError(f"replay: --since ({args.since}) must be before --until ({args.until})")
+    selection = ReplaySelection(
+        args.source, args.reason, args.since, args.until, args.limit or None
+    )
+    if args.dry_run:
+        return asyncio.run(_replay_dry_run(settings, selection))
+    return asyncio.run(_replay_with_progress(settings, selection))
+
+
+async def _replay_dry_run(settings: Settings, selection: ReplaySelection) -> int:
+    import asyncpg
+
+    from workers.replay import select_requests, summarize
+
+    connection = await asyncpg.connect(settings.database_url)
+    try:
+        groups = await summarize(connection, selection)
+        count = len(await select_requests(connection, selection))
+    finally:
+        await connection.close()
+    for group in groups:
+        oldest = group.oldest.astimezone(UTC).isoformat(timespec="seconds")
+        print(f"{group.source}\t{group.reason}\t{group.requests}\toldest {oldest}")
+    total = sum(group.requests for group in groups)
+    if total > count:
+        print(f"(--limit {selection.limit}: the oldest {count} of {total})")
+    print(f"{count} request(s) would be sent again")
+    return 0
+
+
+async def _replay_with_progress(settings: Settings, selection: ReplaySelection) -> int:
+    from cdrflow.progress import Progress
+    from workers.replay import replay
+
+    progress = Progress(None, unit="request", event="replay_progress")
+    try:
+        count = await replay(
+            settings, selection, selected=progress.expect, progress=progress.update
+        )
+    finally:
+        progress.close()
+    print(f"{count} request(s) sent again")
+    if selection.limit and count == selection.limit:
+        print(f"the limit ({selection.limit}) was reached: more may be waiting")
     return 0
 
 
@@ -198,6 +304,17 @@ def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
     except TailError as exc:
         print(f"cdrflow tail: {exc}", file=sys.stderr)
         return 1
+
+
+def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.history import print_history
+
+    by_key = args.source is not None and args.external_id is not None
+    if by_key == (args.record_id is not None):
+        print("cdrflow history: give SOURCE EXTERNAL_ID, or --record-id", file=sys.stderr)
+        return EXIT_CONFIG
+    key = (args.source, args.external_id) if by_key else args.record_id
+    return asyncio.run(print_history(settings.database_url, key, as_json=args.json))
 
 
 def cmd_republish(settings: Settings, args: argparse.Namespace) -> int:
@@ -245,6 +362,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "check": cmd_check,
     "replay": cmd_replay,
     "tail": cmd_tail,
+    "history": cmd_history,
     "republish": cmd_republish,
     "simulate": cmd_simulate,
 }

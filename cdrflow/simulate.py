@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import aiohttp
 
 from cdrflow.logs import get_logger
+from cdrflow.progress import Progress
 from schemas.providers import Registry, SimulatedCallback
 from schemas.sources import Source, Sources
 
@@ -27,6 +28,11 @@ class SimulationReport:
     bad: int = 0
     statuses: Counter[int] = field(default_factory=Counter)
     errors: int = 0
+
+    def answers(self) -> dict[str, int]:
+        """Answers by HTTP status, and requests that got none."""
+        by_status = {str(status): n for status, n in sorted(self.statuses.items())}
+        return {"sent": self.sent, **by_status, "errors": self.errors}
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -68,6 +74,7 @@ async def simulate(
         raise ValueError("no source with a token to push to")
     limit = asyncio.Semaphore(concurrency)
     pending: set[asyncio.Task[None]] = set()
+    progress = Progress(None, unit="answer", event="simulate_progress")
     async with aiohttp.ClientSession(base_url=url) as session:
 
         async def send(source: Source, callback: SimulatedCallback) -> None:
@@ -86,6 +93,7 @@ async def simulate(
                         report.statuses[response.status] += 1
                 except aiohttp.ClientError:
                     report.errors += 1
+                progress.update(1, **report.answers())
 
         started = time.monotonic()
         for index in range(count):
@@ -106,6 +114,9 @@ async def simulate(
                 pending.add(task)
                 task.add_done_callback(pending.discard)
                 report.sent += 1
-        if pending:
-            await asyncio.gather(*pending)
+        try:
+            if pending:
+                await asyncio.gather(*pending)
+        finally:
+            progress.close()
     return report

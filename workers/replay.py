@@ -6,11 +6,15 @@ reports of the request that were stored before are recognised by their ingest id
 counted twice; one that now parses becomes a record with the `record_id` it would always
 have had, and its `rejected_callbacks` row gets `resolved_at` and `record_id`. A replay that
 fails again keeps the row open with the new reason. `replayed_at` and `replay_count` say
-when and how often a row was sent again."""
+when and how often a row was sent again.
+
+The command sends at most `DEFAULT_LIMIT` requests unless told otherwise, oldest first: a
+replay of everything after a long outage is a choice, not an accident."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,6 +30,7 @@ from schemas.jsoncodec import loads
 log = get_logger("cdrflow.replay")
 
 CHUNK = 100
+DEFAULT_LIMIT = 1000
 
 _SELECT = """
 SELECT * FROM (
@@ -41,6 +46,17 @@ SELECT * FROM (
 ORDER BY received_at
 LIMIT $5
 """
+_SUMMARY = """
+SELECT source, reason, count(DISTINCT ingest_id) AS requests, min(received_at) AS oldest
+FROM rejected_callbacks
+WHERE resolved_at IS NULL
+  AND ($1::text IS NULL OR source = $1)
+  AND ($2::text IS NULL OR reason = $2)
+  AND ($3::timestamptz IS NULL OR received_at >= $3)
+  AND ($4::timestamptz IS NULL OR received_at < $4)
+GROUP BY source, reason
+ORDER BY source, reason
+"""
 _MARK = """
 UPDATE rejected_callbacks SET replayed_at = now(), replay_count = replay_count + 1
 WHERE ingest_id = ANY($1::uuid[]) AND resolved_at IS NULL
@@ -53,7 +69,17 @@ class ReplaySelection:
     reason: str | None = None
     since: datetime | None = None
     until: datetime | None = None
-    limit: int | None = None
+    limit: int | None = None  # None: every selected request
+
+
+@dataclass(frozen=True)
+class OpenRejections:
+    """What a dry run lists: unresolved requests of one source and reason."""
+
+    source: str
+    reason: str
+    requests: int
+    oldest: datetime
 
 
 def envelope_of(row: Any) -> RawEnvelope:
@@ -89,30 +115,60 @@ async def select_requests(
     return [envelope_of(row) for row in rows]
 
 
-async def replay(settings: Settings, selection: ReplaySelection, *, dry_run: bool = False) -> int:
-    """Send the selected requests again; returns how many were sent (or would be)."""
+async def summarize(
+    connection: asyncpg.Connection, selection: ReplaySelection
+) -> list[OpenRejections]:
+    """The selected requests by source and reason, whatever the limit."""
+    rows = await connection.fetch(
+        _SUMMARY, selection.source, selection.reason, selection.since, selection.until
+    )
+    return [OpenRejections(r["source"], r["reason"], r["requests"], r["oldest"]) for r in rows]
+
+
+async def replay(
+    settings: Settings,
+    selection: ReplaySelection,
+    *,
+    dry_run: bool = False,
+    selected: Callable[[int], None] = lambda _count: None,
+    progress: Callable[[int], None] = lambda _sent: None,
+) -> int:
+    """Send the selected requests again; returns how many were sent (or would be).
+    `selected` is told how many were selected, `progress` the size of each chunk RabbitMQ
+    confirmed."""
     connection = await asyncpg.connect(settings.database_url)
     try:
         envelopes = await select_requests(connection, selection)
+        selected(len(envelopes))
         if dry_run or not envelopes:
             return len(envelopes)
-        link = BrokerLink(settings.amqp_url, settings.topology(), name="cdrflow-replay")
-        await link.start()
-        try:
-            if not link.ready:
-                raise BrokerUnavailable("cannot reach RabbitMQ")
-            for start in range(0, len(envelopes), CHUNK):
-                chunk = envelopes[start : start + CHUNK]
-                message = raw_message([e.encode() for e in chunk])
-                await link.publish(
-                    message, settings.raw_queue, mandatory=True, timeout=settings.confirm_timeout
-                )
-                await connection.execute(_MARK, [uuid.UUID(e.ingest_id) for e in chunk])
-        finally:
-            await link.close()
+        await _send(settings, connection, envelopes, progress)
     finally:
         await connection.close()
     log.info(
         "replay_sent", requests=len(envelopes), source=selection.source, reason=selection.reason
     )
     return len(envelopes)
+
+
+async def _send(
+    settings: Settings,
+    connection: asyncpg.Connection,
+    envelopes: list[RawEnvelope],
+    progress: Callable[[int], None],
+) -> None:
+    link = BrokerLink(settings.amqp_url, settings.topology(), name="cdrflow-replay")
+    await link.start()
+    try:
+        if not link.ready:
+            raise BrokerUnavailable("cannot reach RabbitMQ")
+        for start in range(0, len(envelopes), CHUNK):
+            chunk = envelopes[start : start + CHUNK]
+            message = raw_message([e.encode() for e in chunk])
+            await link.publish(
+                message, settings.raw_queue, mandatory=True, timeout=settings.confirm_timeout
+            )
+            await connection.execute(_MARK, [uuid.UUID(e.ingest_id) for e in chunk])
+            progress(len(chunk))
+    finally:
+        await link.close()

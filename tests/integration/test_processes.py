@@ -87,10 +87,11 @@ def test_a_missing_sources_setting_is_one_line_too() -> None:
     )
 
 
-def test_check_lists_the_sources(tmp_path: Path) -> None:
+def test_check_lists_the_sources(tmp_path: Path, settings: Settings) -> None:
     path = tmp_path / "sources.toml"
     path.write_text(SOURCES_TOML)
-    result = cdrflow("check", env={"CDRFLOW_SOURCES": str(path), **ENVIRON})
+    env = {**settings_env(settings), "CDRFLOW_SOURCES": str(path), **ENVIRON}
+    result = cdrflow("check", env=env)
     assert result.returncode == 0, result.stderr
     assert (
         "nx-cc: nxcloud.call_center_report tenant=acme timezone=+08:00 signing=none"
@@ -208,7 +209,10 @@ async def test_replay_selects_by_source_reason_time_and_limit(
         env=settings_env(settings),
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "2 request(s) would be sent again"
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].split("\t")[:3] == ["nx-cc", "unparseable_body", "2"]
+    assert lines[0].endswith("oldest 2026-01-01T02:00:00+00:00")
+    assert lines[-1] == "2 request(s) would be sent again"
 
 
 async def _rejected(db: asyncpg.Connection, count: int) -> bool:
