@@ -11,8 +11,10 @@ import asyncpg
 
 
 async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout: float = 20.0, interval: float = 0.05
+    check: Callable[[], Awaitable[bool]], timeout: float = 12.0, interval: float = 0.05
 ) -> bool:
+    """Whether `check` came true within `timeout`. The default stays under the per-test limit
+    (20 s) so that a wait that never ends fails on the test's own assertion."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
