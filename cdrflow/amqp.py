@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import itertools
 import random
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +25,7 @@ from aio_pika.abc import (
 from tenacity import RetryCallState
 
 from cdrflow.backoff import BROKER_WAIT_MAX, is_loud, retry_fields, retrying
+from cdrflow.batchpublish import Outgoing, publish_batch
 from cdrflow.logs import get_logger
 from schemas.envelope import COUNT_HEADER, FORMAT, FORMAT_HEADER, encode_batch, uuid7
 from schemas.topology import RECORD_KEY_SHAPE, Topology
@@ -186,6 +188,20 @@ class BrokerLink:
             raise BrokerUnavailable("no connection to RabbitMQ")
         target = channel.default_exchange if not exchange else self._exchanges[exchange]
         await target.publish(message, routing_key, mandatory=mandatory, timeout=timeout)
+
+    async def publish_batch(
+        self, messages: Sequence[Outgoing], *, exchange: str, mandatory: bool, timeout: float
+    ) -> list[BaseException | None]:
+        """Publish in one write and wait for the confirms (`cdrflow.batchpublish`): per
+        message, None when confirmed, else why not. Raises when there is no connection."""
+        channel = self._channel
+        if not self.ready or channel is None:
+            raise BrokerUnavailable("no connection to RabbitMQ")
+        underlay = await channel.get_underlay_channel()
+        assert isinstance(underlay, aiormq.Channel)
+        return await publish_batch(
+            underlay, exchange, messages, mandatory=mandatory, timeout=timeout
+        )
 
     async def _run(self) -> None:
         while not self._closed.is_set():

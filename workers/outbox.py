@@ -30,6 +30,7 @@ from cdrflow.backoff import is_loud, retry_fields, retrying, sleep_unless
 from cdrflow.logs import get_logger
 from schemas.record import SCHEMA_VERSION
 from workers.db import is_transient
+from workers.records_publisher import publish_records
 
 log = get_logger("cdrflow.worker.outbox")
 
@@ -132,18 +133,8 @@ class RecordPublisher:
         return len(confirmed)
 
     async def _publish_all(self, entries: Sequence[OutboxEntry]) -> list[int]:
-        results = await asyncio.gather(
-            *(
-                self.link.publish(
-                    record_message(entry),
-                    entry.routing_key,
-                    exchange=self.exchange,
-                    mandatory=False,  # no subscriber yet is not a failure
-                    timeout=self.confirm_timeout,
-                )
-                for entry in entries
-            ),
-            return_exceptions=True,
+        results = await publish_records(
+            self.link, entries, exchange=self.exchange, timeout=self.confirm_timeout
         )
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:

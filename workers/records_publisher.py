@@ -1,0 +1,49 @@
+"""Publishing a batch of outbox entries on `cdr.records` in one write (`cdrflow.batchpublish`).
+
+The message is the one `workers.outbox.record_message` describes (tests/unit keeps the two
+equal), encoded without an aio-pika Message, one timestamp per batch."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from cdrflow.amqp import BrokerLink
+from cdrflow.batchpublish import Outgoing
+from schemas.record import SCHEMA_VERSION
+
+if TYPE_CHECKING:  # workers.outbox imports this module
+    from workers.outbox import OutboxEntry
+
+
+def record_outgoing(entry: OutboxEntry, timestamp: int) -> Outgoing:
+    return Outgoing(
+        routing_key=entry.routing_key,
+        body=entry.body,
+        message_id=entry.message_id,
+        content_type="application/json",
+        headers={
+            "schema_version": SCHEMA_VERSION,
+            "record_id": str(entry.record_id),
+            "revision": entry.revision,
+        },
+        timestamp=timestamp,
+    )
+
+
+async def publish_records(
+    link: BrokerLink, entries: Sequence[OutboxEntry], *, exchange: str, timeout: float
+) -> list[BaseException | None]:
+    """Per entry, None when the broker confirmed it, else why not. Not `mandatory`: a
+    record nobody subscribed to yet is published all the same."""
+    now = int(time.time())
+    try:
+        return await link.publish_batch(
+            [record_outgoing(entry, now) for entry in entries],
+            exchange=exchange,
+            mandatory=False,
+            timeout=timeout,
+        )
+    except Exception as exc:  # no connection, a closed channel: none of them is confirmed
+        return [exc] * len(entries)
