@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -65,6 +66,10 @@ class HangupBy(StrEnum):
     SYSTEM = "system"
 
 
+# A record's id is read several times on its way through a worker (ledger rows, outbox,
+# published body); uuid5 costs ~8 µs of CPU each time, a cache hit ~0.4. Sized to hold
+# several batches; bounded, so a worker's memory stays flat.
+@functools.lru_cache(maxsize=8192)
 def record_id_for(source: str, external_id: str) -> uuid.UUID:
     return uuid.uuid5(RECORD_NAMESPACE, f"{source}\n{external_id}")
 
