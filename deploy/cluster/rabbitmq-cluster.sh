@@ -10,12 +10,12 @@
 #   deploy/cluster/rabbitmq-cluster.sh clean          stop every node and delete its data
 #
 # Node cN is cdrflow-cN@localhost, AMQP on 127.0.0.1:571N, Erlang distribution on 2571N, data
-# and logs under $CDRFLOW_CLUSTER_DIR/cN (default /tmp/cdrflow-cluster), owned by rabbitmq.
+# and logs under $CLUSTER_DIR/cN (default /tmp/cdrflow-cluster), owned by rabbitmq.
 # Run it as root (rabbitmq-server and rabbitmqctl switch to the rabbitmq user, whose Erlang
 # cookie every node shares) or as rabbitmq.
 set -euo pipefail
 
-BASE=${CDRFLOW_CLUSTER_DIR:-/tmp/cdrflow-cluster}
+BASE=${CLUSTER_DIR:-/tmp/cdrflow-cluster}
 NODES=(c1 c2 c3)
 SEED=c1
 

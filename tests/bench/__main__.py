@@ -31,7 +31,9 @@ def _say(text: str) -> None:
 
 async def run(options: Options, where: Services, workdir: Path) -> Table:
     table = Table()
-    table.header = await machine.describe(where, bench_settings(where.amqp_url, "", workdir))
+    table.header = await machine.describe(
+        where, bench_settings(where.amqp_url, f"{where.postgres_url}/postgres", workdir)
+    )
     try:
         await _measure(table, options, where, workdir)
     finally:

@@ -45,7 +45,7 @@ class Client:
 
 class RabbitCluster:
     def __init__(self, workdir: Path) -> None:
-        self.env = {**os.environ, "CDRFLOW_CLUSTER_DIR": str(workdir / "rabbitmq")}
+        self.env = {**os.environ, "CLUSTER_DIR": str(workdir / "rabbitmq")}
         self.stopped: set[str] = set()
 
     def _script(self, *args: str) -> str:
