@@ -6,9 +6,13 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 export CDRFLOW_SOURCES ?= deploy/sources.dev.toml
 
-.PHONY: install run test test-unit lint format bench clean
+.PHONY: install tools run test test-unit lint format bench clean
 
 install: $(VENV)/.installed
+
+# Load tools the benchmark, its smoke test and the fault suites drive (Debian packages).
+tools:
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +30,7 @@ run: install
 
 # Every test, against the real RabbitMQ and PostgreSQL, with coverage (of the `cdrflow`
 # commands the tests run, too).
-test: install
+test: install tools
 	$(BIN)/pytest --cov --cov-report=term $(PYTEST_ARGS)
 
 # The pure tests only: seconds, and neither RabbitMQ nor PostgreSQL needed.
@@ -44,8 +48,7 @@ format: install
 
 # One table of the pipeline against the same-run limits of this machine (README,
 # Benchmarks): about 5 to 10 minutes; BENCH_ARGS=--full adds a 1,000,000-message backlog.
-bench: install
-	command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+bench: install tools
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
 # deploy/ without a container engine: overlays, compose, Dockerfile, alert rules, units.
@@ -56,15 +59,13 @@ deploy-check: install
 # The fault suite (README "Fault suite"): its own RabbitMQ node (5701) and PostgreSQL
 # (5433), wrk load, six faults one at a time, a table; exit 1 if a success is lost.
 .PHONY: chaos
-chaos: install
-	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+chaos: install tools
 	$(BIN)/python -m tests.chaos.run $(CHAOS_ARGS)
 
 # A three-node RabbitMQ cluster of its own (deploy/cluster/rabbitmq-cluster.sh) loses the node
 # leading cdr.raw under wrk load: nothing answered 200 may be lost (README "Past one machine").
 .PHONY: cluster-failover
-cluster-failover: install
-	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+cluster-failover: install tools
 	$(BIN)/python -m tests.cluster.failover $(FAILOVER_ARGS)
 
 clean:
