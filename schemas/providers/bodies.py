@@ -12,6 +12,7 @@ the rest of the report is stored."""
 from __future__ import annotations
 
 import codecs
+from collections.abc import Iterable
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -20,6 +21,7 @@ from urllib.parse import unquote_plus
 
 from schemas.envelope import RawEnvelope
 from schemas.jsoncodec import JSONError, loads_exact
+from schemas.providers import map_rendering
 from schemas.providers.errors import Reason, Reject
 from schemas.sources import Source
 
@@ -154,3 +156,29 @@ def form_body(envelope: RawEnvelope, source: Source | None = None) -> dict[str, 
     if is_multipart(envelope.content_type):
         return parse_multipart(envelope, source)
     return parse_form(body_text(envelope, source), charsets_to_try(envelope, source))
+
+
+def field_readings(
+    envelope: RawEnvelope, source: Source, documented: frozenset[str]
+) -> Iterable[dict[str, Any]]:
+    """A body of fields sent in any form: a form (urlencoded or multipart), a JSON object,
+    or Java's `{k=v, ...}` rendering, whose every reading is returned, the deterministic
+    one first (`map_rendering.splits`, anchored on the `documented` field names)."""
+    if is_multipart(envelope.content_type):
+        return [form_body(envelope, source)]
+    text = body_text(envelope, source).strip()
+    if not text:
+        raise Reject(Reason.EMPTY_BODY, "body is empty")
+    if text.startswith("{") and not _looks_like_json(text):
+        return map_rendering.splits(text, documented)
+    if text.startswith("{") or "json" in envelope.content_type.lower():
+        document = parse_json(text)
+    else:
+        document = form_body(envelope, source)
+    if not isinstance(document, dict):
+        raise Reject(Reason.NOT_AN_OBJECT, "body is not an object of fields")
+    return [document]
+
+
+def _looks_like_json(text: str) -> bool:
+    return text.lstrip("{ \t\r\n").startswith('"')

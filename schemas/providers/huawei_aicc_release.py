@@ -23,24 +23,29 @@ that is not a number is kept raw in `extra`."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from schemas.envelope import RawEnvelope
 from schemas.jsoncodec import dumps
 from schemas.providers import map_rendering
 from schemas.providers.answers import HTTP_STATUS, Answer, Outcome
-from schemas.providers.bodies import body_text, form_body, is_multipart, parse_json
+from schemas.providers.bodies import field_readings
 from schemas.providers.call_status import is_connected
-from schemas.providers.errors import Reason, Reject, Unauthenticated
+from schemas.providers.errors import Reject, Unauthenticated
 from schemas.providers.fields import Fields, require_text
 from schemas.providers.protocol import SimulatedCallback
-from schemas.providers.signing import SigningConfig, read_signing, signing_of
+from schemas.providers.signing import (
+    SigningConfig,
+    base64_digest,
+    read_signing,
+    signing_of,
+    verify_any,
+)
 from schemas.providers.values import is_blank, to_int
 from schemas.record import CallRecord, CallType, Direction, HangupBy, Status
 from schemas.sources import Source, SourceSettings
@@ -108,31 +113,17 @@ class HuaweiAiccRelease:
         if signing.signing == "none":
             return
         secret, skew = signing.secret or "", signing.max_skew_seconds
+        verify = partial(
+            verify_signature, mode=signing.signing, secret=secret, now=now, max_skew=skew
+        )
         try:
-            verify_any(self._readings(envelope, source), signing.signing, secret, now, skew)
+            verify_any(field_readings(envelope, source, DOCUMENTED_FIELDS), verify)
         except Reject as exc:
             raise Unauthenticated(f"signed body cannot be read: {exc.message}") from exc
 
     def parse(self, envelope: RawEnvelope, source: Source) -> list[Any]:
-        return [next(iter(self._readings(envelope, source)))]
-
-    def _readings(self, envelope: RawEnvelope, source: Source) -> Iterable[dict[str, Any]]:
-        """The body's fields: one reading, or for the `{k=v}` rendering every reading, the
-        deterministic one first (`map_rendering`)."""
-        if is_multipart(envelope.content_type):
-            return [form_body(envelope, source)]
-        text = body_text(envelope, source).strip()
-        if not text:
-            raise Reject(Reason.EMPTY_BODY, "body is empty")
-        if text.startswith("{") and not _looks_like_json(text):
-            return map_rendering.splits(text, DOCUMENTED_FIELDS)
-        if text.startswith("{") or "json" in envelope.content_type.lower():
-            document = parse_json(text)
-        else:
-            document = form_body(envelope, source)
-        if not isinstance(document, dict):
-            raise Reject(Reason.NOT_AN_OBJECT, "body is not an object of fields")
-        return [document]
+        # The worker holds no secret: it stores the deterministic reading.
+        return [next(iter(field_readings(envelope, source, DOCUMENTED_FIELDS)))]
 
     def normalize(self, payload: Mapping[str, Any], source: Source) -> CallRecord:
         serial = require_text(payload, "callSerialNo")
@@ -189,10 +180,6 @@ class HuaweiAiccRelease:
         return SimulatedCallback("POST", body, content_type, external_id=event["callSerialNo"])
 
 
-def _looks_like_json(text: str) -> bool:
-    return text.lstrip("{ \t\r\n").startswith('"')
-
-
 def _time(f: Fields, key: str) -> datetime | None:
     value = f.peek(key)
     if to_int(value) is not None and len(str(value).strip()) == 13:  # a millisecond epoch
@@ -220,16 +207,6 @@ def signing_strings(
     return [f"{secret}_{timestamp}_{nonce}_{rendering}" for rendering in ("{" + pairs + "}", pairs)]
 
 
-def signature_of(text: str, mode: str, secret: str) -> str:
-    # surrogatepass: a JSON body may carry a lone surrogate (\ud800); it must not crash.
-    data = text.encode("utf-8", "surrogatepass")
-    if mode == "hmac-sha256":
-        digest = hmac.new(secret.encode(), data, hashlib.sha256).digest()
-    else:
-        digest = hashlib.sha256(data).digest()
-    return base64.b64encode(digest).decode()
-
-
 def verify_signature(
     params: Mapping[str, Any], mode: str, secret: str, now: float, max_skew: int
 ) -> None:
@@ -247,25 +224,10 @@ def verify_signature(
     matched = False
     for text in signing_strings(params, timestamp, nonce, secret):
         matched |= hmac.compare_digest(
-            signature_of(text, mode, secret).encode(), signature.encode()
+            base64_digest(text, mode, secret).encode(), signature.encode()
         )
     if not matched:
         raise Unauthenticated("signature does not match")
-
-
-def verify_any(
-    readings: Iterable[Mapping[str, Any]], mode: str, secret: str, now: float, max_skew: int
-) -> None:
-    """Accept the first reading of an ambiguous body whose signature verifies."""
-    failure: Unauthenticated | None = None
-    for params in readings:
-        try:
-            verify_signature(params, mode, secret, now, max_skew)
-        except Unauthenticated as exc:
-            failure = failure or exc
-        else:
-            return
-    raise failure or Unauthenticated("signed body has no fields")
 
 
 def sign(
@@ -279,7 +241,7 @@ def sign(
         **fields,
         "timestamp": timestamp,
         "nonce": nonce,
-        "signature": signature_of(text, mode, secret),
+        "signature": base64_digest(text, mode, secret),
     }
 
 

@@ -6,11 +6,18 @@ that signs nothing reads them with no modes, so `signing = "none"` is all it acc
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
+from schemas.providers.errors import Unauthenticated
 from schemas.sources import Source, SourceSettings
 
 DEFAULT_MAX_SKEW_SECONDS = 300
+Reading = TypeVar("Reading")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,3 +52,27 @@ def signing_of(source: Source) -> SigningConfig:
     if not isinstance(source.config, SigningConfig):
         raise TypeError(f"source {source.name} was not configured by read_signing")
     return source.config
+
+
+def base64_digest(text: str, mode: str, secret: str) -> str:
+    """Base64 of the text's SHA-256 (`mode` "sha256") or HMAC-SHA256 under `secret`."""
+    # surrogatepass: a JSON body may carry a lone surrogate (\ud800); it must not crash.
+    data = text.encode("utf-8", "surrogatepass")
+    if mode == "hmac-sha256":
+        digest = hmac.new(secret.encode(), data, hashlib.sha256).digest()
+    else:
+        digest = hashlib.sha256(data).digest()
+    return base64.b64encode(digest).decode()
+
+
+def verify_any(readings: Iterable[Reading], verify: Callable[[Reading], None]) -> None:
+    """Accept the first reading of an ambiguous body whose signature verifies."""
+    failure: Unauthenticated | None = None
+    for reading in readings:
+        try:
+            verify(reading)
+        except Unauthenticated as exc:
+            failure = failure or exc
+        else:
+            return
+    raise failure or Unauthenticated("signed body has no fields")

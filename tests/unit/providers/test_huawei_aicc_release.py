@@ -19,9 +19,9 @@ from schemas.providers.huawei_aicc_release import (
     parse_map_rendering,
     render_map,
     sign,
-    signature_of,
     signing_strings,
 )
+from schemas.providers.signing import base64_digest
 from schemas.record import (
     CallRecord,
     CallType,
@@ -213,13 +213,13 @@ def test_signature_of_matches_a_hand_computed_digest(mode: str) -> None:
         expected = base64.b64encode(
             hmac.new(b"s3cret", text.encode(), hashlib.sha256).digest()
         ).decode()
-    assert signature_of(text, mode, "s3cret") == expected
+    assert base64_digest(text, mode, "s3cret") == expected
     assert len(expected) == 44
 
 
 def test_the_two_modes_differ() -> None:
     text = signing_strings(EVENT, "1", "2", SECRET)[0]
-    assert signature_of(text, "sha256", SECRET) != signature_of(text, "hmac-sha256", SECRET)
+    assert base64_digest(text, "sha256", SECRET) != base64_digest(text, "hmac-sha256", SECRET)
 
 
 @pytest.mark.parametrize("mode", MODES)
