@@ -3,7 +3,8 @@
 #   the Kustomize overlays render and validate (Kubernetes schemas, KEDA's, our policy),
 #   the compose file against the compose specification, the Dockerfile with hadolint,
 #   the alert rules with promtool (check and unit tests), the dashboard's queries,
-#   the metrics and CDRFLOW_* variables deploy/ names against the code, the systemd units.
+#   the metrics and CDRFLOW_* variables deploy/ names against the code, the systemd units,
+#   grants.sql against the tables the migrations create.
 # Installs what it needs (idempotent; quick when already there): promtool from Debian's
 # `prometheus` package, Python tools in deploy/.tools. kubectl must be on the machine.
 set -euo pipefail
@@ -55,6 +56,9 @@ step "Copies kustomize needs inside its directories are the same as their origin
 cmp deploy/postgres/grants.sql deploy/k8s/base/grants.sql
 cmp deploy/sources.dev.toml deploy/k8s/overlays/dev/sources.toml
 echo "grants.sql and the dev sources: same"; ok
+
+step "Every table the migrations create is named in grants.sql"
+.venv/bin/python deploy/check/grants_cover.py workers/migrations deploy/postgres/grants.sql; ok
 
 step "Sources files parse (as a worker reads them: names, providers, fields)"
 for sources in deploy/sources.*.toml deploy/k8s/overlays/*/sources.toml; do

@@ -3,14 +3,17 @@
 -- compose.yaml do). A migration that adds a table adds its line here.
 --   psql -v ON_ERROR_STOP=1 "$OWNER_DATABASE_URL" -f deploy/postgres/grants.sql
 
--- Workers: the upsert of call_records, the deliveries ledger (and its pruning), rejected
--- callbacks (stored, resolved, marked replayed), the outbox (claimed FOR UPDATE, deleted once
--- published), the schema version they wait for. No DDL, no TRUNCATE, no other table.
+-- Workers: the upsert of call_records, every revision of a record (a new one inserted, a
+-- repeated one counted; `cdrflow history` reads them), the deliveries ledger (and its
+-- pruning), rejected callbacks (stored, resolved, marked replayed), the outbox (claimed FOR
+-- UPDATE, deleted once published), the schema version they wait for. No DDL, no TRUNCATE, no
+-- other table. The identity columns (rejected_callbacks, outbox) need no sequence grant.
 GRANT SELECT, INSERT, UPDATE ON call_records TO cdrflow_worker;
+GRANT SELECT, INSERT, UPDATE ON record_revisions TO cdrflow_worker;
 GRANT SELECT, INSERT, DELETE ON deliveries TO cdrflow_worker;
 GRANT SELECT, INSERT, UPDATE ON rejected_callbacks TO cdrflow_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON outbox TO cdrflow_worker;
 GRANT SELECT ON cdrflow_migrations TO cdrflow_worker;
 
--- Downstream readers: the records, nothing of the pipeline's bookkeeping.
-GRANT SELECT ON call_records TO cdrflow_reader;
+-- Downstream readers: the records and their revisions, nothing of the pipeline's bookkeeping.
+GRANT SELECT ON call_records, record_revisions TO cdrflow_reader;
