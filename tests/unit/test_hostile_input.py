@@ -16,7 +16,7 @@ import pytest
 from schemas.jsoncodec import dumps, loads
 from schemas.providers import Unauthenticated, default_registry
 from schemas.providers.huawei_aicc_release import render_map, sign
-from schemas.record import Ledger, published_body
+from schemas.record import CallRecord, Ledger, published_body
 from schemas.sources import Sources, parse_sources
 from tests.support.samples import Sample, envelope, record_validator, sample
 from tests.support.sources import SOURCES_TOML, load_test_sources
@@ -96,6 +96,63 @@ def test_a_column_value_out_of_range_goes_to_extra_and_the_record_is_kept(size: 
     assert record.extra["billed_seconds"] == 60 * int(size)
     assert record.extra["size"] == size
     assert record.talk_seconds == 5
+
+
+def call(**columns: Any) -> CallRecord:
+    return CallRecord("src", "acme", "nxcloud", "voice_dr", "ext-1", raw={}, **columns)
+
+
+@pytest.mark.parametrize(
+    "amount",
+    [
+        "1e25",  # beyond 1e24: no amount of money
+        "-1e25",
+        "1e-25",  # below 1e-24
+        "0." + "1" * 41,  # 41 significant digits, within the exponents
+        "NaN",
+        "sNaN",
+        "Infinity",
+        "-Infinity",
+    ],
+)
+def test_money_out_of_the_columns_range_goes_to_extra_as_its_text(amount: str) -> None:
+    record = call(rate=Decimal(amount), cost=Decimal(amount), base_cost=Decimal("0.05"))
+    assert (record.rate, record.cost) == (None, None)
+    assert record.extra == {"rate": str(Decimal(amount)), "cost": str(Decimal(amount))}
+    assert record.base_cost == Decimal("0.05")
+
+
+@pytest.mark.parametrize("amount", ["1e24", "-1e24", "1e-24", "0." + "1" * 40, "0"])
+def test_money_at_the_columns_limits_stays_in_its_column(amount: str) -> None:
+    record = call(cost=Decimal(amount))
+    assert record.cost == Decimal(amount)
+    assert record.extra == {}
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(1999, 12, 31, 23, 59, 59, tzinfo=UTC),
+        datetime(1970, 1, 1, tzinfo=UTC),  # an epoch zero sent for "no time"
+        datetime(2200, 1, 1, tzinfo=UTC),  # the upper bound is excluded
+        datetime(9999, 12, 31, tzinfo=UTC),
+    ],
+)
+def test_a_time_outside_2000_to_2200_goes_to_extra_and_the_others_stay(moment: datetime) -> None:
+    record = call(started_at=moment, ended_at=T0)
+    assert record.started_at is None
+    assert record.extra == {"started_at": moment.isoformat()}
+    assert record.ended_at == T0
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [datetime(2000, 1, 1, tzinfo=UTC), datetime(2199, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)],
+)
+def test_a_time_at_the_bounds_stays_in_its_column(moment: datetime) -> None:
+    record = call(answered_at=moment)
+    assert record.answered_at == moment
+    assert record.extra == {}
 
 
 # --- percent-escapes -------------------------------------------------------------------------
