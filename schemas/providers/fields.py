@@ -60,9 +60,19 @@ class Fields:
         """Read without consuming: the value also stays in `extra`."""
         return self.payload.get(key)
 
+    def peek_int(self, key: str) -> int | None:
+        """`peek` read as an integer: a code that informs a derived column (0 stays 0)."""
+        return to_int(self.payload.get(key))
+
     def take(self, key: str) -> Any:
         self._consumed.add(key)
         return self.payload.get(key)
+
+    def require_text(self, key: str) -> str:
+        """The report's id (`require_text`), consumed."""
+        text = require_text(self.payload, key)
+        self._consumed.add(key)
+        return text
 
     def extra(self) -> dict[str, Any]:
         kept = {k: v for k, v in self.payload.items() if k not in self._consumed}

@@ -37,7 +37,7 @@ from schemas.providers.answers import HTTP_STATUS, Answer, Outcome
 from schemas.providers.bodies import field_readings
 from schemas.providers.call_status import is_connected
 from schemas.providers.errors import Reject, Unauthenticated
-from schemas.providers.fields import Fields, require_text
+from schemas.providers.fields import Fields
 from schemas.providers.protocol import SimulatedCallback
 from schemas.providers.signing import (
     SigningConfig,
@@ -126,12 +126,11 @@ class HuaweiAiccRelease:
         return [next(iter(field_readings(envelope, source, DOCUMENTED_FIELDS)))]
 
     def normalize(self, payload: Mapping[str, Any], source: Source) -> CallRecord:
-        serial = require_text(payload, "callSerialNo")
         f = Fields(payload, source.timezone)
-        f.take("callSerialNo")
+        serial = f.require_text("callSerialNo")
         answered_at = _time(f, "talkingTime")
         talk_seconds = f.integer("talkDuration")
-        reason = to_int(f.peek("releaseReason"))
+        reason = f.peek_int("releaseReason")
         if is_connected(answered_at, talk_seconds):
             status = Status.ANSWERED
         elif is_blank(f.peek("releaseReason")):

@@ -17,9 +17,8 @@ from schemas.envelope import RawEnvelope
 from schemas.providers.bodies import json_body
 from schemas.providers.call_status import is_connected, status_from_sip
 from schemas.providers.errors import Reason, Reject
-from schemas.providers.fields import Fields, require_text
+from schemas.providers.fields import Fields
 from schemas.providers.protocol import SimulatedCallback, UnsignedTextProvider, json_callback
-from schemas.providers.values import to_int
 from schemas.record import CallRecord, CallType, Direction, HangupBy, Status
 from schemas.sources import Source
 
@@ -55,14 +54,13 @@ class NXCloudCallCenterReport(UnsignedTextProvider):
     def normalize(self, payload: Mapping[str, Any], source: Source) -> CallRecord:
         if not isinstance(payload, Mapping):
             raise Reject(Reason.NOT_AN_OBJECT, "report is not a JSON object")
-        session_id = require_text(payload, "callSessionId")
         f = Fields(payload, source.timezone)
-        f.take("callSessionId")
+        session_id = f.require_text("callSessionId")
         call_type, direction = f.code("callType", _CALL_TYPES) or (None, None)
         answered_at = f.local_time("answerTime", *TIME_FORMATS)
         talk_seconds = f.integer("callDuration")
         sip_code = f.integer("hangupCode", low=100, high=699)
-        reason = to_int(f.peek("hangupReason"))
+        reason = f.peek_int("hangupReason")
         return CallRecord(
             source=source.name,
             tenant=source.tenant,

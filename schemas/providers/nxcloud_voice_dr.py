@@ -27,9 +27,8 @@ from schemas.providers.bodies import (
     parse_multipart,
 )
 from schemas.providers.errors import Reason, Reject
-from schemas.providers.fields import Fields, require_text
+from schemas.providers.fields import Fields
 from schemas.providers.protocol import SimulatedCallback, UnsignedTextProvider
-from schemas.providers.values import to_int
 from schemas.record import CallRecord, CallType, Direction, HangupBy, Status
 from schemas.sources import Source
 
@@ -88,16 +87,15 @@ class NXCloudVoiceDR(UnsignedTextProvider):
         return [fields]
 
     def normalize(self, payload: Mapping[str, Any], source: Source) -> CallRecord:
-        message_id = require_text(payload, "messageid")
         f = Fields(payload, source.timezone)
-        f.take("messageid")
+        message_id = f.require_text("messageid")
         kind = f.code("voice_type", _CALL_TYPES)
         talk_seconds = f.integer("duration")
         cause = f.text("hangup_cause")
         disposition = f.lookup("hangup_disposition", _DISPOSITION, _lowered)
         hangup_by, disposition_status = disposition or (None, None)
         cycle = f.integer("cycle", low=1)
-        cycles = to_int(f.peek("size"))
+        cycles = f.peek_int("size")
         return CallRecord(
             source=source.name,
             tenant=source.tenant,

@@ -24,9 +24,9 @@ from schemas.envelope import RawEnvelope
 from schemas.providers.bodies import json_body
 from schemas.providers.call_status import is_connected, status_from_sip
 from schemas.providers.errors import Reason, Reject
-from schemas.providers.fields import Fields, require_text
+from schemas.providers.fields import Fields
 from schemas.providers.protocol import SimulatedCallback, UnsignedTextProvider, json_callback
-from schemas.providers.values import is_blank, to_int
+from schemas.providers.values import is_blank
 from schemas.record import CallRecord, CallType, Direction, Status
 from schemas.sources import Source
 
@@ -55,9 +55,8 @@ class NXCloudVoiceReport(UnsignedTextProvider):
     def normalize(self, payload: Mapping[str, Any], source: Source) -> CallRecord:
         if not isinstance(payload, Mapping):
             raise Reject(Reason.NOT_AN_OBJECT, "report is not a JSON object")
-        voice_id = require_text(payload, "voiceId")
         f = Fields(payload, source.timezone)
-        f.take("voiceId")
+        voice_id = f.require_text("voiceId")
         answered_at = f.epoch_millis("answerTime")
         talk_seconds = f.integer("callDuration")
         sip_code = f.integer("sipCode", low=100, high=699)
@@ -74,7 +73,7 @@ class NXCloudVoiceReport(UnsignedTextProvider):
             event="voice_report",
             external_id=voice_id,
             raw=payload,
-            status=_status(payload, answered_at, talk_seconds, sip_code),
+            status=_status(answered_at, talk_seconds, sip_code, f.peek_int("terminationCode")),
             call_type=call_type,
             direction=Direction.OUTBOUND,
             callee=f.text("callee"),
@@ -110,14 +109,13 @@ class NXCloudVoiceReport(UnsignedTextProvider):
 
 
 def _status(
-    payload: Mapping[str, Any],
     answered_at: datetime | None,
     talk_seconds: int | None,
     sip_code: int | None,
+    termination: int | None,
 ) -> Status:
     if is_connected(answered_at, talk_seconds):
         return Status.ANSWERED
-    termination = to_int(payload.get("terminationCode"))
     by_sip = status_from_sip(sip_code) or status_from_sip(termination)
     if by_sip is not None:
         return by_sip

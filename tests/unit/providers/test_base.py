@@ -311,6 +311,24 @@ def test_fields_lookup_reads_the_value_as_the_table_needs() -> None:
     assert f.extra() == {"other": "nope"}
 
 
+def test_fields_peek_int_reads_a_code_without_consuming_it() -> None:
+    f = Fields({"reason": "0", "size": " 12 ", "word": "x"})
+    assert f.peek_int("reason") == 0  # 0 is a code, not a blank
+    assert f.peek_int("size") == 12
+    assert f.peek_int("word") is None
+    assert f.peek_int("missing") is None
+    assert f.extra() == {"reason": "0", "size": " 12 ", "word": "x"}
+
+
+def test_fields_require_text_consumes_the_id_and_refuses_a_missing_one() -> None:
+    f = Fields({"id": " abc ", "other": "1"})
+    assert f.require_text("id") == "abc"
+    assert f.extra() == {"other": "1"}
+    with pytest.raises(Reject) as caught:
+        Fields({"id": " "}).require_text("id")
+    assert caught.value.reason is Reason.MISSING_FIELD
+
+
 def test_fields_extra_holds_what_was_not_consumed() -> None:
     f = Fields({"a": "1", "b": "2", "c": "3"})
     assert f.peek("a") == "1"  # peeking does not consume
