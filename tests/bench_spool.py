@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import ingress.spool
+import ingress.spool_format
 from ingress.metrics import IngressMetrics
 from ingress.spool import Spool
 
@@ -23,14 +23,14 @@ APPENDS = 4000
 
 async def measure(directory: Path, concurrency: int) -> str:
     syncs: list[float] = []
-    real = ingress.spool._write_all_and_sync
+    real = ingress.spool_format.write_all_and_sync
 
     def timed(fd: int, data: bytes) -> None:
         started = time.perf_counter()
         real(fd, data)
         syncs.append(time.perf_counter() - started)
 
-    ingress.spool._write_all_and_sync = timed
+    ingress.spool_format.write_all_and_sync = timed
     spool = await Spool.open(directory, max_bytes=1 << 30, metrics=IngressMetrics())
     try:
         pending = iter(range(APPENDS))
@@ -44,7 +44,7 @@ async def measure(directory: Path, concurrency: int) -> str:
         cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     finally:
         await spool.close()
-        ingress.spool._write_all_and_sync = real
+        ingress.spool_format.write_all_and_sync = real
     groups = len(syncs)
     return (
         f"concurrency {concurrency:4d}: {cpu / APPENDS * 1e6:6.1f} µs CPU per append, "

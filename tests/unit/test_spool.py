@@ -9,17 +9,10 @@ from pathlib import Path
 
 import pytest
 
-import ingress.spool
+import ingress.spool_format
 from ingress.metrics import IngressMetrics
-from ingress.spool import (
-    HEADER,
-    MAGIC,
-    Spool,
-    SpoolError,
-    SpoolFull,
-    encode_record,
-    scan_records,
-)
+from ingress.spool import Spool, SpoolFull
+from ingress.spool_format import HEADER, MAGIC, SpoolError, encode_record, scan_records
 
 
 async def opened(directory: Path, **options: int) -> Spool:
@@ -109,13 +102,13 @@ async def test_concurrent_appends_share_one_fsync(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     syncs: list[int] = []
-    real = ingress.spool._write_all_and_sync
+    real = ingress.spool_format.write_all_and_sync
 
     def counting(fd: int, data: bytes) -> None:
         syncs.append(len(data))
         real(fd, data)
 
-    monkeypatch.setattr(ingress.spool, "_write_all_and_sync", counting)
+    monkeypatch.setattr(ingress.spool_format, "write_all_and_sync", counting)
     spool = await opened(tmp_path)
     await asyncio.gather(*(spool.append(b"x%d" % n) for n in range(100)))
     assert spool.records == 100
