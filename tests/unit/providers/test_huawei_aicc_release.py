@@ -620,19 +620,6 @@ def test_record_id_is_stable_across_renderings_and_re_pushes() -> None:
 # --- contract with the ingress -------------------------------------------------------
 
 
-def test_methods_and_signing_modes() -> None:
-    assert ADAPTER.methods == frozenset({"POST"})
-    assert ADAPTER.signing_modes == frozenset(MODES)
-    assert ADAPTER.default_timezone == "+08:00"
-
-
-def test_answer_accepted() -> None:
-    answer = ADAPTER.answer(Outcome.ACCEPTED)
-    assert answer.status == 200
-    assert answer.body == b'{"retCode":"0","retMsg":"success"}'
-    assert answer.content_type == "application/json"
-
-
 @pytest.mark.parametrize(
     "outcome", [Outcome.UNAVAILABLE, Outcome.UNAUTHORIZED, Outcome.TOO_LARGE, Outcome.FORBIDDEN]
 )

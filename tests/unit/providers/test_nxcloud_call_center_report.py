@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from schemas.providers import HTTP_STATUS, Outcome, Reason, Reject
+from schemas.providers import Reason, Reject
 from schemas.record import CallRecord, CallType, Direction, HangupBy, Status, record_id_for
 from schemas.sources import Source
 
@@ -404,31 +404,6 @@ def test_record_id_is_stable_across_re_pushes() -> None:
     repush = normalize(report(remark="edited", callDuration=16))
     assert first.record_id == repush.record_id == record_id_for("src", first.external_id)
     assert normalize(report(), make_source(NAME, name="other")).record_id != first.record_id
-
-
-# --- contract with the ingress -------------------------------------------------------
-
-
-def test_methods_and_no_signing() -> None:
-    assert ADAPTER.methods == frozenset({"POST"})
-    assert ADAPTER.default_timezone == "+08:00"
-    assert ADAPTER.signing_modes == frozenset()
-    assert ADAPTER.volatile_fields == frozenset()
-    ADAPTER.authenticate(make_envelope(NAME, "anything"), {}, make_source(NAME), 0.0)
-
-
-@pytest.mark.parametrize(
-    ("outcome", "status", "body"),
-    [
-        (Outcome.ACCEPTED, 200, b"success"),
-        (Outcome.UNAVAILABLE, 503, b"error"),
-        (Outcome.TIMEOUT, 408, b"error"),
-    ],
-)
-def test_answer(outcome: Outcome, status: int, body: bytes) -> None:
-    answer = ADAPTER.answer(outcome)
-    assert (answer.status, answer.body) == (status, body)
-    assert answer.status == HTTP_STATUS[outcome]
 
 
 @pytest.mark.parametrize("zone", ["+08:00", "Asia/Shanghai", "-05:00"])

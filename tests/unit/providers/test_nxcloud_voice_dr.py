@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from schemas.providers import HTTP_STATUS, Outcome, Reason, Reject
+from schemas.providers import Reason, Reject
 from schemas.record import CallRecord, CallType, Direction, HangupBy, Status, record_id_for
 from schemas.sources import Source
 
@@ -452,30 +452,6 @@ def test_record_id_is_stable() -> None:
     first = posted(DOC_FIELDS)
     again = record_of(NAME, b"", method="GET", query=urlencode(DOC_FIELDS))
     assert first.record_id == again.record_id == record_id_for("src", DOC_FIELDS["messageid"])
-
-
-# --- contract with the ingress -------------------------------------------------------
-
-
-def test_methods_and_no_signing() -> None:
-    assert ADAPTER.methods == frozenset({"POST", "GET"})
-    assert ADAPTER.signing_modes == frozenset()
-    assert ADAPTER.volatile_fields == frozenset()
-    ADAPTER.authenticate(make_envelope(NAME, "x=1"), {}, make_source(NAME), 0.0)
-
-
-@pytest.mark.parametrize(
-    ("outcome", "status", "body"),
-    [
-        (Outcome.ACCEPTED, 200, b"success"),
-        (Outcome.UNAVAILABLE, 503, b"error"),
-        (Outcome.UNAUTHORIZED, 401, b"error"),
-    ],
-)
-def test_answer(outcome: Outcome, status: int, body: bytes) -> None:
-    answer = ADAPTER.answer(outcome)
-    assert (answer.status, answer.body, answer.content_type) == (status, body, "text/plain")
-    assert answer.status == HTTP_STATUS[outcome]
 
 
 @pytest.mark.parametrize("zone", ["+08:00", "Asia/Shanghai", "-05:00"])

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from schemas.providers import HTTP_STATUS, Outcome, Reason, Reject
+from schemas.providers import Reason, Reject
 from schemas.record import CallRecord, CallType, Direction, Status, record_id_for
 
 from .conftest import (
@@ -376,31 +376,6 @@ def test_voice_id_is_trimmed_and_record_id_is_stable() -> None:
     assert first.record_id == again.record_id
     other_source = ADAPTER.normalize(report(), make_source(NAME, name="elsewhere"))
     assert other_source.record_id != first.record_id
-
-
-# --- contract with the ingress -------------------------------------------------------
-
-
-def test_methods_and_no_signing() -> None:
-    assert ADAPTER.methods == frozenset({"POST"})
-    assert ADAPTER.signing_modes == frozenset()
-    assert ADAPTER.volatile_fields == frozenset()
-    # authenticate has nothing to check: any body passes.
-    ADAPTER.authenticate(make_envelope(NAME, "garbage"), {}, make_source(NAME), 0.0)
-
-
-@pytest.mark.parametrize(
-    ("outcome", "status", "body"),
-    [
-        (Outcome.ACCEPTED, 200, b"success"),
-        (Outcome.UNAVAILABLE, 503, b"error"),
-        (Outcome.TOO_LARGE, 413, b"error"),
-    ],
-)
-def test_answer(outcome: Outcome, status: int, body: bytes) -> None:
-    answer = ADAPTER.answer(outcome)
-    assert (answer.status, answer.body) == (status, body)
-    assert answer.status == HTTP_STATUS[outcome]
 
 
 def test_simulate_round_trips() -> None:
