@@ -31,11 +31,12 @@ from ingress.app import INGRESS, create_app
 from ingress.edge import EdgeRequestHandler, EdgeServer
 from ingress.server import make_runner
 from schemas.jsoncodec import loads
+from schemas.providers import default_registry
 from schemas.sources import Sources
 from tests.integration.test_processes import free_port
 from tests.support.broker import take_envelopes
 from tests.support.ingress import IngressClient, ingress_client
-from tests.support.samples import sample
+from tests.support.samples import sample, simulated
 from tests.support.sources import ENVIRON, SOURCES_TOML, TOKENS, callback_path
 from tests.support.waiting import eventually
 from tests.support.workers import running_worker, settings_env
@@ -122,11 +123,12 @@ async def test_dr_request_lines_with_raw_spaces_and_utf8_are_stored_as_the_sende
         assert row["ended_at"] == datetime(2020, 11, 30, 16, 0, 10, tzinfo=UTC)
 
 
-@pytest.mark.parametrize("source", ["nx-voice", "nx-cc", "nx-dr", "hw"])
+@pytest.mark.parametrize("provider", sorted(default_registry()))
 async def test_every_providers_callback_with_a_raw_query_is_routed_with_its_body_intact(
-    client: IngressClient, settings: Settings, channel: AbstractChannel, source: str
+    client: IngressClient, settings: Settings, channel: AbstractChannel, provider: str
 ) -> None:
-    item = sample(source)
+    item = simulated(provider, "raw-query-1")  # an id whose simulated callback has a body
+    source = item.source
     content_type = item.content_type or "application/json"
     request = (
         raw_line(source, "note=a b&结果=成功\x01", method="POST")

@@ -29,7 +29,8 @@ from schemas.sources import Source, Sources
 from tests.support.broker import queue_depth, record_tap
 from tests.support.ingress import ingress_client, push_all
 from tests.support.proxy import database_behind_proxy
-from tests.support.samples import Sample, envelope, record_validator, sample
+from tests.support.samples import Sample, envelope, record_validator, sample, simulated
+from tests.support.sources import provider_source
 from tests.support.waiting import eventually, one
 from tests.support.workers import WorkerProcess, publish_envelopes, running_worker, stop_all
 from workers.db import DatabaseHold, create_pool
@@ -150,10 +151,10 @@ async def test_a_source_unknown_to_the_worker_is_rejected_not_dropped(
 def duplicate_heavy_traffic(calls: int, seed: int) -> tuple[list[Sample], dict[str, int]]:
     """Callbacks of every provider, each pushed 1 to 4 times, in a shuffled order."""
     rng = random.Random(seed)
-    sources = ["nx-voice", "nx-cc", "nx-dr", "hw"]
+    providers = sorted(default_registry())
     pushes, expected = [], {}
     for n in range(calls):
-        item = sample(sources[n % 4], f"call-{seed}-{n}")
+        item = simulated(providers[n % len(providers)], f"call-{seed}-{n}")
         count = rng.randint(1, 4)
         expected[f"{item.source}/{item.external_id}"] = count
         pushes += [item] * count
@@ -415,23 +416,23 @@ def breaking(provider_name: str) -> Registry:
     return Registry(Broken(p) if n == provider_name else p for n, p in registry.items())
 
 
-@pytest.mark.parametrize("source", ["nx-voice", "nx-cc", "nx-dr", "hw"])
+@pytest.mark.parametrize("provider", sorted(default_registry()))
 async def test_replay_after_a_fix_turns_a_rejected_callback_into_a_record(
     settings: Settings,
     sources: Sources,
     channel: AbstractChannel,
     db: asyncpg.Connection,
-    source: str,
+    provider: str,
 ) -> None:
-    item = sample(source)
-    others = [sample(s) for s in ("nx-voice", "nx-cc", "nx-dr", "hw") if s != source]
+    item, source = simulated(provider), provider_source(provider)
+    others = [simulated(p) for p in default_registry() if p != provider]
     async with (
-        running_worker(settings, sources, breaking(sources[source].provider)),
+        running_worker(settings, sources, breaking(provider)),
         ingress_client(settings, sources) as client,
     ):
         await push_all(client, [item, *others])
         assert await eventually(lambda: _has_rows(db, 1, "rejected_callbacks"))
-        assert await eventually(lambda: _has_rows(db, 3))
+        assert await eventually(lambda: _has_rows(db, len(others)))
     rejected = await one(db, "SELECT * FROM rejected_callbacks")
     assert (rejected["source"], rejected["reason"]) == (source, "internal_error")
     assert "a bug in the adapter" in rejected["message"]
