@@ -13,13 +13,15 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
+import logging
 import time
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
+from prometheus_client import Counter
 
 from cdrflow.amqp import BrokerLink
 from cdrflow.health import add_health_routes
@@ -36,6 +38,8 @@ from schemas.providers import Outcome, Provider, Registry, Unauthenticated, defa
 from schemas.sources import IPNetwork, Source, Sources
 
 log = get_logger("cdrflow.ingress")
+# Its stdlib logger answers "is debug on?" from a cache; structlog would run its chain.
+_debug_log = logging.getLogger("cdrflow.ingress")
 
 CALLBACK_PATH = "/v1/callbacks/{source}/{token}"
 _DUMMY_TOKEN = b"0" * 32
@@ -55,9 +59,19 @@ class Ingress:
     publisher: CoalescingPublisher | None = None
     draining: bool = False  # set on SIGTERM: load balancers take us out while we still serve
 
+    # Counters by (source, outcome), looked up once: a labels() lookup costs ~2.6 µs.
+    _requests: dict[tuple[str, Outcome], Counter] = field(default_factory=dict)
+
     @property
     def ready(self) -> bool:
         return not self.draining and self.publisher is not None and self.publisher.ready
+
+    def count(self, source: str, outcome: Outcome) -> None:
+        counter = self._requests.get((source, outcome))
+        if counter is None:
+            counter = self.metrics.requests.labels(source, outcome.value)
+            self._requests[(source, outcome)] = counter
+        counter.inc()
 
 
 INGRESS = web.AppKey("ingress", Ingress)
@@ -115,7 +129,7 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
     client = client_address(request, ingress.settings.trusted_proxies)
 
     def finish(outcome: Outcome, **fields: object) -> web.Response:
-        ingress.metrics.requests.labels(source.name, outcome.value).inc()
+        ingress.count(source.name, outcome)
         if outcome is not Outcome.ACCEPTED:
             # A 503 is a warning: a DR pushed once is lost at the provider.
             report = log.warning if outcome is Outcome.UNAVAILABLE else log.info
@@ -157,10 +171,18 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
             await ingress.publisher.make_durable(envelope.encode())
         except NotDurable as exc:
             return finish(Outcome.UNAVAILABLE, reason=str(exc), ingest_id=envelope.ingest_id)
-    log.debug(
-        "callback_accepted", source=source.name, ingest_id=envelope.ingest_id, bytes=len(body)
-    )
+    _log_accepted(source, envelope)
     return finish(Outcome.ACCEPTED)
+
+
+def _log_accepted(source: Source, envelope: RawEnvelope) -> None:
+    if _debug_log.isEnabledFor(logging.DEBUG):  # a filtered structlog call costs ~8 µs
+        log.debug(
+            "callback_accepted",
+            source=source.name,
+            ingest_id=envelope.ingest_id,
+            bytes=len(envelope.body),
+        )
 
 
 def _answer(provider: Provider, outcome: Outcome, status: int | None = None) -> web.Response:
