@@ -12,7 +12,10 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
+from tenacity import RetryCallState
+
 from cdrflow.amqp import BrokerLink, raw_message
+from cdrflow.backoff import retrying
 from cdrflow.logs import get_logger
 from cdrflow.settings import Settings
 from ingress.publisher import CoalescingPublisher
@@ -21,8 +24,11 @@ from ingress.spool import Spool
 log = get_logger("cdrflow.ingress.drainer")
 
 LINK_POLL_SECONDS = 0.2
-RETRY_MIN_SECONDS = 0.25
-RETRY_MAX_SECONDS = 5.0
+RETRY_MAX_SECONDS = 5.0  # the longest wait before sending a refused batch again
+
+
+class _Refused(Exception):
+    """The broker did not confirm a batch; `_send_one` logged it, with what it held."""
 
 
 class SpoolDrainer:
@@ -45,6 +51,7 @@ class SpoolDrainer:
         self.confirm_timeout = confirm_timeout
         self.on_confirmed = on_confirmed
         self._task: asyncio.Task[None] | None = None
+        self._never = asyncio.Event()  # the drainer stops by cancellation
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="spool-drainer")
@@ -68,22 +75,28 @@ class SpoolDrainer:
         await self.stop()
 
     async def _run(self) -> None:
-        delay = RETRY_MIN_SECONDS
         while True:
             await self.spool.wait_for_records()
-            if not self.link.ready:
-                await asyncio.sleep(LINK_POLL_SECONDS)
-                continue
-            if await self._send_one():
-                delay = RETRY_MIN_SECONDS
-            else:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_SECONDS)
+            async for attempt in retrying(
+                stop=self._never,
+                max_wait=RETRY_MAX_SECONDS,
+                on_retry=_logged_already,
+                retry_on=lambda error: isinstance(error, _Refused),
+            ):
+                with attempt:
+                    await self._send_when_linked()
 
-    async def _send_one(self) -> bool:
+    async def _send_when_linked(self) -> None:
+        # Polled: `ready` reads the channel and connection, which no event covers.
+        while not self.link.ready:  # noqa: ASYNC110
+            await asyncio.sleep(LINK_POLL_SECONDS)
+        await self._send_one()
+
+    async def _send_one(self) -> None:
+        """Send and confirm the oldest spooled records; `_Refused` if the broker would not."""
         batch = await self.spool.next_batch(self.max_envelopes, self.max_bytes)
         if batch is None:
-            return True
+            return
         try:
             await self.link.publish(
                 raw_message(batch.payloads),
@@ -100,12 +113,15 @@ class SpoolDrainer:
                 reason=type(exc).__name__,
                 error=str(exc),
             )
-            return False
+            raise _Refused from exc
         await self.spool.confirm(batch)
         self.on_confirmed()
         if not self.spool.records:
             log.info("spool_drained")
-        return True
+
+
+def _logged_already(state: RetryCallState) -> None:
+    """Nothing to add: `_send_one` logs each refused publish."""
 
 
 def start_drainer(
