@@ -5,28 +5,32 @@ SIGKILL costs only itself, and a spooled batch sent twice is counted once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from json import loads
 from pathlib import Path
 
 import aiohttp
 import asyncpg
 from aio_pika.abc import AbstractChannel
+from aio_pika.exceptions import DeliveryError
 
 from cdrflow.amqp import BrokerLink, declare, raw_message
 from cdrflow.settings import Settings
 from ingress.drainer import SpoolDrainer
 from ingress.metrics import IngressMetrics
-from ingress.spool import Spool, encode_record
+from ingress.spool import Spool
+from ingress.spool_format import encode_record
 from schemas.sources import Sources
 from tests.support.broker import queue_depth
 from tests.support.ingress import IngressClient, ingress_client, push_all
-from tests.support.proxy import TcpProxy
+from tests.support.proxy import TcpProxy, broker_behind_proxy
 from tests.support.samples import Sample, envelope, sample
 from tests.support.sources import ENVIRON, SOURCES_TOML, callback_path
 from tests.support.waiting import eventually
@@ -264,3 +268,165 @@ async def test_sigkill_while_spooling_loses_no_answered_callback_and_counts_a_to
     rows = await stored(db, "nx-cc")
     assert all(rows.get(item.external_id) == 1 for item in accepted)  # each once, none lost
     assert set(rows) <= {item.external_id for item in items}
+
+
+# --- what the broker refuses, returns or leaves unconfirmed goes to the spool ----------
+
+
+def spooled_age(text: str) -> float:
+    return metric(text, "cdrflow_spool_oldest_age_seconds")
+
+
+async def assert_spooled_then_stored_once(
+    client: IngressClient,
+    settings: Settings,
+    sources: Sources,
+    db: asyncpg.Connection,
+    items: list[Sample],
+    let_the_broker_accept: Callable[[], Awaitable[None]],
+) -> None:
+    """`items` were answered 200 while the broker would not take them: they are in the
+    spool, aging; once the broker accepts again they are drained and stored once each."""
+    text = await scrape(client)
+    assert metric(text, "cdrflow_spool_writes_total") >= len(items)
+    assert metric(text, "cdrflow_spool_records") >= len(items)
+    assert metric(text, "cdrflow_spool_drained_total") == 0
+
+    async def aging() -> bool:
+        return spooled_age(await scrape(client)) > 0
+
+    assert await eventually(aging)
+    async with running_worker(settings, sources):
+        await let_the_broker_accept()
+
+        async def drained() -> bool:
+            return metric(await scrape(client), "cdrflow_spool_records") == 0
+
+        assert await eventually(drained, timeout=40)
+        text = await scrape(client)
+        assert spooled_age(text) == 0
+        drained_total = metric(text, "cdrflow_spool_drained_total")
+        assert drained_total == metric(text, "cdrflow_spool_writes_total")
+
+        async def all_stored() -> bool:
+            return len(await stored(db, items[0].source)) >= len(items)
+
+        assert await eventually(all_stored, timeout=40)
+    assert await stored(db, items[0].source) == {item.external_id: 1 for item in items}
+
+
+def publish_failures(text: str, reason: str) -> float:
+    return metric(text, f'cdrflow_ingress_publish_failures_total{{reason="{reason}"}}')
+
+
+async def test_a_publish_returned_as_unroutable_is_spooled_and_drained_once_routable(
+    settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
+) -> None:
+    items = [sample("nx-cc") for _ in range(30)]
+    async with ingress_client(settings, sources) as client:
+        await channel.queue_delete(settings.raw_queue)  # mandatory publishes come back
+        await push_all(client, items, concurrency=10)
+        assert publish_failures(await scrape(client), "PublishError") >= 1  # basic.return
+
+        async def declare_the_queue_again() -> None:
+            await declare(channel, settings.topology())
+
+        await assert_spooled_then_stored_once(
+            client, settings, sources, db, items, declare_the_queue_again
+        )
+
+
+def rabbitmqctl(*arguments: str) -> None:
+    subprocess.run(["rabbitmqctl", *arguments], check=True, capture_output=True, timeout=60)
+
+
+async def test_a_publish_the_broker_nacks_is_spooled_and_drained_once_accepted(
+    settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
+) -> None:
+    # The raw queue overflows with reject-publish (schemas/topology.py); a policy, unlike
+    # a queue argument, caps its length without a TopologyMismatch: every publish is nacked.
+    policy = f"{settings.raw_queue}.full"
+    pattern = "^" + settings.raw_queue.replace(".", "\\.") + "$"
+    items = [sample("nx-cc") for _ in range(30)]
+    async with ingress_client(settings, sources) as client:
+        await asyncio.to_thread(
+            rabbitmqctl, "set_policy", "--apply-to", "queues", "--priority", "100",
+            policy, pattern, '{"max-length": 0}',
+        )  # fmt: skip
+        try:
+            # The probes taken before the policy reached the queue stay in it: a quorum
+            # queue emptied below its cap would take publishes again for a moment.
+            assert await eventually(lambda: nacked_by(channel, settings.raw_queue))
+            await push_all(client, items, concurrency=10)
+            assert publish_failures(await scrape(client), "DeliveryError") >= 1
+
+            async def lift_the_cap() -> None:
+                # A quorum queue tells publishers it takes messages again when a consumer
+                # shrinks it, not when its cap is lifted (RabbitMQ 3.10): the worker runs.
+                await asyncio.to_thread(rabbitmqctl, "clear_policy", policy)
+
+            await assert_spooled_then_stored_once(
+                client, settings, sources, db, items, lift_the_cap
+            )
+        finally:
+            with contextlib.suppress(subprocess.CalledProcessError):  # cleared already
+                await asyncio.to_thread(rabbitmqctl, "clear_policy", policy)
+
+
+async def nacked_by(channel: AbstractChannel, queue: str) -> bool:
+    probe = raw_message([envelope(sample("nx-voice")).encode()])  # stored apart from nx-cc
+    try:
+        await channel.default_exchange.publish(probe, queue, mandatory=True, timeout=5)
+    except DeliveryError:
+        return True
+    return False
+
+
+async def test_a_confirm_that_does_not_come_in_time_sends_the_callback_to_the_spool(
+    settings: Settings, sources: Sources, db: asyncpg.Connection
+) -> None:
+    items = [sample("nx-cc") for _ in range(20)]
+    async with (
+        broker_behind_proxy(settings, confirm_timeout=1.0) as (proxy, via_proxy),
+        ingress_client(via_proxy, sources) as client,
+    ):
+        proxy.stall()  # the connection stays open; no confirm comes back
+        await push_all(client, items, concurrency=10)  # each one 200 while the broker is silent
+        assert publish_failures(await scrape(client), "TimeoutError") >= 1
+
+        async def end_the_stall() -> None:
+            # What was held reaches cdr.raw too: those callbacks arrive twice, and count once.
+            proxy.resume()
+
+        await assert_spooled_then_stored_once(client, settings, sources, db, items, end_the_stall)
+
+
+async def test_with_the_spool_full_and_the_broker_out_of_reach_the_provider_gets_its_failure(
+    settings: Settings, sources: Sources
+) -> None:
+    unreachable = settings.with_(
+        amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/", spool_max_bytes=8192
+    )
+    async with ingress_client(unreachable, sources) as client:
+        accepted = {source: await fill(client, source) for source in ("nx-cc", "nx-dr", "hw")}
+        assert accepted["nx-cc"] >= 1  # the spool took what fitted
+        text = await scrape(client)
+        assert metric(text, "cdrflow_spool_records") == sum(accepted.values())
+        assert metric(text, "cdrflow_spool_bytes") <= unreachable.spool_max_bytes
+
+
+async def fill(client: IngressClient, source: str) -> int:
+    """Push callbacks of `source` until one is refused, which must get the provider's
+    failure answer with the 503; how many were accepted before."""
+    accepted = 0
+    while True:
+        response = await client.post(callback_path(source), data=sample(source).body)
+        if response.status != 200:
+            break
+        accepted += 1
+    assert response.status == 503
+    if source == "hw":
+        assert loads(await response.read())["retCode"] != "0"  # Huawei's failure
+    else:
+        assert await response.text() == "error"  # NXCloud's
+    return accepted

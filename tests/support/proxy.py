@@ -19,6 +19,8 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._pumps: set[asyncio.Task[None]] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
@@ -36,6 +38,15 @@ class TcpProxy:
 
     async def restore(self) -> None:
         await self.start()
+
+    def stall(self) -> None:
+        """Hold every byte in both directions, keeping the connections open: the peer
+        neither answers nor looks gone (a hung broker, a black-holed network)."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Pass on what was held, then flow again."""
+        self._flowing.set()
 
     async def close(self) -> None:
         await self.cut()
@@ -60,6 +71,7 @@ class TcpProxy:
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
