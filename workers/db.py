@@ -12,7 +12,8 @@ from schemas.record import RECORD_COLUMNS
 # Per connection, a staging table shaped after call_records (so it cannot drift from the
 # migrations): a batch is COPYed here, then upserted. ON COMMIT DELETE ROWS empties it.
 STAGE_TABLE = "cdr_stage"
-STAGE_COLUMNS: tuple[str, ...] = (
+# The staging table's own columns, before the record's.
+STAGE_ONLY_COLUMNS: tuple[str, ...] = (
     "ordinal",
     "deliveries",
     "first_received_at",
@@ -20,8 +21,8 @@ STAGE_COLUMNS: tuple[str, ...] = (
     "ingest_id",
     "item",
     "content_hash",
-    *RECORD_COLUMNS,
 )
+STAGE_COLUMNS: tuple[str, ...] = (*STAGE_ONLY_COLUMNS, *RECORD_COLUMNS)
 _CREATE_STAGE = f"""
 CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} ON COMMIT DELETE ROWS AS
 SELECT 0::integer AS ordinal, 0::integer AS deliveries,

@@ -14,7 +14,9 @@
      newest of them is what `call_records` shows; a late one (older than the content
      shown) is kept in the history only.
 4. Each new revision that `call_records` moved to gets an `outbox` row: the message.
-5. Rejections go to `rejected_callbacks`; replays that now succeed resolve theirs."""
+5. Rejections go to `rejected_callbacks`; replays that now succeed resolve theirs.
+
+The statements are in `workers.ledger_sql`."""
 
 from __future__ import annotations
 
@@ -29,13 +31,8 @@ from asyncpg.pool import PoolConnectionProxy
 
 from cdrflow.logs import get_logger
 from schemas.jsoncodec import dumps
-from schemas.record import (
-    CONTENT_COLUMNS,
-    RECORD_COLUMNS,
-    Ledger,
-    published_body,
-    routing_key,
-)
+from schemas.record import RECORD_COLUMNS, Ledger, published_body, routing_key
+from workers import ledger_sql as sql
 from workers.db import STAGE_COLUMNS, STAGE_TABLE
 from workers.normalize import WHOLE_REQUEST, Normalized, Rejection, as_request
 from workers.outbox import OutboxEntry
@@ -55,111 +52,6 @@ class BatchResult:
     rejected: list[Rejection]
 
 
-_CLAIM = """
-INSERT INTO deliveries (ingest_id, item, record_id, received_at)
-SELECT * FROM unnest($1::uuid[], $2::integer[], $3::uuid[], $4::timestamptz[])
-ON CONFLICT DO NOTHING
-RETURNING ingest_id, item
-"""
-
-# One row per record: its newest content, and the batch's counts.
-_UPSERT = f"""
-INSERT INTO call_records AS c (
-    {", ".join(RECORD_COLUMNS)}, received_at, first_seen_at, last_seen_at, delivery_count,
-    revision, content_hash, content_received_at, content_ingest_id, content_item)
-SELECT {", ".join(f"s.{c}" for c in RECORD_COLUMNS)}, t.first_received_at,
-    t.first_received_at, t.last_received_at, t.deliveries, s.ordinal + 1, s.content_hash,
-    s.last_received_at, s.ingest_id, s.item
-FROM {STAGE_TABLE} s JOIN (
-    SELECT record_id, max(ordinal) AS newest, sum(deliveries)::integer AS deliveries,
-        min(first_received_at) AS first_received_at, max(last_received_at) AS last_received_at
-    FROM {STAGE_TABLE} GROUP BY record_id
-) t ON s.record_id = t.record_id AND s.ordinal = t.newest
-ORDER BY s.source, s.external_id  -- one lock order for all workers: no deadlocks between them
-ON CONFLICT (source, external_id) DO UPDATE SET
-    delivery_count = c.delivery_count + excluded.delivery_count,
-    received_at = least(c.received_at, excluded.received_at),
-    first_seen_at = least(c.first_seen_at, excluded.first_seen_at),
-    last_seen_at = greatest(c.last_seen_at, excluded.last_seen_at)
-RETURNING record_id, xmax = 0 AS created, revision, content_received_at, received_at,
-    stored_at, first_seen_at, last_seen_at, delivery_count
-"""  # noqa: S608 (identifiers are constants; values are parameters)
-
-# For the contents of records stored before (and locked by the upsert): the revision each
-# one already is, if any, and the record's last revision number.
-_KNOWN = f"""
-SELECT s.record_id, s.ordinal, r.revision AS known,
-    (SELECT max(m.revision) FROM record_revisions m WHERE m.record_id = s.record_id) AS last
-FROM {STAGE_TABLE} s
-LEFT JOIN record_revisions r ON r.record_id = s.record_id AND r.content_hash = s.content_hash
-WHERE s.record_id = ANY($1::uuid[])
-"""  # noqa: S608
-
-_STAGE_ONLY = (
-    "ordinal",
-    "deliveries",
-    "first_received_at",
-    "last_received_at",
-    "ingest_id",
-    "item",
-    "content_hash",
-    "raw",
-)
-_NEW_REVISIONS = f"""
-INSERT INTO record_revisions (record_id, revision, content_hash, content, raw, ingest_id,
-    item, received_at, first_seen_at, last_seen_at, delivery_count)
-SELECT s.record_id, u.revision, s.content_hash,
-    to_jsonb(s) - ARRAY[{", ".join(f"'{c}'" for c in _STAGE_ONLY)}], s.raw, s.ingest_id, s.item,
-    s.first_received_at, s.first_received_at, s.last_received_at, s.deliveries
-FROM {STAGE_TABLE} s
-JOIN unnest($1::uuid[], $2::integer[], $3::integer[]) AS u(record_id, ordinal, revision)
-    ON s.record_id = u.record_id AND s.ordinal = u.ordinal
-"""  # noqa: S608
-
-_EARLIER_DELIVERED = """
-UPDATE record_revisions r SET
-    delivery_count = r.delivery_count + u.deliveries,
-    first_seen_at = least(r.first_seen_at, u.first_seen_at),
-    last_seen_at = greatest(r.last_seen_at, u.last_seen_at)
-FROM unnest($1::uuid[], $2::integer[], $3::integer[], $4::timestamptz[], $5::timestamptz[])
-    AS u(record_id, revision, deliveries, first_seen_at, last_seen_at)
-WHERE r.record_id = u.record_id AND r.revision = u.revision
-"""
-
-_SHOWN = f"""
-UPDATE call_records c SET
-    {", ".join(f"{column} = s.{column}" for column in CONTENT_COLUMNS)},
-    revision = u.revision, content_hash = s.content_hash,
-    content_received_at = s.last_received_at, content_ingest_id = s.ingest_id,
-    content_item = s.item, updated_at = now()
-FROM {STAGE_TABLE} s
-JOIN unnest($1::uuid[], $2::integer[], $3::integer[]) AS u(record_id, ordinal, revision)
-    ON s.record_id = u.record_id AND s.ordinal = u.ordinal
-WHERE c.source = s.source AND c.external_id = s.external_id
-"""  # noqa: S608
-
-_OUTBOX = """
-INSERT INTO outbox (record_id, revision, routing_key, body)
-SELECT * FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::bytea[])
-RETURNING outbox_id, record_id, revision
-"""
-
-_REJECT = """
-INSERT INTO rejected_callbacks
-    (ingest_id, item, source, tenant, provider, received_at, reason, message, request, body)
-SELECT * FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::text[], $5::text[],
-    $6::timestamptz[], $7::text[], $8::text[], $9::jsonb[], $10::bytea[])
-ON CONFLICT (ingest_id, item) DO UPDATE SET
-    reason = excluded.reason, message = excluded.message, last_failed_at = now()
-"""
-
-_RESOLVE = """
-UPDATE rejected_callbacks r SET resolved_at = now(), record_id = u.record_id
-FROM unnest($1::uuid[], $2::integer[], $3::uuid[]) AS u(ingest_id, item, record_id)
-WHERE r.ingest_id = u.ingest_id AND r.item = u.item AND r.resolved_at IS NULL
-"""
-
-
 async def write_batch(connection: Connection, normalized: Normalized) -> BatchResult:
     """Store one batch in one transaction. Raises what the database raises."""
     async with connection.transaction():
@@ -170,7 +62,7 @@ async def write_batch(connection: Connection, normalized: Normalized) -> BatchRe
             await _add_to_outbox(connection, published)
         rejections = _unique_rejections(normalized.rejections)
         if rejections:
-            await connection.execute(_REJECT, *_rejection_columns(rejections))
+            await connection.execute(sql.REJECT, *_rejection_columns(rejections))
         await _resolve_replays(connection, fresh, normalized)
     contents = sum(len(r.contents) for r in records)
     return BatchResult(published, len(fresh), contents, rejections)
@@ -184,7 +76,7 @@ async def _claim(connection: Connection, deliveries: list[Delivery]) -> list[Del
         return []
     items = list(unique.values())
     rows = await connection.fetch(
-        _CLAIM,
+        sql.CLAIM,
         [d.ingest_id for d in items],
         [d.item for d in items],
         [d.record.record_id for d in items],
@@ -249,7 +141,7 @@ async def _store_versions(
         records=[_stage_row(c) for r in records for c in r.contents],
         columns=STAGE_COLUMNS,
     )
-    upserted = {row["record_id"]: row for row in await connection.fetch(_UPSERT)}
+    upserted = {row["record_id"]: row for row in await connection.fetch(sql.UPSERT)}
     stored_before = [rid for rid, row in upserted.items() if not row["created"]]
     known, last = await _known_revisions(connection, stored_before)
     writes = _Writes()
@@ -271,7 +163,7 @@ async def _known_revisions(
         return {}, {}
     known: dict[tuple[uuid.UUID, int], int] = {}
     last: dict[uuid.UUID, int] = {}
-    for row in await connection.fetch(_KNOWN, record_ids):
+    for row in await connection.fetch(sql.KNOWN, record_ids):
         if row["known"] is not None:
             known[(row["record_id"], row["ordinal"])] = row["known"]
         if row["last"] is not None:
@@ -337,11 +229,11 @@ def _plan_stored_record(
 
 async def _apply(connection: Connection, writes: _Writes) -> None:
     if writes.new_revisions:
-        await connection.execute(_NEW_REVISIONS, *_columns(writes.new_revisions))
+        await connection.execute(sql.NEW_REVISIONS, *_columns(writes.new_revisions))
     if writes.earlier:
-        await connection.execute(_EARLIER_DELIVERED, *_columns(writes.earlier))
+        await connection.execute(sql.EARLIER_DELIVERED, *_columns(writes.earlier))
     if writes.shown:
-        await connection.execute(_SHOWN, *_columns(writes.shown))
+        await connection.execute(sql.SHOWN, *_columns(writes.shown))
 
 
 def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
@@ -350,7 +242,7 @@ def _columns(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
 
 async def _add_to_outbox(connection: Connection, entries: list[OutboxEntry]) -> None:
     rows = await connection.fetch(
-        _OUTBOX,
+        sql.OUTBOX,
         [e.record_id for e in entries],
         [e.revision for e in entries],
         [e.routing_key for e in entries],
@@ -400,4 +292,4 @@ async def _resolve_replays(
     resolved += [(i, WHOLE_REQUEST, None) for i in replayed - failed_whole]
     if resolved:
         ids, items, records = zip(*resolved, strict=True)
-        await connection.execute(_RESOLVE, list(ids), list(items), list(records))
+        await connection.execute(sql.RESOLVE, list(ids), list(items), list(records))

@@ -1,0 +1,105 @@
+"""The SQL statements of the batch transaction (`workers.ledger`), in the order it runs
+them. Each takes whole columns as arrays (unnest), or reads the staging table, so a batch
+costs a fixed number of statements whatever it holds."""
+
+from __future__ import annotations
+
+from schemas.record import CONTENT_COLUMNS, RECORD_COLUMNS
+from workers.db import STAGE_ONLY_COLUMNS, STAGE_TABLE
+
+CLAIM = """
+INSERT INTO deliveries (ingest_id, item, record_id, received_at)
+SELECT * FROM unnest($1::uuid[], $2::integer[], $3::uuid[], $4::timestamptz[])
+ON CONFLICT DO NOTHING
+RETURNING ingest_id, item
+"""
+
+# One row per record: its newest content, and the batch's counts.
+UPSERT = f"""
+INSERT INTO call_records AS c (
+    {", ".join(RECORD_COLUMNS)}, received_at, first_seen_at, last_seen_at, delivery_count,
+    revision, content_hash, content_received_at, content_ingest_id, content_item)
+SELECT {", ".join(f"s.{c}" for c in RECORD_COLUMNS)}, t.first_received_at,
+    t.first_received_at, t.last_received_at, t.deliveries, s.ordinal + 1, s.content_hash,
+    s.last_received_at, s.ingest_id, s.item
+FROM {STAGE_TABLE} s JOIN (
+    SELECT record_id, max(ordinal) AS newest, sum(deliveries)::integer AS deliveries,
+        min(first_received_at) AS first_received_at, max(last_received_at) AS last_received_at
+    FROM {STAGE_TABLE} GROUP BY record_id
+) t ON s.record_id = t.record_id AND s.ordinal = t.newest
+ORDER BY s.source, s.external_id  -- one lock order for all workers: no deadlocks between them
+ON CONFLICT (source, external_id) DO UPDATE SET
+    delivery_count = c.delivery_count + excluded.delivery_count,
+    received_at = least(c.received_at, excluded.received_at),
+    first_seen_at = least(c.first_seen_at, excluded.first_seen_at),
+    last_seen_at = greatest(c.last_seen_at, excluded.last_seen_at)
+RETURNING record_id, xmax = 0 AS created, revision, content_received_at, received_at,
+    stored_at, first_seen_at, last_seen_at, delivery_count
+"""  # noqa: S608 (identifiers are constants; values are parameters)
+
+# For the contents of records stored before (and locked by the upsert): the revision each
+# one already is, if any, and the record's last revision number.
+KNOWN = f"""
+SELECT s.record_id, s.ordinal, r.revision AS known,
+    (SELECT max(m.revision) FROM record_revisions m WHERE m.record_id = s.record_id) AS last
+FROM {STAGE_TABLE} s
+LEFT JOIN record_revisions r ON r.record_id = s.record_id AND r.content_hash = s.content_hash
+WHERE s.record_id = ANY($1::uuid[])
+"""  # noqa: S608
+
+# What a revision's content leaves out: the staging bookkeeping, and the raw callback
+# (kept in a column of its own).
+_NOT_CONTENT = (*STAGE_ONLY_COLUMNS, "raw")
+NEW_REVISIONS = f"""
+INSERT INTO record_revisions (record_id, revision, content_hash, content, raw, ingest_id,
+    item, received_at, first_seen_at, last_seen_at, delivery_count)
+SELECT s.record_id, u.revision, s.content_hash,
+    to_jsonb(s) - ARRAY[{", ".join(f"'{c}'" for c in _NOT_CONTENT)}], s.raw, s.ingest_id, s.item,
+    s.first_received_at, s.first_received_at, s.last_received_at, s.deliveries
+FROM {STAGE_TABLE} s
+JOIN unnest($1::uuid[], $2::integer[], $3::integer[]) AS u(record_id, ordinal, revision)
+    ON s.record_id = u.record_id AND s.ordinal = u.ordinal
+"""  # noqa: S608
+
+EARLIER_DELIVERED = """
+UPDATE record_revisions r SET
+    delivery_count = r.delivery_count + u.deliveries,
+    first_seen_at = least(r.first_seen_at, u.first_seen_at),
+    last_seen_at = greatest(r.last_seen_at, u.last_seen_at)
+FROM unnest($1::uuid[], $2::integer[], $3::integer[], $4::timestamptz[], $5::timestamptz[])
+    AS u(record_id, revision, deliveries, first_seen_at, last_seen_at)
+WHERE r.record_id = u.record_id AND r.revision = u.revision
+"""
+
+SHOWN = f"""
+UPDATE call_records c SET
+    {", ".join(f"{column} = s.{column}" for column in CONTENT_COLUMNS)},
+    revision = u.revision, content_hash = s.content_hash,
+    content_received_at = s.last_received_at, content_ingest_id = s.ingest_id,
+    content_item = s.item, updated_at = now()
+FROM {STAGE_TABLE} s
+JOIN unnest($1::uuid[], $2::integer[], $3::integer[]) AS u(record_id, ordinal, revision)
+    ON s.record_id = u.record_id AND s.ordinal = u.ordinal
+WHERE c.source = s.source AND c.external_id = s.external_id
+"""  # noqa: S608
+
+OUTBOX = """
+INSERT INTO outbox (record_id, revision, routing_key, body)
+SELECT * FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::bytea[])
+RETURNING outbox_id, record_id, revision
+"""
+
+REJECT = """
+INSERT INTO rejected_callbacks
+    (ingest_id, item, source, tenant, provider, received_at, reason, message, request, body)
+SELECT * FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::text[], $5::text[],
+    $6::timestamptz[], $7::text[], $8::text[], $9::jsonb[], $10::bytea[])
+ON CONFLICT (ingest_id, item) DO UPDATE SET
+    reason = excluded.reason, message = excluded.message, last_failed_at = now()
+"""
+
+RESOLVE = """
+UPDATE rejected_callbacks r SET resolved_at = now(), record_id = u.record_id
+FROM unnest($1::uuid[], $2::integer[], $3::uuid[]) AS u(ingest_id, item, record_id)
+WHERE r.ingest_id = u.ingest_id AND r.item = u.item AND r.resolved_at IS NULL
+"""
