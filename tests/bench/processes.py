@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import signal
 import socket
@@ -17,9 +16,10 @@ from pathlib import Path
 
 import aiohttp
 
-from cdrflow.settings import PREFIX, Settings
+from cdrflow.settings import Settings
 from tests.support.env import unique
 from tests.support.sources import ENVIRON, SOURCES_TOML
+from tests.support.workers import settings_env
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -37,16 +37,6 @@ def bench_settings(amqp_url: str, database_url: str, workdir: Path) -> Settings:
         spool_dir=str(workdir / f"{name}.spool"),
         log_format="json",
     )
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    env = {}
-    for field in dataclasses.fields(settings):
-        value = getattr(settings, field.name)
-        if isinstance(value, tuple):
-            value = ",".join(str(v) for v in value)
-        env[PREFIX + field.name.upper()] = str(value)
-    return env
 
 
 def free_port() -> int:
