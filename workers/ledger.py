@@ -31,7 +31,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from cdrflow.logs import get_logger
 from schemas.jsoncodec import dumps
-from schemas.record import RECORD_COLUMNS, Ledger, published_body, routing_key
+from schemas.record import LEDGER_COLUMNS, RECORD_COLUMNS, Ledger, published_body, routing_key
 from workers import ledger_sql as sql
 from workers.db import STAGE_COLUMNS, STAGE_TABLE
 from workers.normalize import WHOLE_REQUEST, Normalized, Rejection, as_request
@@ -172,12 +172,7 @@ async def _known_revisions(
 
 
 def _ledger(row: asyncpg.Record, **changes: Any) -> Ledger:
-    values = {
-        name: row[name] for name in ("received_at", "stored_at", "first_seen_at", "last_seen_at")
-    }
-    values["delivery_count"] = row["delivery_count"]
-    values["revision"] = row["revision"]
-    return Ledger(**{**values, **changes})
+    return Ledger(**{**{name: row[name] for name in LEDGER_COLUMNS}, **changes})
 
 
 def _plan_new_record(versions: RecordVersions, row: asyncpg.Record, writes: _Writes) -> None:

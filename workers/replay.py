@@ -13,7 +13,6 @@ replay of everything after a long outage is a choice, not an accident."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,28 +31,27 @@ log = get_logger("cdrflow.replay")
 CHUNK = 100
 DEFAULT_LIMIT = 1000
 
-_SELECT = """
-SELECT * FROM (
-    SELECT DISTINCT ON (ingest_id) ingest_id, source, tenant, provider, received_at, request, body
-    FROM rejected_callbacks
-    WHERE resolved_at IS NULL
-      AND ($1::text IS NULL OR source = $1)
-      AND ($2::text IS NULL OR reason = $2)
-      AND ($3::timestamptz IS NULL OR received_at >= $3)
-      AND ($4::timestamptz IS NULL OR received_at < $4)
-    ORDER BY ingest_id
-) AS open_requests
-ORDER BY received_at
-LIMIT $5
-"""
-_SUMMARY = """
-SELECT source, reason, count(DISTINCT ingest_id) AS requests, min(received_at) AS oldest
+# The open rejections a `ReplaySelection` picks ($1 to $4).
+_SELECTED = """
 FROM rejected_callbacks
 WHERE resolved_at IS NULL
   AND ($1::text IS NULL OR source = $1)
   AND ($2::text IS NULL OR reason = $2)
   AND ($3::timestamptz IS NULL OR received_at >= $3)
   AND ($4::timestamptz IS NULL OR received_at < $4)
+"""
+_SELECT = f"""
+SELECT * FROM (
+    SELECT DISTINCT ON (ingest_id) ingest_id, source, tenant, provider, received_at, request, body
+    {_SELECTED}
+    ORDER BY ingest_id
+) AS open_requests
+ORDER BY received_at
+LIMIT $5
+"""  # noqa: S608 (values are parameters)
+_SUMMARY = f"""
+SELECT source, reason, count(DISTINCT ingest_id) AS requests, min(received_at) AS oldest
+{_SELECTED}
 GROUP BY source, reason
 ORDER BY source, reason
 """
@@ -85,7 +83,7 @@ class OpenRejections:
 def envelope_of(row: Any) -> RawEnvelope:
     request = loads(row["request"]) if isinstance(row["request"], str) else row["request"]
     return RawEnvelope(
-        ingest_id=str(row["ingest_id"]),
+        ingest_id=row["ingest_id"],
         source=row["source"],
         tenant=row["tenant"],
         provider=row["provider"],
@@ -168,7 +166,7 @@ async def _send(
             await link.publish(
                 message, settings.raw_queue, mandatory=True, timeout=settings.confirm_timeout
             )
-            await connection.execute(_MARK, [uuid.UUID(e.ingest_id) for e in chunk])
+            await connection.execute(_MARK, [e.ingest_id for e in chunk])
             progress(len(chunk))
     finally:
         await link.close()

@@ -32,6 +32,7 @@ from cdrflow.logs import get_logger
 from cdrflow.settings import Settings
 from schemas.jsoncodec import loads_exact
 from schemas.record import (
+    LEDGER_COLUMNS,
     RECORD_COLUMNS,
     CallRecord,
     CallType,
@@ -52,21 +53,13 @@ WINDOW = 200  # publishes awaiting their confirms at once
 CONFIRM_TIMEOUT = 30.0
 PROGRESS_LOG_SECONDS = 5.0
 
-_LEDGER = (
-    "received_at",
-    "stored_at",
-    "first_seen_at",
-    "last_seen_at",
-    "delivery_count",
-    "revision",
-)
 _WHERE = """
 WHERE updated_at >= $1 AND ($2::timestamptz IS NULL OR updated_at < $2)
   AND ($3::text IS NULL OR source = $3) AND ($4::text IS NULL OR tenant = $4)
 """
 # Keyset pages, not one long transaction: a long republish holds no snapshot open.
 _PAGE = f"""
-SELECT {", ".join(c for c in RECORD_COLUMNS if c != "raw")}, {", ".join(_LEDGER)}, updated_at
+SELECT {", ".join(c for c in RECORD_COLUMNS if c != "raw")}, {", ".join(LEDGER_COLUMNS)}, updated_at
 FROM call_records {_WHERE}
   AND ($5::timestamptz IS NULL OR (updated_at, record_id) > ($5, $6::uuid))
 ORDER BY updated_at, record_id LIMIT {WINDOW}
@@ -123,7 +116,7 @@ def record_of(row: asyncpg.Record) -> tuple[CallRecord, Ledger]:
     fields["labels"] = tuple(row["labels"])
     extra = row["extra"]
     fields["extra"] = loads_exact(extra) if isinstance(extra, str | bytes) else extra
-    ledger = Ledger(**{name: row[name] for name in _LEDGER})
+    ledger = Ledger(**{name: row[name] for name in LEDGER_COLUMNS})
     return CallRecord(raw={}, **fields), ledger
 
 
