@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import os
 import signal
 import socket
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import aiohttp
 import asyncpg
+import pytest
 from aio_pika.abc import AbstractChannel
 from aio_pika.exceptions import DeliveryError
 
@@ -26,7 +29,7 @@ from cdrflow.settings import Settings
 from ingress.drainer import SpoolDrainer
 from ingress.metrics import IngressMetrics
 from ingress.spool import Spool
-from ingress.spool_format import encode_record
+from ingress.spool_format import MAGIC, encode_record, scan_records
 from schemas.sources import Sources
 from tests.support.broker import queue_depth
 from tests.support.ingress import IngressClient, ingress_client, push_all
@@ -430,3 +433,56 @@ async def fill(client: IngressClient, source: str) -> int:
     else:
         assert await response.text() == "error"  # NXCloud's
     return accepted
+
+
+async def stored_at_least(db: asyncpg.Connection, source: str, count: int) -> bool:
+    return len(await stored(db, source)) >= count
+
+
+def torn_tails(directory: Path) -> int:
+    """Segments that end in a torn record, as the next start-up's scan will find them (a
+    segment torn inside its header is deleted, not counted)."""
+    return sum(
+        1
+        for path in segments(directory)
+        if (data := path.read_bytes()).startswith(MAGIC) and scan_records(data, len(MAGIC)).damaged
+    )
+
+
+def large(item: Sample) -> Sample:
+    # Trailing whitespace keeps the JSON valid; 256 KiB envelopes make group writes long
+    # enough for a kill to land inside one.
+    return dataclasses.replace(item, body=item.body + b" " * 262144)
+
+
+@pytest.mark.timeout(240)
+async def test_sigkill_while_writing_large_envelopes_again_and_again_loses_nothing_answered(
+    settings: Settings, sources: Sources, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    unreachable = settings.with_(amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/")
+    sent: list[Sample] = []
+    accepted: list[Sample] = []
+    for round in range(3):
+        items = [large(sample("nx-cc")) for _ in range(300)]
+        sent += items
+        async with ingress_process(unreachable, tmp_path, f"killed-{round}") as (process, base):
+            accepted += await push_until_killed(base, process, items)
+            await process.wait()
+        assert process.returncode == -signal.SIGKILL
+        torn = torn_tails(Path(settings.spool_dir))  # 0 or 1: where the kill happened to land
+
+        async with (
+            ingress_process(settings, tmp_path, f"restarted-{round}") as (restarted, base),
+            running_worker(settings, sources),
+            aiohttp.ClientSession() as session,
+        ):
+            async with session.get(base + "/metrics") as response:
+                assert metric(await response.text(), "cdrflow_spool_torn_records_total") == torn
+
+            delivered = functools.partial(stored_at_least, db, "nx-cc", len(accepted))
+            assert await eventually(delivered, timeout=60)
+            restarted.send_signal(signal.SIGTERM)
+            assert await restarted.wait() == 0
+        rows = await stored(db, "nx-cc")
+        assert all(rows.get(item.external_id) == 1 for item in accepted)  # each once
+        assert set(rows) <= {item.external_id for item in sent}
