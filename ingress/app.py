@@ -170,7 +170,7 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
         try:
             await ingress.publisher.make_durable(envelope.encode())
         except NotDurable as exc:
-            return finish(Outcome.UNAVAILABLE, reason=str(exc), ingest_id=envelope.ingest_id)
+            return finish(Outcome.UNAVAILABLE, reason=str(exc), ingest_id=str(envelope.ingest_id))
     _log_accepted(source, envelope)
     return finish(Outcome.ACCEPTED)
 
@@ -180,7 +180,7 @@ def _log_accepted(source: Source, envelope: RawEnvelope) -> None:
         log.debug(
             "callback_accepted",
             source=source.name,
-            ingest_id=envelope.ingest_id,
+            ingest_id=str(envelope.ingest_id),
             bytes=len(envelope.body),
         )
 
@@ -240,7 +240,7 @@ def _envelope(
     request: web.Request, source: Source, provider: Provider, client: str, body: bytes
 ) -> RawEnvelope:
     return RawEnvelope(
-        ingest_id=str(uuid7()),
+        ingest_id=uuid7(),
         source=source.name,
         tenant=source.tenant,
         provider=provider.name,

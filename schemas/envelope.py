@@ -94,7 +94,7 @@ def format_time(moment: datetime) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RawEnvelope:
-    ingest_id: str
+    ingest_id: uuid.UUID
     source: str
     tenant: str
     provider: str
@@ -110,7 +110,7 @@ class RawEnvelope:
 
     def to_wire(self) -> dict[str, Any]:
         return {
-            "ingest_id": self.ingest_id,
+            "ingest_id": str(self.ingest_id),
             "source": self.source,
             "tenant": self.tenant,
             "provider": self.provider,
@@ -137,7 +137,7 @@ class RawEnvelope:
             if not isinstance(headers, dict):
                 raise EnvelopeError("headers is not an object")
             return cls(
-                ingest_id=str(uuid.UUID(_text(data, "ingest_id"))),
+                ingest_id=uuid.UUID(_text(data, "ingest_id")),
                 source=_text(data, "source"),
                 tenant=_text(data, "tenant"),
                 provider=_text(data, "provider"),

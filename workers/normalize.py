@@ -34,7 +34,7 @@ class Rejection:
 
     @property
     def ingest_id(self) -> uuid.UUID:
-        return uuid.UUID(self.envelope.ingest_id)
+        return self.envelope.ingest_id
 
 
 @dataclass
@@ -117,7 +117,7 @@ def _crash(envelope: RawEnvelope, provider: Provider, exc: Exception) -> str:
     log.error(
         "provider_crashed",
         provider=provider.name,
-        ingest_id=envelope.ingest_id,
+        ingest_id=str(envelope.ingest_id),
         error=f"{type(exc).__name__}: {exc}",
         traceback="".join(traceback.format_exception(exc)[-3:]),
     )

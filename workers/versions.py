@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from schemas.envelope import RawEnvelope
@@ -29,10 +29,10 @@ class Delivery:
     item: int
     record: CallRecord
     content_hash: bytes
-    ingest_id: uuid.UUID = field(init=False)  # the envelope's, as the database keeps it
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "ingest_id", uuid.UUID(self.envelope.ingest_id))
+    @property
+    def ingest_id(self) -> uuid.UUID:
+        return self.envelope.ingest_id
 
     @property
     def received_at(self) -> datetime:

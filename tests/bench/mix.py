@@ -46,7 +46,7 @@ class Callback:
     def envelope(self, received_at: datetime) -> RawEnvelope:
         """What the ingress puts on `cdr.raw` for this request."""
         return RawEnvelope(
-            ingest_id=str(uuid7()),
+            ingest_id=uuid7(),
             source=self.source.name,
             tenant=self.source.tenant,
             provider=self.source.provider,

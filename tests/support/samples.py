@@ -166,11 +166,11 @@ def sample(source: str, external_id: str | None = None, variant: int = 0) -> Sam
 
 
 def envelope(
-    sample: Sample, received_at: datetime | None = None, ingest_id: str | None = None
+    sample: Sample, received_at: datetime | None = None, ingest_id: uuid.UUID | None = None
 ) -> RawEnvelope:
     source = load_test_sources()[sample.source]
     return RawEnvelope(
-        ingest_id=ingest_id or str(uuid7()),
+        ingest_id=ingest_id or uuid7(),
         source=sample.source,
         tenant=source.tenant,
         provider=source.provider,

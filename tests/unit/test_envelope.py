@@ -14,7 +14,7 @@ from tests.support.samples import raw_batch_validator
 
 def make(body: bytes = b"x", **changes: object) -> RawEnvelope:
     fields: dict[str, object] = {
-        "ingest_id": str(uuid7()),
+        "ingest_id": uuid7(),
         "source": "nx-dr",
         "tenant": "acme",
         "provider": "nxcloud.voice_dr",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -82,7 +83,7 @@ def make_envelope(
 ) -> RawEnvelope:
     """A raw envelope as the ingress wraps a request."""
     return RawEnvelope(
-        ingest_id="01937c5e-0000-7000-8000-000000000001",
+        ingest_id=uuid.UUID("01937c5e-0000-7000-8000-000000000001"),
         source=source,
         tenant="default",
         provider=provider_name,
