@@ -33,7 +33,7 @@ from schemas.providers import (
 )
 from schemas.providers.answers import text_answers
 from schemas.providers.bodies import json_body
-from schemas.providers.fields import Fields, require_text
+from schemas.providers.fields import Fields
 from schemas.record import CallRecord, Status
 from schemas.sources import Source, Sources, SourceSettings, parse_sources
 from tests.support.ingress import IngressClient, ingress_client
@@ -91,8 +91,7 @@ class Ping:
 
     def normalize(self, payload: Mapping[str, Any], source: Source) -> CallRecord:
         f = Fields(payload, source.timezone)
-        ping_id = require_text(payload, "pingId")
-        f.take("pingId")
+        ping_id = f.require_text("pingId")
         seconds = f.integer("seconds")
         return CallRecord(
             source=source.name,
