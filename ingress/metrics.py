@@ -33,7 +33,7 @@ UNROUTABLE_REASONS = (
     "no_route",
 )
 # The exceptions a publish to RabbitMQ usually ends with (the label is the type's name).
-PUBLISH_FAILURES = ("BrokerUnavailable", "TimeoutError", "DeliveryError")
+PUBLISH_FAILURES = ("BrokerUnavailable", "TimeoutError", "DeliveryError", "PublishError")
 
 
 class IngressMetrics:
