@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -27,6 +26,7 @@ from cdrflow.amqp import BrokerLink
 from cdrflow.health import add_health_routes
 from cdrflow.logs import get_logger
 from cdrflow.settings import Settings
+from ingress.client_address import client_address
 from ingress.drainer import start_drainer
 from ingress.edge import body_error_reason, scrub_token
 from ingress.inflight import Hold, InflightBytes, Overloaded
@@ -35,7 +35,7 @@ from ingress.publisher import CoalescingPublisher, NotDurable
 from ingress.spool import open_spool
 from schemas.envelope import RawEnvelope, stored_headers, uuid7
 from schemas.providers import Outcome, Provider, Registry, Unauthenticated, default_registry
-from schemas.sources import IPNetwork, Source, Sources
+from schemas.sources import Source, Sources
 
 log = get_logger("cdrflow.ingress")
 # Its stdlib logger answers "is debug on?" from a cache; structlog would run its chain.
@@ -297,31 +297,6 @@ def _close_after(response: web.Response) -> web.Response:
     # The rest of the body is not worth reading: end the connection with the answer.
     response.force_close()
     return response
-
-
-def client_address(request: web.Request, trusted_proxies: Iterable[IPNetwork]) -> str:
-    """The peer address, or, behind a trusted proxy, the last X-Forwarded-For hop that is
-    not itself a trusted proxy."""
-    peer = request.remote or ""
-    proxies = tuple(trusted_proxies)
-    if not proxies or not _within(peer, proxies):
-        return peer
-    # Every header line, in order: a proxy that adds its own line (HAProxy's `option
-    # forwardfor`) leaves the client's line first, and the client writes what it likes there.
-    lines = request.headers.getall("X-Forwarded-For", [])
-    hops = [hop.strip() for line in lines for hop in line.split(",") if hop.strip()]
-    for hop in reversed(hops):
-        if not _within(hop, proxies):
-            return hop
-    return peer
-
-
-def _within(address: str, networks: tuple[IPNetwork, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in network for network in networks)
 
 
 def _report_ready(ingress: Ingress) -> bool:
