@@ -20,12 +20,15 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
-# Migrate, then run the ingress and one worker until Ctrl-C (both stop gracefully).
+# Migrate, then run the ingress and WORKERS workers (two: what a 2-core host with RabbitMQ
+# and PostgreSQL beside it does best, README "Operate and scale") until Ctrl-C; all stop
+# gracefully.
+WORKERS ?= 2
 run: install
 	$(BIN)/cdrflow migrate
-	@trap 'kill -TERM $$worker $$ingress 2>/dev/null; wait' INT TERM EXIT; \
-	$(BIN)/cdrflow worker & worker=$$!; \
-	$(BIN)/cdrflow ingress --host $(HOST) --port $(PORT) & ingress=$$!; \
+	@pids=; trap 'kill -TERM $$pids 2>/dev/null; wait' INT TERM EXIT; \
+	for _ in $$(seq $(WORKERS)); do $(BIN)/cdrflow worker & pids="$$pids $$!"; done; \
+	$(BIN)/cdrflow ingress --host $(HOST) --port $(PORT) & pids="$$pids $$!"; \
 	wait
 
 # Every test, against the real RabbitMQ and PostgreSQL, with coverage (of the `cdrflow`

@@ -55,7 +55,7 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     header_timeout: float = 10.0  # a client must send its request headers within this
     body_timeout: float = 10.0  # ... and then its body within this
-    confirm_timeout: float = 5.0  # broker confirm; past it the request gets 503
+    confirm_timeout: float = 5.0  # broker confirm; past it the callback goes to the spool
     coalesce_max_envelopes: int = 128
     coalesce_max_bytes: int = 4 * 1024 * 1024
     coalesce_linger_ms: float = 2.0
