@@ -10,7 +10,6 @@ PostgreSQL: it wraps the request in an envelope and answers once that is durable
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import logging
 import time
@@ -26,10 +25,11 @@ from cdrflow.amqp import BrokerLink
 from cdrflow.health import add_health_routes
 from cdrflow.logs import get_logger
 from cdrflow.settings import Settings
+from ingress.body import TooLarge, read_body
 from ingress.client_address import client_address
 from ingress.drainer import start_drainer
 from ingress.edge import body_error_reason, scrub_token
-from ingress.inflight import Hold, InflightBytes, Overloaded
+from ingress.inflight import InflightBytes, Overloaded
 from ingress.metrics import IngressMetrics
 from ingress.publisher import CoalescingPublisher, NotDurable
 from ingress.spool import open_spool
@@ -43,10 +43,6 @@ _debug_log = logging.getLogger("cdrflow.ingress")
 
 CALLBACK_PATH = "/v1/callbacks/{source}/{token}"
 _DUMMY_TOKEN = b"0" * 32
-
-
-class TooLarge(Exception):
-    pass
 
 
 @dataclass
@@ -261,36 +257,6 @@ def _kept_headers(request: web.Request, body: bytes) -> dict[str, str]:
         # aiohttp decompressed the body: the envelope describes the bytes it holds.
         headers["content-length"] = str(len(body))
     return headers
-
-
-async def read_body(request: web.Request, limit: int, timeout: float, hold: Hold) -> bytes:
-    """The body (decompressed), each chunk counted against the in-flight bound as it
-    arrives; a declared length that cannot fit is refused before anything is read.
-    A body that is all there already is taken at once (a payload error still raises)."""
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise TooLarge
-    if declared is not None and not hold.has_room_for(declared):
-        raise Overloaded
-    content = request.content
-    if content.is_eof():
-        # The whole body has arrived with the headers (the usual callback): no waiting, so
-        # no timeout and no chunk loop.
-        body = content.read_nowait()
-        if len(body) > limit:
-            raise TooLarge
-        hold.take(len(body))
-        return body
-    chunks: list[bytes] = []
-    size = 0
-    async with asyncio.timeout(timeout):
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                raise TooLarge
-            hold.take(len(chunk))
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _close_after(response: web.Response) -> web.Response:

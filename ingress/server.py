@@ -29,7 +29,7 @@ def runner_options(settings: Settings) -> dict[str, Any]:
         "access_log": None,  # its lines carry the URL, and the URL carries the token
         # aiohttp closes a connection that has not sent complete request headers within
         # keepalive_timeout of connecting or of its last answer: our header-read guard
-        # (aiohttp has no header timeout of its own; the body is bounded in read_body).
+        # (aiohttp has no header timeout of its own; the body is bounded in ingress/body.py).
         "keepalive_timeout": settings.header_timeout,
         "shutdown_timeout": settings.shutdown_timeout,
         # After an answer given before the whole body came (408, 413, ...) aiohttp keeps the
