@@ -14,7 +14,7 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -158,7 +158,7 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
 
         envelope = _envelope(request, source, provider, client, body)
         try:
-            provider.authenticate(envelope, request.headers, source, time.time())
+            envelope = _authenticated(provider, envelope, request, source)
         except Unauthenticated as exc:
             return finish(Outcome.UNAUTHORIZED, reason=str(exc))
         if ingress.publisher is None:
@@ -220,6 +220,14 @@ async def handle_unrouted(request: web.Request) -> web.Response:
         first_bytes=scrub_token(f"{request.method} {request.raw_path}".encode()),
     )
     raise web.HTTPNotFound()
+
+
+def _authenticated(
+    provider: Provider, envelope: RawEnvelope, request: web.Request, source: Source
+) -> RawEnvelope:
+    """The envelope, noting which reading of an ambiguous body the signature verified."""
+    reading = provider.authenticate(envelope, request.headers, source, time.time())
+    return replace(envelope, reading=reading) if reading else envelope
 
 
 def _authorize(sources: Sources, request: web.Request) -> Source | None:

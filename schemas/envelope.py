@@ -19,7 +19,9 @@ requests that arrive together into one AMQP message, so a message body is a batc
           "headers": {"user-agent": "..."},     # `stored_headers`: see below
           "client": "203.0.113.7",
           "body": "eyJjYWxs...",               # base64 of the body bytes, exactly as received
-          "replay": false                       # true when sent again by `cdrflow replay`
+          "replay": false,                      # true when sent again by `cdrflow replay`
+          "reading": 1                          # only when not 0: which reading of an
+                                                # ambiguous body the signature verified
         }
       ]
     }
@@ -107,9 +109,12 @@ class RawEnvelope:
     client: str = ""
     headers: Mapping[str, str] = field(default_factory=dict)
     replay: bool = False
+    # Which reading of an ambiguous body (Huawei's {k=v} rendering) the signature verified
+    # at the ingress; 0, the deterministic reading, when there was no choice to make.
+    reading: int = 0
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire = {
             "ingest_id": str(self.ingest_id),
             "source": self.source,
             "tenant": self.tenant,
@@ -124,6 +129,9 @@ class RawEnvelope:
             "body": base64.b64encode(self.body).decode("ascii"),
             "replay": self.replay,
         }
+        if self.reading:
+            wire["reading"] = self.reading  # absent when 0: older workers read it as before
+        return wire
 
     def encode(self) -> bytes:
         return dumps(self.to_wire())
@@ -150,11 +158,18 @@ class RawEnvelope:
                 client=_text(data, "client", required=False),
                 body=base64.b64decode(_text(data, "body", required=False), validate=True),
                 replay=bool(data.get("replay", False)),
+                reading=_reading(data.get("reading", 0)),
             )
         except (ValueError, binascii.Error) as exc:
             if isinstance(exc, EnvelopeError):
                 raise
             raise EnvelopeError(f"bad envelope: {exc}") from exc
+
+
+def _reading(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1024:
+        raise EnvelopeError("reading is not a small non-negative integer")
+    return value
 
 
 def _text(data: dict[str, Any], key: str, *, required: bool = True) -> str:

@@ -108,22 +108,25 @@ class HuaweiAiccRelease:
 
     def authenticate(
         self, envelope: RawEnvelope, headers: Mapping[str, str], source: Source, now: float
-    ) -> None:
+    ) -> int | None:
         signing = signing_of(source)
         if signing.signing == "none":
-            return
+            return None
         secret, skew = signing.secret or "", signing.max_skew_seconds
         verify = partial(
             verify_signature, mode=signing.signing, secret=secret, now=now, max_skew=skew
         )
         try:
-            verify_any(field_readings(envelope, source, DOCUMENTED_FIELDS), verify)
+            return verify_any(field_readings(envelope, source, DOCUMENTED_FIELDS), verify)
         except Reject as exc:
             raise Unauthenticated(f"signed body cannot be read: {exc.message}") from exc
 
     def parse(self, envelope: RawEnvelope, source: Source) -> list[Any]:
-        # The worker holds no secret: it stores the deterministic reading.
-        return [next(iter(field_readings(envelope, source, DOCUMENTED_FIELDS)))]
+        # The worker holds no secret: it stores the reading the ingress's signature check
+        # verified (envelope.reading), else the deterministic one (the first).
+        readings = list(field_readings(envelope, source, DOCUMENTED_FIELDS))
+        chosen = envelope.reading if 0 <= envelope.reading < len(readings) else 0
+        return [readings[chosen]]
 
     def normalize(self, payload: Mapping[str, Any], source: Source) -> CallRecord:
         f = Fields(payload, source.timezone)

@@ -78,10 +78,12 @@ class Provider(Protocol):
 
     def authenticate(
         self, envelope: RawEnvelope, headers: Mapping[str, str], source: Source, now: float
-    ) -> None:
+    ) -> int | None:
         """Raise `Unauthenticated` unless the request is signed as the source requires.
         `headers` are all the request's headers, names case-insensitive: a signature in a
-        header is at hand, whatever the envelope keeps (`schemas.envelope.stored_headers`)."""
+        header is at hand, whatever the envelope keeps (`schemas.envelope.stored_headers`).
+        For a body with several readings, return the index of the one the signature
+        verified: the ingress keeps it in the envelope (`reading`) for `parse`."""
 
     def parse(self, envelope: RawEnvelope, source: Source) -> list[dict[str, Any]]:
         """The payloads in one request (several for batch variants); raise `Reject`. The

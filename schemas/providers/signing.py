@@ -65,14 +65,14 @@ def base64_digest(text: str, mode: str, secret: str) -> str:
     return base64.b64encode(digest).decode()
 
 
-def verify_any(readings: Iterable[Reading], verify: Callable[[Reading], None]) -> None:
-    """Accept the first reading of an ambiguous body whose signature verifies."""
+def verify_any(readings: Iterable[Reading], verify: Callable[[Reading], None]) -> int:
+    """Accept the first reading of an ambiguous body whose signature verifies; its index."""
     failure: Unauthenticated | None = None
-    for reading in readings:
+    for index, reading in enumerate(readings):
         try:
             verify(reading)
         except Unauthenticated as exc:
             failure = failure or exc
         else:
-            return
+            return index
     raise failure or Unauthenticated("signed body has no fields")

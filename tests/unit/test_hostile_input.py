@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -13,6 +14,7 @@ from urllib.parse import urlencode
 
 import pytest
 
+from schemas.envelope import RawEnvelope
 from schemas.jsoncodec import dumps, loads
 from schemas.providers import Unauthenticated, default_registry
 from schemas.providers.huawei_aicc_release import render_map, sign
@@ -223,6 +225,31 @@ def test_a_signed_map_rendering_verifies_whatever_its_values_hold(value: str, so
         REGISTRY["huawei.aicc_release"].authenticate(
             envelope(Sample(source, "map-5", "POST", forged)), {}, target, now.timestamp()
         )
+
+
+@pytest.mark.parametrize("source", ["hw-sha", "hw-hmac"])
+def test_a_signed_rendering_is_stored_as_the_reading_its_signature_verified(source: str) -> None:
+    # `, y=1` inside an unbraced value looks like a field of its own: the deterministic
+    # reading splits there and fails the signature; a later reading verifies, and that is
+    # the one the worker must store, not the deterministic one.
+    target = SOURCES[source]
+    secret = {"hw-sha": "sha-app-secret-42", "hw-hmac": "hmac-app-secret-42"}[source]
+    now = datetime.now(UTC)
+    event = sign({**HUAWEI, "callData": "x, y=1"}, target.signing, secret, now, random.Random(3))
+    item = envelope(Sample(source, "map-5", "POST", render_map(event).encode()))
+    provider = REGISTRY["huawei.aicc_release"]
+    reading = provider.authenticate(item, {}, target, now.timestamp())
+    assert reading is not None
+    assert reading > 0
+    # The ingress keeps the index in the envelope; it survives the wire.
+    kept = RawEnvelope.from_wire(loads(replace(item, reading=reading).encode()))
+    assert kept.reading == reading
+    assert "reading" not in loads(item.encode())  # 0 is left out: the format is unchanged
+    (payload,) = provider.parse(kept, target)
+    assert payload["callData"] == "x, y=1"
+    assert "y" not in payload
+    (deterministic,) = provider.parse(item, target)
+    assert deterministic["callData"] == "x"  # what the worker stored before
 
 
 # --- NUL in an id ----------------------------------------------------------------------------
