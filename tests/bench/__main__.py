@@ -123,7 +123,8 @@ async def _measure(table: Table, options: Options, where: Services, workdir: Pat
             f"stored_at - received_at at {rate:,}/s offered (achieved {lag.achieved:,.0f}/s)",
             lag.p99_ms,
             "ms p99",
-            f"p50 {lag.p50_ms:.0f} ms; {'grows' if lag.grows else 'steady'}",
+            f"p50 {lag.p50_ms:.0f} ms; {'grows' if lag.grows else 'steady'}; "
+            f"1 ingress, {options.lag_workers} worker(s)",
         )
     if first_growing:
         steady = [r for r in options.lag_rates if r < first_growing]

@@ -5,7 +5,8 @@ queue bound to the records exchange.
   until every callback answered 200 is stored and every record is on the downstream queue;
   callbacks/s over that whole time;
 - lag: `stored_at - received_at` (ingress to first commit) of the calls received while
-  wrk offers a fixed rate (paced by callbacks.lua), one worker; it grows when the median
+  wrk offers a fixed rate (paced by callbacks.lua), with the worker processes the README
+  recommends for this host (`Options.lag_workers`); it grows when the median
   lag of the last third of the window is more than twice the first third's plus 50 ms."""
 
 from __future__ import annotations
@@ -83,15 +84,16 @@ FROM lag
 async def lag(
     services: Services, database_url: str, options: Options, rate: int, workdir: Path
 ) -> Lag:
+    count = options.lag_workers
     settings = bench_settings(services.amqp_url, database_url, workdir)
     db = await asyncpg.connect(database_url)
     try:
         async with (
             topology(settings) as broker,
-            workers(settings, workdir),
+            workers(settings, workdir, count),
             ingress(settings, workdir) as served,
         ):
-            await broker.until_consumed_by(1)
+            await broker.until_consumed_by(count)
             load = await run_wrk(
                 served.url,
                 options.requests_file,
