@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from cdrflow import logs
-from tests.bench import drain, flow, hostile, limits, machine, serving
+from tests.bench import cpu, drain, flow, hostile, limits, machine, serving
 from tests.bench.mix import write_wrk_requests
 from tests.bench.options import Options
 from tests.bench.processes import bench_settings
@@ -108,6 +108,15 @@ async def _measure(table: Table, options: Options, where: Services, workdir: Pat
             "callbacks/s",
             f"{ratio(rate, publish)} of publish limit, {ratio(rate, database)} of database limit; "
             f"{result.records:,} records on the bound queue from {result.callbacks:,} callbacks",
+        )
+        spent = result.cpu.per_callback(result.callbacks)
+        table.add(
+            f"{key}.cpu",
+            "... CPU of the whole machine per callback",
+            sum(spent.values()),
+            "µs",
+            ", ".join(f"{kind} {spent[kind]:.0f}" for kind in cpu.CLASSES)
+            + f"; cores {result.cpu.busy:.0%} busy",
         )
 
     first_growing = 0

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import asyncpg
 
+from tests.bench import cpu
 from tests.bench.options import Options
 from tests.bench.pipeline import topology, until_drained
 from tests.bench.processes import bench_settings, ingress, workers
@@ -32,6 +33,7 @@ class EndToEnd:
     records: int
     seconds: float
     load: Load
+    cpu: cpu.Account  # from the start of the load until everything was drained
 
 
 async def end_to_end(
@@ -42,11 +44,12 @@ async def end_to_end(
     try:
         async with (
             topology(settings) as broker,
-            workers(settings, workdir, worker_count),
+            workers(settings, workdir, worker_count) as running,
             ingress(settings, workdir) as served,
         ):
             await broker.until_consumed_by(worker_count)
-            started = time.monotonic()
+            ours = {served.pid: "ingress", **{one.pid: "workers" for one in running}}
+            started, before = time.monotonic(), cpu.snapshot(ours)
             load = await run_wrk(
                 served.url,
                 options.requests_file,
@@ -54,9 +57,10 @@ async def end_to_end(
                 seconds=options.end_to_end_seconds,
             )
             drained = await until_drained(broker, db, at_least=load.requests - load.failed)
+            spent = cpu.account(before, cpu.snapshot(ours))
     finally:
         await db.close()
-    return EndToEnd(drained.callbacks, drained.records, drained.finished - started, load)
+    return EndToEnd(drained.callbacks, drained.records, drained.finished - started, load, spent)
 
 
 @dataclass(frozen=True)

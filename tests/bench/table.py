@@ -20,7 +20,9 @@ ROWS = (
     "limit.publish",
     "limit.database",
     "end_to_end",
+    "end_to_end.cpu",
     "end_to_end.2",
+    "end_to_end.2.cpu",
     "drain.rate",
     "drain.cpu",
     "drain.rss",
@@ -28,6 +30,7 @@ ROWS = (
     "lag.2",
     "lag.3",
     "lag.4",
+    "lag.5",
     "lag.grows_from",
     "hostile.typical",
     "hostile.versions",
@@ -37,8 +40,8 @@ ROWS = (
     "hostile.numbers",
 )
 OPTIONAL_ROWS = ("drain.rss_million",)
-# Only in some runs: a second end-to-end worker count, a fourth lag rate (--full).
-NOT_ALWAYS = frozenset({"end_to_end.2", "lag.4", *OPTIONAL_ROWS})
+# Only in some runs: a second end-to-end worker count, lag rates past the smoke run's three.
+NOT_ALWAYS = frozenset({"end_to_end.2", "end_to_end.2.cpu", "lag.4", "lag.5", *OPTIONAL_ROWS})
 
 
 @dataclass
