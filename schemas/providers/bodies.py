@@ -164,20 +164,35 @@ def field_readings(
     """A body of fields sent in any form: a form (urlencoded or multipart), a JSON object,
     or Java's `{k=v, ...}` rendering, whose every reading is returned, the deterministic
     one first (`map_rendering.splits`, anchored on the `documented` field names)."""
+    body = _fields_or_rendering(envelope, source)
+    return map_rendering.splits(body, documented) if isinstance(body, str) else [body]
+
+
+def field_reading(
+    envelope: RawEnvelope, source: Source, documented: frozenset[str], index: int
+) -> dict[str, Any]:
+    """`list(field_readings(...))[index]`, or the first reading when there is no such
+    index, without building the readings not asked for (`map_rendering.reading`)."""
+    body = _fields_or_rendering(envelope, source)
+    return map_rendering.reading(body, documented, index) if isinstance(body, str) else body
+
+
+def _fields_or_rendering(envelope: RawEnvelope, source: Source) -> dict[str, Any] | str:
+    """The body's fields, or the text of a `{k=v, ...}` rendering (which has readings)."""
     if is_multipart(envelope.content_type):
-        return [form_body(envelope, source)]
+        return form_body(envelope, source)
     text = body_text(envelope, source).strip()
     if not text:
         raise Reject(Reason.EMPTY_BODY, "body is empty")
     if text.startswith("{") and not _looks_like_json(text):
-        return map_rendering.splits(text, documented)
+        return text
     if text.startswith("{") or "json" in envelope.content_type.lower():
         document = parse_json(text)
     else:
         document = form_body(envelope, source)
     if not isinstance(document, dict):
         raise Reject(Reason.NOT_AN_OBJECT, "body is not an object of fields")
-    return [document]
+    return document
 
 
 def _looks_like_json(text: str) -> bool:

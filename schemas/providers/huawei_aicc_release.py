@@ -34,7 +34,7 @@ from schemas.envelope import RawEnvelope
 from schemas.jsoncodec import dumps
 from schemas.providers import map_rendering
 from schemas.providers.answers import HTTP_STATUS, Answer, Outcome
-from schemas.providers.bodies import field_readings
+from schemas.providers.bodies import field_reading, field_readings
 from schemas.providers.call_status import is_connected
 from schemas.providers.errors import Reject, Unauthenticated
 from schemas.providers.fields import Fields
@@ -124,9 +124,7 @@ class HuaweiAiccRelease:
     def parse(self, envelope: RawEnvelope, source: Source) -> list[Any]:
         # The worker holds no secret: it stores the reading the ingress's signature check
         # verified (envelope.reading), else the deterministic one (the first).
-        readings = list(field_readings(envelope, source, DOCUMENTED_FIELDS))
-        chosen = envelope.reading if 0 <= envelope.reading < len(readings) else 0
-        return [readings[chosen]]
+        return [field_reading(envelope, source, DOCUMENTED_FIELDS, envelope.reading)]
 
     def normalize(self, payload: Mapping[str, Any], source: Source) -> CallRecord:
         f = Fields(payload, source.timezone)

@@ -25,6 +25,7 @@ from schemas.providers.errors import Reason, Reject
 
 _BOUNDARY = re.compile(r",(\s*)([A-Za-z_][A-Za-z0-9_.]*)(\s*)=")
 _OPENING, _CLOSING = "{[", "}]"
+_BRACKET = re.compile(r"[{}\[\]]")
 # Beyond this many fields (an event has 21), no reading merges two fields: each would cost
 # a pass over the text.
 MAX_FIELDS_TO_MERGE = 64
@@ -35,26 +36,23 @@ def splits(text: str, documented: frozenset[str]) -> Iterator[dict[str, Any]]:
     the documented names alone, then every name, then, for a rendering of at most
     `MAX_FIELDS_TO_MERGE` fields, the deterministic one with one boundary fewer each (a
     value holding `, caller=`). Each reading is linear in the text."""
-    inner = _inside_braces(text)
-    depth = _depths(inner)
-    candidates = [m for m in _BOUNDARY.finditer(inner) if depth[m.start()] == 0]
-    anchored = _anchored(candidates, documented)
-    first = _last_of_each_name(anchored)
-    merged = (
-        ([m.start() for m in anchored if m is not dropped] for dropped in anchored)
-        if len(anchored) <= MAX_FIELDS_TO_MERGE
-        else iter(())
-    )
-    cut_sets = itertools.chain(
-        [first, [m.start() for m in candidates if m.group(2) in documented]],
-        [[m.start() for m in candidates]],
-        merged,
-    )
-    seen: set[tuple[int, ...]] = set()
+    inner, cut_sets = _cut_sets(text, documented)
     for cuts in cut_sets:
-        if tuple(cuts) not in seen:
-            seen.add(tuple(cuts))
-            yield _fields(inner, cuts)
+        yield _fields(inner, cuts)
+
+
+def reading(text: str, documented: frozenset[str], index: int) -> dict[str, Any]:
+    """`list(splits(text, documented))[index]` (the first reading when there is no such
+    index), without building the ~20 readings a rendering has: only their boundaries.
+    Like building them all, it refuses the text when any reading cannot be read, with that
+    reading's message. Only a reading's first pair can fail (every later pair starts at a
+    boundary, `name=`), so only first pairs are checked."""
+    inner, cut_sets = _cut_sets(text, documented)
+    readings = list(cut_sets)
+    if inner.strip():  # an empty rendering reads as {} whatever the boundaries
+        for cuts in readings:
+            _pair(inner[: cuts[0] if cuts else len(inner)])
+    return _fields(inner, readings[index] if 0 <= index < len(readings) else readings[0])
 
 
 def read(text: str, documented: frozenset[str]) -> dict[str, Any]:
@@ -95,22 +93,56 @@ def _last_of_each_name(anchored: list[re.Match[str]]) -> list[int]:
     return [m.start() for m in anchored if last[m.group(2)] == m.start()]
 
 
+def _cut_sets(text: str, documented: frozenset[str]) -> tuple[str, Iterator[list[int]]]:
+    """The text inside the braces, and the boundaries of each distinct reading, lazily, in
+    `splits`' order."""
+    inner = _inside_braces(text)
+    depth = _depths(inner)
+    candidates = [m for m in _BOUNDARY.finditer(inner) if depth[m.start()] == 0]
+    anchored = _anchored(candidates, documented)
+    first = _last_of_each_name(anchored)
+    merged = (
+        ([m.start() for m in anchored if m is not dropped] for dropped in anchored)
+        if len(anchored) <= MAX_FIELDS_TO_MERGE
+        else iter(())
+    )
+    cut_sets = itertools.chain(
+        [first, [m.start() for m in candidates if m.group(2) in documented]],
+        [[m.start() for m in candidates]],
+        merged,
+    )
+    return inner, _distinct(cut_sets)
+
+
+def _distinct(cut_sets: Iterator[list[int]]) -> Iterator[list[int]]:
+    seen: set[tuple[int, ...]] = set()
+    for cuts in cut_sets:
+        if tuple(cuts) not in seen:
+            seen.add(tuple(cuts))
+            yield cuts
+
+
 def _fields(inner: str, cuts: list[int]) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     if not inner.strip():
         return fields
     for start, end in zip([-1, *cuts], [*cuts, len(inner)], strict=True):
-        pair = inner[start + 1 : end]
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise Reject(Reason.UNPARSEABLE_BODY, f"{pair.strip()[:40]!r} is not key=value")
-        value = value.strip()
-        fields[key.strip()] = None if value == "null" else value
+        key, value = _pair(inner[start + 1 : end])
+        fields[key] = None if value == "null" else value
     return fields
+
+
+def _pair(pair: str) -> tuple[str, str]:
+    key, sep, value = pair.partition("=")
+    if not sep or not key.strip():
+        raise Reject(Reason.UNPARSEABLE_BODY, f"{pair.strip()[:40]!r} is not key=value")
+    return key.strip(), value.strip()
 
 
 def _depths(text: str) -> list[int]:
     """Brace and bracket depth at each character; all 0 when they do not balance."""
+    if not _BRACKET.search(text):  # the common body: flat values, every depth 0
+        return [0] * len(text)
     depths, depth = [], 0
     for char in text:
         if char in _CLOSING:
