@@ -18,8 +18,9 @@ Pure: no I/O."""
 from __future__ import annotations
 
 import hashlib
+import operator
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -35,6 +36,10 @@ _SLASHED_TIME = re.compile(
     r"([0-9]{4})/([0-9]{2})/([0-9]{2}),([0-9]{2}):([0-9]{2}):([0-9]{2})(?::([0-9]{1,3}))?"
 )
 _COMPARED_COLUMNS = tuple(c for c in CONTENT_COLUMNS if c not in ("raw", "extra"))
+_compared_values = operator.attrgetter(*_COMPARED_COLUMNS)
+_NUMBER_OR_TIME_START = frozenset("-0123456789")
+_SHORT_INTEGER = 10**18
+_EXACT_DIGITS = 28  # the default Decimal context's precision, which `_number` rounds to
 
 
 def content_hash(record: CallRecord, volatile: frozenset[str]) -> bytes:
@@ -45,7 +50,10 @@ def content_hash(record: CallRecord, volatile: frozenset[str]) -> bytes:
 
 
 def canonical_content(record: CallRecord, volatile: frozenset[str]) -> dict[str, Any]:
-    content = {column: canonical(getattr(record, column)) for column in _COMPARED_COLUMNS}
+    values = _compared_values(record)  # one C call instead of a getattr per column
+    content = {
+        column: canonical(value) for column, value in zip(_COMPARED_COLUMNS, values, strict=True)
+    }
     content["extra"] = {
         key: canonical(value) for key, value in record.extra.items() if key not in volatile
     }
@@ -54,6 +62,11 @@ def canonical_content(record: CallRecord, volatile: frozenset[str]) -> dict[str,
 
 def canonical(value: Any) -> Any:
     """One spelling of a value (nested values too)."""
+    # Most values are of these exact types; subclasses (the columns' StrEnums) take the
+    # general path below, which gives the same spelling.
+    spell = _BY_TYPE.get(type(value))
+    if spell is not None:
+        return spell(value)
     if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int | Decimal):
@@ -69,6 +82,26 @@ def canonical(value: Any) -> Any:
     return str(value)
 
 
+def _same(value: Any) -> Any:
+    return value
+
+
+def _integer(value: int) -> str:
+    # Below 10**18 (all a record's integers), the number's plain spelling is its digits:
+    # no exponent, no trailing zeros to drop, never over the expansion bound.
+    if -_SHORT_INTEGER < value < _SHORT_INTEGER:
+        return str(value)
+    return _number(Decimal(value))
+
+
+def _mapping(value: dict[Any, Any]) -> dict[str, Any]:
+    return {str(k): canonical(v) for k, v in value.items()}
+
+
+def _sequence(value: list[Any] | tuple[Any, ...]) -> list[Any]:
+    return [canonical(v) for v in value]
+
+
 def _number(number: Decimal) -> str:
     if not number.is_finite():
         return str(number)
@@ -81,6 +114,13 @@ def _number(number: Decimal) -> str:
 
 
 def _text(text: str) -> str:
+    # A JSON number and both time spellings start with a digit or "-". A string of at most
+    # 28 digits is spelled as it is (a number's digits, or kept: "007" is no JSON number);
+    # a longer number is rounded to Decimal's 28 digits by `normalize` in `_number`.
+    if not text or text[0] not in _NUMBER_OR_TIME_START:
+        return text
+    if len(text) <= _EXACT_DIGITS and text.isdigit():
+        return text
     if len(text) <= MAX_NUMBER_TEXT and _JSON_NUMBER.fullmatch(text):
         try:
             number = Decimal(text)
@@ -123,6 +163,20 @@ def _moment(moment: datetime) -> str:
         suffix = "Z"
     else:
         suffix = ""
-    whole = moment.replace(microsecond=0).isoformat()
-    fraction = f"{moment.microsecond:06d}".rstrip("0")
-    return whole + ("." + fraction if fraction else "") + suffix
+    text = moment.isoformat()  # the fraction, when there is one, has six digits
+    if moment.microsecond:
+        text = text.rstrip("0")  # its trailing zeros (a non-zero digit stops the strip)
+    return text + suffix
+
+
+_BY_TYPE: dict[type, Callable[[Any], Any]] = {
+    type(None): _same,
+    bool: _same,
+    int: _integer,
+    Decimal: _number,
+    str: _text,
+    datetime: _moment,
+    dict: _mapping,
+    list: _sequence,
+    tuple: _sequence,
+}
