@@ -2,12 +2,14 @@
 
 aio-pika publishes one message per call (a Message object, a task, a lock round and a
 write each): about 135 µs of a worker's CPU per record on `cdr.records` (issue 9). Here a
-batch takes the channel's lock once, registers one confirmation per delivery tag exactly
-as aiormq's `Channel.basic_publish` does, so aiormq's frame reader settles them (a
-`multiple` ack settles many; a nack fails its message; a basic.return fails a mandatory
-message, matched by message_id), and writes every frame at once. It reaches into aiormq's
+batch takes the channel's lock once, takes one delivery tag per message as aiormq's
+`Channel.basic_publish` does, and writes every frame at once. Where aiormq keeps a future
+per tag (`channel.confirmations`), the batch keeps a small `_Confirmation` that records the
+outcome by tag, and one future for the whole batch, so aiormq's frame reader settles them
+(a `multiple` ack settles many; a nack fails its message; a basic.return fails a mandatory
+message, matched by message_id) without a future per message. It reaches into aiormq's
 channel state, so aiormq is pinned in constraints.txt and tests/integration/test_batchpublish.py
-checks confirms, returns and timeouts against a real broker."""
+checks confirms, returns, nacks and timeouts against a real broker."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import asyncio
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
+from typing import cast
 
 import aiormq
 from aiormq.abc import ChannelFrame
@@ -51,39 +53,130 @@ async def publish_batch(
         raise ValueError("publish_batch needs a channel with publisher confirms")
     if not messages:
         return []
-    confirmations = await _send(channel, exchange, messages, mandatory=mandatory)
-    await asyncio.wait(confirmations, timeout=timeout)
-    return [_outcome(confirmation) for confirmation in confirmations]
+    batch = await _send(channel, exchange, messages, mandatory=mandatory)
+    try:
+        await asyncio.wait((batch.settled,), timeout=timeout)
+    finally:
+        batch.close()  # also when cancelled: a late confirm then finds its message settled
+    return batch.outcomes
 
 
 async def _send(
     channel: aiormq.Channel, exchange: str, messages: Sequence[Outgoing], *, mandatory: bool
-) -> list[asyncio.Future[object]]:
-    confirmations: list[asyncio.Future[object]] = []
+) -> _Batch:
     async with channel.lock:
-        first_tag = channel.delivery_tag
+        batch = _Batch(channel, messages, mandatory=mandatory)
         try:
             frames = b"".join(_frames(channel, exchange, m, mandatory=mandatory) for m in messages)
-            confirmations += (_register(channel, message) for message in messages)
+            batch.register()
             await channel.write_queue.put(ChannelFrame(payload=frames, should_close=False))
         except BaseException:
-            # The broker has seen none of it: give the delivery tags back, as aiormq does.
-            _forget_all(channel, first_tag, messages, confirmations)
+            batch.withdraw()  # the broker has seen none of it
             raise
-    return confirmations
+    return batch
 
 
-def _register(channel: aiormq.Channel, message: Outgoing) -> asyncio.Future[object]:
-    message_id = message.message_id
-    if not message_id:
-        raise ValueError("a message published in a batch needs a message_id")
-    channel.delivery_tag += 1
-    tag = channel.delivery_tag
-    confirmation: asyncio.Future[object] = channel.create_future()
-    channel.confirmations[tag] = confirmation
-    channel.message_id_delivery_tag[message_id] = tag
-    confirmation.add_done_callback(partial(_forget_message_id, channel, message_id, tag))
-    return confirmation
+class _Batch:
+    """The confirms of one batch, kept by delivery tag, with one future for the whole batch:
+    a future per message (each in two aiormq future stores, with five done callbacks) cost
+    about as much as the rest of a record's publishing. `settled` is the channel's own
+    future, so aiormq rejects it when the channel closes, as it would each message's."""
+
+    def __init__(
+        self, channel: aiormq.Channel, messages: Sequence[Outgoing], *, mandatory: bool
+    ) -> None:
+        self.channel = channel
+        self.messages = messages
+        self.mandatory = mandatory
+        self.first_tag = channel.delivery_tag + 1
+        self.outcomes: list[BaseException | None] = [_UNSETTLED] * len(messages)
+        self.pending = len(messages)
+        self.settled: asyncio.Future[None] = channel.create_future()
+
+    def register(self) -> None:
+        """Take the next delivery tags, each with a `_Confirmation` where aiormq keeps a
+        publish's future (`channel.confirmations`): its frame reader settles them."""
+        channel = self.channel
+        for index, message in enumerate(self.messages):
+            if not message.message_id:
+                raise ValueError("a message published in a batch needs a message_id")
+            channel.delivery_tag += 1
+            # Duck-typed: aiormq's reader uses only the part of a future it has.
+            confirmation = cast("asyncio.Future[object]", _Confirmation(self, index))
+            channel.confirmations[channel.delivery_tag] = confirmation
+            if self.mandatory:  # aiormq matches a basic.return to its publish by message_id
+                channel.message_id_delivery_tag[message.message_id] = channel.delivery_tag
+
+    def settle(self, index: int, outcome: BaseException | None) -> None:
+        if self.outcomes[index] is not _UNSETTLED:
+            return
+        self.outcomes[index] = outcome
+        if self.mandatory:
+            self._forget_message_id(index)
+        self.pending -= 1
+        if not self.pending and not self.settled.done():
+            self.settled.set_result(None)
+
+    def close(self) -> None:
+        """Settle the messages still waiting: with the channel's error when it closed, else
+        as timed out (aiormq then ignores their confirms, as a cancelled future's)."""
+        if self.pending:
+            reason = _unconfirmed(self.settled)
+            for index in range(len(self.messages)):
+                self.settle(index, reason)
+        if not self.settled.done():
+            self.settled.cancel()
+
+    def withdraw(self) -> None:
+        """Give the delivery tags back, as aiormq does when a publish is not sent."""
+        channel = self.channel
+        for tag in range(self.first_tag, channel.delivery_tag + 1):
+            channel.confirmations.pop(tag, None)
+        channel.delivery_tag = self.first_tag - 1
+        self.close()
+
+    def _forget_message_id(self, index: int) -> None:
+        message_id = self.messages[index].message_id
+        if self.channel.message_id_delivery_tag.get(message_id) == self.first_tag + index:
+            del self.channel.message_id_delivery_tag[message_id]
+
+
+class _Confirmation:
+    """What aiormq's frame reader finds in `channel.confirmations` for one message, in
+    place of a future, and the part of a future it uses: an ack calls `set_result`, a nack
+    or a return (the channel raises on returns) `set_exception`, and a confirm that comes
+    after `done()` is ignored."""
+
+    __slots__ = ("batch", "index")
+
+    def __init__(self, batch: _Batch, index: int) -> None:
+        self.batch = batch
+        self.index = index
+
+    def done(self) -> bool:
+        return self.batch.outcomes[self.index] is not _UNSETTLED
+
+    def cancelled(self) -> bool:
+        return self.done()  # asked once done only: aiormq then logs the late confirm quietly
+
+    def set_result(self, _: object) -> None:
+        self.batch.settle(self.index, None)
+
+    def set_exception(self, exception: BaseException) -> None:
+        self.batch.settle(self.index, exception)
+
+
+# The outcome of a message not settled yet: an object no broker outcome is.
+_UNSETTLED = Exception("not settled yet")
+
+
+def _unconfirmed(settled: asyncio.Future[None]) -> BaseException:
+    """Why the messages still waiting when the batch stops waiting are not confirmed."""
+    if not settled.done():
+        return TimeoutError("no publisher confirm in time")
+    if settled.cancelled():
+        return aiormq.exceptions.ChannelInvalidStateError("publish cancelled (channel closed?)")
+    return settled.exception() or aiormq.exceptions.ChannelInvalidStateError("channel closed")
 
 
 def _frames(channel: aiormq.Channel, exchange: str, message: Outgoing, *, mandatory: bool) -> bytes:
@@ -145,32 +238,3 @@ _HEADER_HEAD = struct.pack(">HH", 60, 0)  # class basic, weight
 # delivery_mode, priority (0), message_id, timestamp.
 _PROPERTY_FLAGS = struct.pack(">H", 1 << 15 | 1 << 13 | 1 << 12 | 1 << 11 | 1 << 7 | 1 << 6)
 _PERSISTENT_PRIORITY_0 = b"\x02\x00"
-
-
-def _forget_message_id(
-    channel: aiormq.Channel, message_id: str, tag: int, _: asyncio.Future[object]
-) -> None:
-    if channel.message_id_delivery_tag.get(message_id) == tag:
-        del channel.message_id_delivery_tag[message_id]
-
-
-def _forget_all(
-    channel: aiormq.Channel,
-    first_tag: int,
-    messages: Sequence[Outgoing],
-    confirmations: list[asyncio.Future[object]],
-) -> None:
-    for tag in range(first_tag + 1, channel.delivery_tag + 1):
-        channel.confirmations.pop(tag, None)
-    for confirmation in confirmations:
-        confirmation.cancel()  # its done callback forgets the message_id
-    channel.delivery_tag = first_tag
-
-
-def _outcome(confirmation: asyncio.Future[object]) -> BaseException | None:
-    if not confirmation.done():
-        confirmation.cancel()  # aiormq ignores a late confirm of a cancelled future
-        return TimeoutError("no publisher confirm in time")
-    if confirmation.cancelled():
-        return aiormq.exceptions.ChannelInvalidStateError("publish cancelled (channel closed?)")
-    return confirmation.exception()
