@@ -101,9 +101,10 @@ def _cut_sets(text: str, documented: frozenset[str]) -> tuple[str, Iterator[list
     candidates = [m for m in _BOUNDARY.finditer(inner) if depth[m.start()] == 0]
     anchored = _anchored(candidates, documented)
     first = _last_of_each_name(anchored)
+    starts = [m.start() for m in anchored]
     merged = (
-        ([m.start() for m in anchored if m is not dropped] for dropped in anchored)
-        if len(anchored) <= MAX_FIELDS_TO_MERGE
+        (starts[:dropped] + starts[dropped + 1 :] for dropped in range(len(starts)))
+        if len(starts) <= MAX_FIELDS_TO_MERGE
         else iter(())
     )
     cut_sets = itertools.chain(
