@@ -26,7 +26,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from schemas.jsoncodec import MAX_EXPANSION, MAX_NUMBER_TEXT, canonical_json, plain_length
-from schemas.record import CONTENT_COLUMNS, CallRecord
+from schemas.record import CONTENT_COLUMNS, CallRecord, CallType, Direction, HangupBy, Status
 
 # Bumped when the canonical form changes: hashes of one form never meet hashes of another.
 CONTENT_FORM = b"cdrflow.content/2\n"
@@ -51,8 +51,10 @@ def content_hash(record: CallRecord, volatile: frozenset[str]) -> bytes:
 
 def canonical_content(record: CallRecord, volatile: frozenset[str]) -> dict[str, Any]:
     values = _compared_values(record)  # one C call instead of a getattr per column
+    # Most columns of a record are empty: None is its own spelling, without a call.
     content = {
-        column: canonical(value) for column, value in zip(_COMPARED_COLUMNS, values, strict=True)
+        column: None if value is None else canonical(value)
+        for column, value in zip(_COMPARED_COLUMNS, values, strict=True)
     }
     content["extra"] = {
         key: canonical(value) for key, value in record.extra.items() if key not in volatile
@@ -62,8 +64,7 @@ def canonical_content(record: CallRecord, volatile: frozenset[str]) -> dict[str,
 
 def canonical(value: Any) -> Any:
     """One spelling of a value (nested values too)."""
-    # Most values are of these exact types; subclasses (the columns' StrEnums) take the
-    # general path below, which gives the same spelling.
+    # Most values are of these exact types; other subclasses take the general path below.
     spell = _BY_TYPE.get(type(value))
     if spell is not None:
         return spell(value)
@@ -179,4 +180,6 @@ _BY_TYPE: dict[type, Callable[[Any], Any]] = {
     dict: _mapping,
     list: _sequence,
     tuple: _sequence,
+    # The columns' StrEnums are text: spelled as the general path spells a str subclass.
+    **dict.fromkeys((Status, CallType, Direction, HangupBy), _text),
 }
