@@ -18,14 +18,15 @@ if TYPE_CHECKING:  # workers.outbox imports this module
 
 
 def record_outgoing(entry: OutboxEntry, timestamp: int) -> Outgoing:
+    record_id = str(entry.record_id)  # once: it is also the message_id's first part
     return Outgoing(
         routing_key=entry.routing_key,
         body=entry.body,
-        message_id=entry.message_id,
+        message_id=f"{record_id}:{entry.revision}",
         content_type="application/json",
         headers={
             "schema_version": SCHEMA_VERSION,
-            "record_id": str(entry.record_id),
+            "record_id": record_id,
             "revision": entry.revision,
         },
         timestamp=timestamp,
