@@ -23,7 +23,7 @@ import enum
 import re
 from typing import Any
 
-from aiohttp import http_exceptions, web
+from aiohttp import hdrs, http_exceptions, web
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
@@ -41,6 +41,9 @@ _CALLBACK_TOKEN = re.compile(r"(/v1/callbacks/[^/\s?#'\"]+/)[^/\s?#'\"]*")
 
 MAX_HEAD_HELD = 64 * 1024  # past this without CRLFCRLF the parser decides alone
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)[ \t]*\r\n", re.IGNORECASE)
+# A request line that needs no repair (method, a target of visible ASCII, version, CRLF):
+# nearly every request, which then goes to the parser as it came, in one piece.
+_CLEAN_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/1\.[01]\r\n")
 
 
 class _Framing(enum.Enum):
@@ -76,10 +79,13 @@ class EdgeRequestHandler(RequestHandler):
         if self._head:
             self._head += data
             data = bytes(self._head)
+            self._head.clear()
         end = data.find(b"\r\n\r\n")
         if end < 0:
             return self._hold_head(data)
-        self._head.clear()
+        clean = _CLEAN_LINE.match(data)
+        if clean is not None:
+            return self._take_clean(data, clean.end() - 2, end + 4)
         line_end = data.find(b"\r\n")
         if line_end == 0:  # an empty line before a request is allowed (RFC 9112, 2.2)
             self._feed(b"\r\n")
@@ -91,14 +97,46 @@ class EdgeRequestHandler(RequestHandler):
         length = int(declared[1]) if declared else 0
         rest = data[end + 4 :]
         body, rest = rest[:length], rest[length:]
-        requests_before = self._request_count
-        self._feed(head + body)
-        if not self._parser_agrees(requests_before, length):
+        if not self._feed_one(head + body, length):
             self._pass_through(rest)
             return b""
         if len(body) < length:
             self._framing, self._body_left = _Framing.BODY, length - len(body)
         return rest
+
+    def _take_clean(self, data: bytes, line_end: int, head_end: int) -> bytes:
+        """`_take_head` for a head whose request line needs no repair: no copy of the head,
+        and the whole of `data` fed at once when it holds no more than this request."""
+        self._first_bytes = data[: min(line_end, FIRST_BYTES_LOGGED)]
+        declared = _CONTENT_LENGTH.search(data, 0, head_end)
+        length = int(declared[1]) if declared else 0
+        request_end = head_end + length
+        whole = request_end >= len(data)
+        if not self._feed_one(data if whole else data[:request_end], length):
+            self._pass_through(b"" if whole else data[request_end:])
+            return b""
+        if request_end > len(data):
+            self._framing, self._body_left = _Framing.BODY, request_end - len(data)
+        return b"" if whole else data[request_end:]
+
+    def _feed_one(self, data: bytes, length: int) -> bool:
+        """Feed bytes that end one request by our framing, or stop inside its body; whether
+        the parser saw exactly that: one new request, of that length, with a plain body."""
+        requests_before = self._request_count
+        super().data_received(data)
+        if self._request_count != requests_before + 1:
+            self._took(self._request_count - requests_before)
+            return False
+        message, payload = self._messages[-1]
+        if not isinstance(message, RawRequestMessage):
+            self._took(1)
+            return False
+        self._open_payload = payload
+        return (
+            not message.chunked
+            and not message.upgrade
+            and int(message.headers.get(hdrs.CONTENT_LENGTH, "0")) == length
+        )
 
     def _hold_head(self, data: bytes) -> bytes:
         bare_line_feed = data.count(b"\n") != data.count(b"\r\n")
@@ -114,18 +152,6 @@ class EdgeRequestHandler(RequestHandler):
         self._pass_through(repair_request_line(line) + crlf + rest)
         return b""
 
-    def _parser_agrees(self, requests_before: int, length: int) -> bool:
-        """The parser saw exactly one request end where we did, with a plain body."""
-        if self._request_count != requests_before + 1:
-            return False
-        message = self._messages[-1][0]
-        return (
-            isinstance(message, RawRequestMessage)
-            and not message.chunked
-            and not message.upgrade
-            and int(message.headers.get("Content-Length", "0")) == length
-        )
-
     def _take_body(self, data: bytes) -> bytes:
         part, rest = data[: self._body_left], data[self._body_left :]
         self._feed(part)
@@ -137,7 +163,10 @@ class EdgeRequestHandler(RequestHandler):
     def _feed(self, data: bytes) -> None:
         requests_before = self._request_count
         super().data_received(data)
-        parsed = self._request_count - requests_before
+        self._took(self._request_count - requests_before)
+
+    def _took(self, parsed: int) -> None:
+        """Note the last `parsed` messages the parser gave: the body a bad chunk must fail."""
         if not parsed:
             return
         new = [self._messages[-1]] if parsed == 1 else list(self._messages)[-parsed:]
