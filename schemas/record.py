@@ -164,6 +164,12 @@ TIME_COLUMNS: tuple[str, ...] = (
 
 
 def _fits(value: Any) -> bool:
+    # The usual exact types first; subclasses (bool among them) take the checks below.
+    kind = type(value)
+    if kind is int:
+        return bool(INT4[0] <= value <= INT4[1])
+    if kind is datetime:
+        return bool(value.tzinfo is not None and EARLIEST <= value < LATEST)
     if isinstance(value, bool):
         return False
     if isinstance(value, int):

@@ -16,7 +16,7 @@ from schemas.providers.values import (
     as_text,
     from_epoch_millis,
     is_blank,
-    time_parser,
+    time_parsers,
     to_decimal,
     to_int,
 )
@@ -101,10 +101,13 @@ class Fields:
         value = self.take(key)
         if value is None:
             return None
-        if isinstance(value, dict | list):
+        if type(value) is str:  # most values: `as_text` without its checks
+            text = value.strip()
+        elif isinstance(value, dict | list):
             self._unread(key, value)
             return None
-        text = as_text(value)
+        else:
+            text = as_text(value)
         return None if text in EMPTY or text in empty else text
 
     def integer(self, key: str, *, low: int = 0, high: int = MAX_SECONDS) -> int | None:
@@ -150,9 +153,9 @@ class Fields:
         if is_blank(value) or value == 0 or value == "0":
             return None
         text = as_text(value)
-        for fmt in formats:
+        for parse in time_parsers(formats):
             try:
-                moment = time_parser(fmt)(text)
+                moment = parse(text)
                 if moment.tzinfo is None:
                     moment = moment.replace(tzinfo=self.zone)
                 moment = moment.astimezone(UTC)

@@ -4,6 +4,7 @@ Each reader returns None for what it cannot read; `Fields` decides what that mea
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -77,6 +78,11 @@ def from_epoch_millis(millis: int) -> datetime | None:
 
 _ISO_FORMATS = frozenset({"%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S.%f"})
 _SLASHED = re.compile(r"(\d{4})/(\d{2})/(\d{2}),(\d{2}):(\d{2}):(\d{2})(?::(\d{1,3}))?")
+
+
+@functools.cache  # each provider's few format tuples
+def time_parsers(formats: tuple[str, ...]) -> tuple[Callable[[str], datetime], ...]:
+    return tuple(time_parser(fmt) for fmt in formats)
 
 
 def time_parser(fmt: str) -> Callable[[str], datetime]:
