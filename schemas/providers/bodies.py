@@ -12,6 +12,7 @@ the rest of the report is stored."""
 from __future__ import annotations
 
 import codecs
+import functools
 from collections.abc import Iterable
 from email.message import Message
 from email.parser import BytesParser
@@ -36,6 +37,10 @@ def charset_of(content_type: str) -> str:
     return declared_charset(content_type) or DEFAULT_CHARSET
 
 
+# A worker reads one envelope's Content-Type several times (the scrub check, the body's
+# text, the form's escapes), and senders use a handful of them: bounded, so that odd
+# values cannot grow it.
+@functools.lru_cache(maxsize=256)
 def declared_charset(content_type: str) -> str | None:
     for part in content_type.split(";")[1:]:
         key, _, value = part.strip().partition("=")
@@ -105,6 +110,8 @@ def _known_charset(charset: str) -> None:
 
 
 def _unescape(text: str, charsets: tuple[str, ...]) -> str | None:
+    if "%" not in text and charsets:  # no escape to decode: what unquote_plus returns
+        return text.replace("+", " ")
     for charset in charsets:
         try:
             return unquote_plus(text, encoding=charset, errors="strict")
