@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from schemas.providers.errors import Reason, Reject
 
@@ -36,22 +36,25 @@ def splits(text: str, documented: frozenset[str]) -> Iterator[dict[str, Any]]:
     the documented names alone, then every name, then, for a rendering of at most
     `MAX_FIELDS_TO_MERGE` fields, the deterministic one with one boundary fewer each (a
     value holding `, caller=`). Each reading is linear in the text."""
-    inner, cut_sets = _cut_sets(text, documented)
-    for cuts in cut_sets:
-        yield _fields(inner, cuts)
+    found = _boundaries(text, documented)
+    for cuts in _cut_sets(found):
+        yield _fields(found.inner, cuts)
 
 
 def reading(text: str, documented: frozenset[str], index: int) -> dict[str, Any]:
     """`list(splits(text, documented))[index]` (the first reading when there is no such
-    index), without building the ~20 readings a rendering has: only their boundaries.
-    Like building them all, it refuses the text when any reading cannot be read, with that
-    reading's message. Only a reading's first pair can fail (every later pair starts at a
-    boundary, `name=`), so only first pairs are checked."""
-    inner, cut_sets = _cut_sets(text, documented)
-    readings = list(cut_sets)
+    index), without building the ~20 readings a rendering has. Like building them all, it
+    refuses the text when any reading cannot be read, with that reading's message. Only a
+    reading's first pair can fail (every later pair starts at a boundary, `name=`), so
+    only first pairs are checked."""
+    found = _boundaries(text, documented)
+    inner = found.inner
     if inner.strip():  # an empty rendering reads as {} whatever the boundaries
-        for cuts in readings:
-            _pair(inner[: cuts[0] if cuts else len(inner)])
+        for cut in _first_cuts(found):
+            _pair(inner[:cut])
+    if index == 0:  # the deterministic reading (the usual case): the others are not needed
+        return _fields(inner, found.first)
+    readings = list(_cut_sets(found))
     return _fields(inner, readings[index] if 0 <= index < len(readings) else readings[0])
 
 
@@ -93,26 +96,52 @@ def _last_of_each_name(anchored: list[re.Match[str]]) -> list[int]:
     return [m.start() for m in anchored if last[m.group(2)] == m.start()]
 
 
-def _cut_sets(text: str, documented: frozenset[str]) -> tuple[str, Iterator[list[int]]]:
-    """The text inside the braces, and the boundaries of each distinct reading, lazily, in
-    `splits`' order."""
+class _Boundaries(NamedTuple):
+    """Where the readings of a rendering (`splits`) cut the text inside its braces."""
+
+    inner: str
+    first: list[int]  # the deterministic reading's
+    documented: list[int]  # before documented names only
+    every: list[int]  # before every name
+    anchored: list[int]  # what the merged readings drop one of, each in turn
+
+
+def _boundaries(text: str, documented: frozenset[str]) -> _Boundaries:
     inner = _inside_braces(text)
     depth = _depths(inner)
     candidates = [m for m in _BOUNDARY.finditer(inner) if depth[m.start()] == 0]
     anchored = _anchored(candidates, documented)
-    first = _last_of_each_name(anchored)
-    starts = [m.start() for m in anchored]
+    return _Boundaries(
+        inner,
+        _last_of_each_name(anchored),
+        [m.start() for m in candidates if m.group(2) in documented],
+        [m.start() for m in candidates],
+        [m.start() for m in anchored],
+    )
+
+
+def _cut_sets(found: _Boundaries) -> Iterator[list[int]]:
+    """The boundaries of each distinct reading, lazily, in `splits`' order."""
+    starts = found.anchored
     merged = (
         (starts[:dropped] + starts[dropped + 1 :] for dropped in range(len(starts)))
         if len(starts) <= MAX_FIELDS_TO_MERGE
         else iter(())
     )
-    cut_sets = itertools.chain(
-        [first, [m.start() for m in candidates if m.group(2) in documented]],
-        [[m.start() for m in candidates]],
-        merged,
-    )
-    return inner, _distinct(cut_sets)
+    return _distinct(itertools.chain([found.first, found.documented, found.every], merged))
+
+
+def _first_cuts(found: _Boundaries) -> Iterator[int]:
+    """Where the first pair of each reading `_cut_sets` yields ends, in its order (repeats
+    left out): the end of the text for a reading without boundaries."""
+    end = len(found.inner)
+    for cuts in (found.first, found.documented, found.every):
+        yield cuts[0] if cuts else end
+    starts = found.anchored
+    if starts and len(starts) <= MAX_FIELDS_TO_MERGE:
+        yield starts[1] if len(starts) > 1 else end  # the merged reading without the first
+        if len(starts) > 1:
+            yield starts[0]  # every other merged reading
 
 
 def _distinct(cut_sets: Iterator[list[int]]) -> Iterator[list[int]]:

@@ -13,7 +13,25 @@ from schemas.providers.errors import Reject
 from schemas.providers.huawei_aicc_release import DOCUMENTED_FIELDS
 from schemas.providers.map_rendering import reading, splits
 
-PIECES = ["caller", "called", "x", "y", "=", ", ", ",", " ", "{", "}", "[", "]", "null", "1"]
+PIECES = [
+    "caller",
+    "called",
+    "callData",
+    "x",
+    "y",
+    "=",
+    " =",
+    ", ",
+    ",",
+    " ",
+    "\t",
+    "{",
+    "}",
+    "[",
+    "]",
+    "null",
+    "1",
+]
 TEXTS = [
     "{}",
     "{ }",
