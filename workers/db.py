@@ -22,7 +22,6 @@ STAGE_ONLY_COLUMNS: tuple[str, ...] = (
     "item",
     "content_hash",
 )
-STAGE_COLUMNS: tuple[str, ...] = (*STAGE_ONLY_COLUMNS, *RECORD_COLUMNS)
 _CREATE_STAGE = f"""
 CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} ON COMMIT DELETE ROWS AS
 SELECT 0::integer AS ordinal, 0::integer AS deliveries,

@@ -20,6 +20,7 @@ The statements are in `workers.ledger_sql`."""
 
 from __future__ import annotations
 
+import operator
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from cdrflow.logs import get_logger
 from schemas.jsoncodec import dumps
 from schemas.record import LEDGER_COLUMNS, RECORD_COLUMNS, Ledger, published_body, routing_key
 from workers import ledger_sql as sql
-from workers.db import STAGE_COLUMNS, STAGE_TABLE
+from workers.db import STAGE_ONLY_COLUMNS, STAGE_TABLE
 from workers.normalize import WHOLE_REQUEST, Normalized, Rejection, as_request
 from workers.outbox import OutboxEntry
 from workers.sanitize import sanitize
@@ -88,27 +89,31 @@ async def _claim(connection: Connection, deliveries: list[Delivery]) -> list[Del
     return [d for d in items if (d.ingest_id, d.item) in claimed]
 
 
+# The columns COPY writes, in the order `_stage_row` makes them: the record's values as it
+# holds them (asyncpg takes a StrEnum member as the text it is), then the three it renders.
+_RENDERED = ("raw", "extra", "labels")
+_AS_HELD = tuple(c for c in RECORD_COLUMNS if c != "record_id" and c not in _RENDERED)
+_COPY_COLUMNS = (*STAGE_ONLY_COLUMNS, "record_id", *_AS_HELD, *_RENDERED)
+_held_values = operator.attrgetter(*_AS_HELD)  # one call reads them all
+
+
 def _stage_row(content: Content) -> tuple[Any, ...]:
     record = content.record
-    columns = record.columns()
-    columns["raw"] = dumps(record.raw).decode()
-    columns["extra"] = dumps(record.extra).decode()
-    columns["labels"] = list(record.labels)
+    brought_by = content.brought_by
     return (
         content.ordinal,
         content.deliveries,
         content.first_received_at,
         content.last_received_at,
-        content.brought_by.ingest_id,
-        content.brought_by.item,
-        content.content_hash,
-        *(_plain(columns[name]) for name in RECORD_COLUMNS),
+        brought_by.ingest_id,
+        brought_by.item,
+        brought_by.content_hash,
+        record.record_id,
+        *_held_values(record),
+        dumps(record.raw).decode(),
+        dumps(record.extra).decode(),
+        record.labels,
     )
-
-
-def _plain(value: Any) -> Any:
-    # StrEnum members are str subclasses; hand the driver plain strings.
-    return str(value) if isinstance(value, str) else value
 
 
 @dataclass
@@ -139,7 +144,7 @@ async def _store_versions(
     await connection.copy_records_to_table(
         STAGE_TABLE,
         records=[_stage_row(c) for r in records for c in r.contents],
-        columns=STAGE_COLUMNS,
+        columns=_COPY_COLUMNS,
     )
     upserted = {row["record_id"]: row for row in await connection.fetch(sql.UPSERT)}
     stored_before = [rid for rid, row in upserted.items() if not row["created"]]
