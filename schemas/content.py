@@ -51,13 +51,17 @@ def content_hash(record: CallRecord, volatile: frozenset[str]) -> bytes:
 
 def canonical_content(record: CallRecord, volatile: frozenset[str]) -> dict[str, Any]:
     values = _compared_values(record)  # one C call instead of a getattr per column
-    # Most columns of a record are empty: None is its own spelling, without a call.
+    # `canonical`, one call shallower: the spelling of the value's exact type, or
+    # `canonical` itself for other types; most columns are None, its own spelling.
+    spelling = _BY_TYPE.get
     content = {
-        column: None if value is None else canonical(value)
+        column: None if value is None else spelling(type(value), canonical)(value)
         for column, value in zip(_COMPARED_COLUMNS, values, strict=True)
     }
     content["extra"] = {
-        key: canonical(value) for key, value in record.extra.items() if key not in volatile
+        key: spelling(type(value), canonical)(value)
+        for key, value in record.extra.items()
+        if key not in volatile
     }
     return content
 
