@@ -90,11 +90,11 @@ class CoalescingPublisher:
         spool; else NotDurable."""
         spool = self.spool
         if spool is None or not spool.can_take(len(encoded_envelope)):
-            await self._publish(encoded_envelope)
+            await self._join(encoded_envelope)
             return
         if self.link.ready and not self._broker_failing:
             try:
-                await self._publish(encoded_envelope)
+                await self._join(encoded_envelope)
                 return
             except NotDurable:
                 pass  # the reason is logged and counted once per batch in _send
@@ -103,7 +103,9 @@ class CoalescingPublisher:
         except SpoolFull as exc:
             raise NotDurable(str(exc)) from exc
 
-    async def _publish(self, encoded_envelope: bytes) -> None:
+    def _join(self, encoded_envelope: bytes) -> asyncio.Future[None]:
+        """Add the envelope to the open batch; the future is settled when the broker has
+        confirmed the batch or failed to. (A plain function: a coroutine costs more.)"""
         if not self.link.ready:
             raise NotDurable("no connection to RabbitMQ")
         batch = self._open
@@ -120,7 +122,7 @@ class CoalescingPublisher:
         batch.waiters.append(waiter)
         if len(batch.parts) >= self.max_envelopes:
             self._ship(batch)
-        await waiter
+        return waiter
 
     def _ship(self, batch: _Batch) -> None:
         if batch.timer is not None:
