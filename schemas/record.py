@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -67,11 +68,21 @@ class HangupBy(StrEnum):
 
 
 # A record's id is read several times on its way through a worker (ledger rows, outbox,
-# published body); uuid5 costs ~8 µs of CPU each time, a cache hit ~0.4. Sized to hold
-# several batches; bounded, so a worker's memory stays flat.
+# published body); computing it costs ~1.5 µs of CPU each time, a cache hit ~0.2. Sized to
+# hold several batches; bounded, so a worker's memory stays flat.
 @functools.lru_cache(maxsize=8192)
 def record_id_for(source: str, external_id: str) -> uuid.UUID:
-    return uuid.uuid5(RECORD_NAMESPACE, f"{source}\n{external_id}")
+    # uuid.uuid5, without what makes it cost 4.4 µs (an import, the namespace's bytes and
+    # UUID(bytes=..., version=5) on every call): the same value.
+    name = f"{source}\n{external_id}".encode()
+    digest = hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()
+    value = int.from_bytes(digest[:16]) & _VERSION_MASK | _VERSION_5
+    return uuid.UUID(int=value)
+
+
+_NAMESPACE_BYTES = RECORD_NAMESPACE.bytes
+_VERSION_MASK = ~(0xF000 << 64 | 0xC000 << 48) & (1 << 128) - 1  # version and variant bits
+_VERSION_5 = 0x5000 << 64 | 0x8000 << 48  # version 5, RFC 4122 variant
 
 
 @dataclass(frozen=True, slots=True)
