@@ -152,14 +152,15 @@ def _iso_time(text: str) -> str:
 
 def _slashed_time(text: str, match: re.Match[str]) -> str:
     year, month, day, hour, minute, second, millis = match.groups()
-    micros = int(millis.ljust(3, "0")) * 1000 if millis else 0
-    try:
-        moment = datetime(
-            int(year), int(month), int(day), int(hour), int(minute), int(second), micros
-        )
+    try:  # only a real moment is respelled: not month 13 or second 61
+        datetime(int(year), int(month), int(day), int(hour), int(minute), int(second))
     except ValueError:
         return text
-    return _moment(moment)
+    # The groups are ASCII digits of isoformat's widths: `_moment` of the (zone-less)
+    # moment, written without building it. Milliseconds are a fraction's first digits.
+    fraction = (millis or "").ljust(3, "0").rstrip("0")
+    whole = f"{year}-{month}-{day}T{hour}:{minute}:{second}"
+    return f"{whole}.{fraction}" if fraction else whole
 
 
 def _moment(moment: datetime) -> str:
