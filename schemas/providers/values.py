@@ -17,6 +17,7 @@ MAX_SECONDS = 10_000_000  # ~115 days: anything longer is not a call duration
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EARLIEST_MS = int((EARLIEST - _EPOCH).total_seconds() * 1000)
 _LATEST_MS = int((LATEST - _EPOCH).total_seconds() * 1000)
+_MAX_INTEGER_DIGITS = 19
 _INTEGER = re.compile(r"[+-]?[0-9]{1,19}")
 EMPTY = ("", "null", "NULL", "None")
 
@@ -43,6 +44,9 @@ def to_int(value: Any) -> int | None:
         return int(value) if value == value.to_integral_value() else None
     if isinstance(value, str):
         text = value.strip()
+        # Unsigned digits, the usual integer text, need not go through the pattern.
+        if len(text) <= _MAX_INTEGER_DIGITS and text.isascii() and text.isdigit():
+            return int(text)
         if _INTEGER.fullmatch(text):
             return int(text)
     return None
@@ -51,19 +55,24 @@ def to_int(value: Any) -> int | None:
 def to_decimal(value: Any) -> Decimal | None:
     if isinstance(value, bool) or value is None:
         return None
+    # A coefficient has no more digits than its text has characters: a short text's
+    # digits need not be counted.
+    digits_known_short = False
     if isinstance(value, Decimal | int):
         amount = Decimal(value)
     elif isinstance(value, str):
+        text = value.strip()
         try:
-            amount = Decimal(value.strip())
+            amount = Decimal(text)
         except InvalidOperation:
             return None
+        digits_known_short = len(text) <= MONEY_MAX_DIGITS
     else:
         return None
     if (
         not amount.is_finite()
         or abs(amount.adjusted()) > MONEY_MAX_EXPONENT
-        or len(amount.as_tuple().digits) > MONEY_MAX_DIGITS
+        or (not digits_known_short and len(amount.as_tuple().digits) > MONEY_MAX_DIGITS)
     ):
         return None  # not an amount of money: kept raw in `extra`
     return amount
