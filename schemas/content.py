@@ -92,8 +92,9 @@ def _same(value: Any) -> Any:
 
 
 def _integer(value: int) -> str:
-    # Below 10**18 (all a record's integers), the number's plain spelling is its digits:
-    # no exponent, no trailing zeros to drop, never over the expansion bound.
+    # Below 10**18 in magnitude (every int a body's JSON gives: `jsoncodec._parse_int`),
+    # the number's plain spelling is its digits: no exponent, no trailing zeros to drop,
+    # not rounded (28 digits), never over the expansion bound.
     if -_SHORT_INTEGER < value < _SHORT_INTEGER:
         return str(value)
     return _number(Decimal(value))
