@@ -91,7 +91,12 @@ def uuid7() -> uuid.UUID:
 
 
 def format_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """UTC with microseconds: 2026-11-22T10:00:00.123456Z."""
+    utc = moment.astimezone(UTC)
+    if utc.year < 1000:  # strftime writes no leading zeros there; isoformat would
+        return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat costs a third of strftime, and writes the same text from year 1000 on
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 @dataclass(frozen=True, slots=True)
