@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from typing import Any
 
@@ -47,6 +48,24 @@ def make_runner(app: web.Application, settings: Settings) -> EdgeRunner:
     return EdgeRunner(app, app[INGRESS].metrics, **runner_options(settings))
 
 
+# A young collection after this many more allocations than deallocations, instead of 700.
+YOUNG_GC_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Keep Python's cyclic collector from costing a tenth of the ingress's CPU.
+
+    The ingress frees nearly everything by reference counting: in a bench run its young
+    collections found 21 objects in 957 runs, yet the collector took 12% of its CPU,
+    scanning the requests in flight and, in full collections, the ~55,000 objects of
+    start-up. Start-up objects move to the permanent generation (never scanned again),
+    and young collections run after 10,000 net allocations, which bounds the cyclic
+    garbage waiting for one to ~10,000 objects (a few MB)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
+
+
 def serve(settings: Settings, sources: Sources, host: str, port: int) -> None:
     log.info("ingress_starting", host=host, port=port, sources=sorted(sources))
     asyncio.run(_serve(create_app(settings, sources), settings, host, port))
@@ -60,6 +79,7 @@ async def _serve(app: web.Application, settings: Settings, host: str, port: int)
         loop.add_signal_handler(signum, stop.set)
     runner = make_runner(app, settings)
     await runner.setup()
+    tune_gc()
     try:
         await web.TCPSite(runner, host, port).start()
         await stop.wait()
