@@ -78,7 +78,7 @@ class RecordVersions:
         return sum(c.deliveries for c in self.contents)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Request:
     """The deliveries of one record in one request: the last item is the content."""
 
@@ -86,7 +86,7 @@ class _Request:
     deliveries: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Tally:
     brought_by: Delivery
     newest: Delivery
@@ -98,10 +98,15 @@ def plan_versions(deliveries: Iterable[Delivery]) -> list[RecordVersions]:
     """Group a batch's deliveries per record, then per content (see the module doc)."""
     requests: dict[tuple[str, str], dict[uuid.UUID, _Request]] = {}
     for delivery in deliveries:
-        of_record = requests.setdefault(delivery.key, {})
-        request = of_record.get(delivery.ingest_id)
+        record = delivery.record
+        key = (record.source, record.external_id)
+        of_record = requests.get(key)
+        if of_record is None:
+            of_record = requests[key] = {}
+        ingest_id = delivery.envelope.ingest_id
+        request = of_record.get(ingest_id)
         if request is None:
-            request = of_record[delivery.ingest_id] = _Request(delivery)
+            request = of_record[ingest_id] = _Request(delivery)
         elif delivery.item > request.last.item:
             request.last = delivery
         request.deliveries += 1
@@ -109,6 +114,10 @@ def plan_versions(deliveries: Iterable[Delivery]) -> list[RecordVersions]:
 
 
 def _record_versions(requests: list[_Request]) -> RecordVersions:
+    if len(requests) == 1:  # most records: one request, one content (what the rest makes)
+        last = requests[0].last
+        content = Content(0, last, requests[0].deliveries, last.received_at, last.received_at)
+        return RecordVersions(last.record.record_id, [content])
     requests.sort(key=lambda r: r.last.order)
     tallies: dict[bytes, _Tally] = {}
     for request in requests:
