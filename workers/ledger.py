@@ -128,12 +128,12 @@ class _Writes:
     def publish(self, content: Content, ledger: Ledger) -> None:
         record = content.record
         self.published.append(
-            OutboxEntry(
-                outbox_id=0,
-                record_id=record.record_id,
-                revision=ledger.revision,
-                routing_key=routing_key(record),
-                body=published_body(record, ledger),
+            OutboxEntry(  # outbox_id 0 until the row is written
+                0,
+                record.record_id,
+                ledger.revision,
+                routing_key(record),
+                published_body(record, ledger),
             )
         )
 
@@ -177,7 +177,8 @@ async def _known_revisions(
 
 
 def _ledger(row: asyncpg.Record, **changes: Any) -> Ledger:
-    return Ledger(**{**{name: row[name] for name in LEDGER_COLUMNS}, **changes})
+    # Positional, from the row's values: half the cost of building it by keyword.
+    return Ledger(*(changes.get(name, row[name]) for name in LEDGER_COLUMNS))
 
 
 def _plan_new_record(versions: RecordVersions, row: asyncpg.Record, writes: _Writes) -> None:
