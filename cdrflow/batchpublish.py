@@ -48,17 +48,51 @@ async def publish_batch(
 ) -> list[BaseException | None]:
     """Publish `messages` and wait up to `timeout` seconds for their confirms. Returns, per
     message, None when the broker confirmed it, else why not (nack, return, timeout, a
-    closed channel): the caller decides what an unconfirmed message means."""
+    closed channel): the caller decides what an unconfirmed message means.
+
+    At most two windows of `WINDOW` messages await confirms at a time: aiormq walks every
+    pending confirmation on each ack frame the broker sends, so its cost grows with the
+    square of what is in flight (16,000 records at once cost 43 µs each, 3,200 cost 14)."""
     if not channel.publisher_confirms:
         raise ValueError("publish_batch needs a channel with publisher confirms")
     if not messages:
         return []
-    batch = await _send(channel, exchange, messages, mandatory=mandatory)
+    deadline = asyncio.get_running_loop().time() + timeout
+    sent: list[_Batch] = []
+    unsent: BaseException | None = None  # why the messages not sent were not
     try:
-        await asyncio.wait((batch.settled,), timeout=timeout)
+        for start in range(0, len(messages), WINDOW):
+            if len(sent) >= 2 and not await _settled_by(sent[-2], deadline):
+                unsent = _unconfirmed(sent[-2].settled)  # slow or gone: send no more
+                break
+            window = messages[start : start + WINDOW]
+            try:
+                sent.append(await _send(channel, exchange, window, mandatory=mandatory))
+            except Exception as exc:
+                if not sent:
+                    raise  # nothing was sent, as with a batch of one window
+                unsent = exc
+                break
+        for batch in sent[-2:]:
+            await _settled_by(batch, deadline)
     finally:
-        batch.close()  # also when cancelled: a late confirm then finds its message settled
-    return batch.outcomes
+        for batch in sent:
+            batch.close()  # also when cancelled: a late confirm then finds its message settled
+    outcomes = [outcome for batch in sent for outcome in batch.outcomes]
+    return outcomes + [unsent] * (len(messages) - len(outcomes))
+
+
+WINDOW = 1000  # messages; see publish_batch
+
+
+async def _settled_by(batch: _Batch, deadline: float) -> bool:
+    """Wait until every message of `batch` is settled, or the deadline. True when they all
+    are and the channel did not close meanwhile."""
+    settled = batch.settled
+    remaining = deadline - asyncio.get_running_loop().time()
+    if not settled.done() and remaining > 0:
+        await asyncio.wait((settled,), timeout=remaining)
+    return settled.done() and not settled.cancelled() and settled.exception() is None
 
 
 async def _send(

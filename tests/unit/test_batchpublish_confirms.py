@@ -126,3 +126,26 @@ async def test_a_batch_that_cannot_be_written_gives_its_delivery_tags_back() -> 
     assert channel.delivery_tag == 0
     assert channel.confirmations == {}
     assert channel.message_id_delivery_tag == {}
+
+
+async def test_at_most_two_windows_await_confirms(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("cdrflow.batchpublish.WINDOW", 2)
+    channel = FakeChannel()
+    task = await start(channel, 5)
+    assert channel.delivery_tag == 4  # two windows of two sent; the third waits for the first
+    await channel.confirm(spec.Basic.Ack(delivery_tag=2, multiple=True))
+    while channel.delivery_tag < 5:
+        await asyncio.sleep(0)
+    await channel.confirm(spec.Basic.Ack(delivery_tag=5, multiple=True))
+    assert await task == [None] * 5
+    assert channel.confirmations == {}
+
+
+async def test_no_window_is_sent_after_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("cdrflow.batchpublish.WINDOW", 2)
+    channel = FakeChannel()
+    task = await start(channel, 6, timeout=0.05)
+    results = await task
+    assert channel.delivery_tag == 4  # the third window was never sent
+    assert len(results) == 6
+    assert all(isinstance(r, TimeoutError) for r in results)
