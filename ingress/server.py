@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import signal
 from typing import Any
 
 from aiohttp import web
 
+from cdrflow.gc_tuning import tune_gc
 from cdrflow.logs import get_logger
 from cdrflow.settings import Settings
 from ingress.app import INGRESS, create_app
@@ -46,24 +46,6 @@ def runner_options(settings: Settings) -> dict[str, Any]:
 def make_runner(app: web.Application, settings: Settings) -> EdgeRunner:
     """The runner `serve` uses, with the ingress's own connection layer (ingress/edge.py)."""
     return EdgeRunner(app, app[INGRESS].metrics, **runner_options(settings))
-
-
-# A young collection after this many more allocations than deallocations, instead of 700.
-YOUNG_GC_THRESHOLD = 10_000
-
-
-def tune_gc() -> None:
-    """Keep Python's cyclic collector from costing a tenth of the ingress's CPU.
-
-    The ingress frees nearly everything by reference counting: in a bench run its young
-    collections found 21 objects in 957 runs, yet the collector took 12% of its CPU,
-    scanning the requests in flight each time and, in its full collections, every object
-    of the process. A young collection after 10,000 net allocations instead of 700 made
-    that 3 young collections and no full one in the same run, and bounds new cyclic
-    garbage waiting for a collection to ~10,000 objects (a few MB). (`gc.freeze` would
-    also save the full collections' work, but frozen objects that become garbage, such
-    as a lost broker connection's, are never freed.)"""
-    gc.set_threshold(YOUNG_GC_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def serve(settings: Settings, sources: Sources, host: str, port: int) -> None:

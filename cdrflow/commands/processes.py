@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Callable
 
 from cdrflow.commands.support import Subcommands, run_until_signalled, sources_of
+from cdrflow.gc_tuning import tune_gc
 from cdrflow.settings import Settings
 from schemas.providers import default_registry
 
@@ -31,6 +32,7 @@ def run_worker(settings: Settings, args: argparse.Namespace) -> int:
     from workers.worker import Worker
 
     sources = sources_of(settings, secrets=False)
+    tune_gc()
 
     async def start(stopping: asyncio.Event) -> int:
         worker = Worker(settings, sources, default_registry())
