@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -18,6 +17,7 @@ import aiohttp
 
 from cdrflow.settings import Settings
 from tests.support.env import unique
+from tests.support.processes import free_port
 from tests.support.sources import ENVIRON, SOURCES_TOML
 from tests.support.workers import settings_env
 
@@ -37,13 +37,6 @@ def bench_settings(amqp_url: str, database_url: str, workdir: Path) -> Settings:
         spool_dir=str(workdir / f"{name}.spool"),
         log_format="json",
     )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def cpu_seconds(pid: int) -> float:

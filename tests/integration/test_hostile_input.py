@@ -54,6 +54,7 @@ async def test_a_mebibyte_of_exponents_costs_a_small_multiple_of_its_bytes(
         assert row["raw"] <= MAX_COST_PER_BYTE * size, row
         assert row["extra"] <= MAX_COST_PER_BYTE * size, row
         assert row["stored"] <= 2 * MAX_COST_PER_BYTE * size, row
+    assert len(tap.messages) == 2
     for message in tap.messages:
         assert len(message.body) <= MAX_COST_PER_BYTE * MIB
     assert await db.fetchval("SELECT count(*) FROM rejected_callbacks") == 0
