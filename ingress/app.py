@@ -30,7 +30,7 @@ from ingress.client_address import client_address
 from ingress.drainer import start_drainer
 from ingress.edge import body_error_reason, scrub_token
 from ingress.inflight import InflightBytes, Overloaded
-from ingress.metrics import IngressMetrics
+from ingress.metrics import NO_SOURCE, NOT_FOUND, IngressMetrics
 from ingress.publisher import CoalescingPublisher, NotDurable
 from ingress.routing import add_callback_route
 from ingress.spool import open_spool
@@ -134,7 +134,7 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
     ingress = request.app[INGRESS]
     source = _authorize(ingress.sources, request)
     if source is None:
-        ingress.metrics.requests.labels("-", "not_found").inc()
+        ingress.metrics.requests.labels(NO_SOURCE, NOT_FOUND).inc()
         raise web.HTTPNotFound()
     provider = ingress.registry[source.provider]
     client = client_address(request, ingress.settings.trusted_proxies)

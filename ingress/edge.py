@@ -85,29 +85,21 @@ class EdgeRequestHandler(RequestHandler):
             return self._hold_head(data)
         clean = _CLEAN_LINE.match(data)
         if clean is not None:
-            return self._take_clean(data, clean.end() - 2, end + 4)
+            self._first_bytes = data[: min(clean.end() - 2, FIRST_BYTES_LOGGED)]
+            return self._take_framed(data, end + 4)
         line_end = data.find(b"\r\n")
         if line_end == 0:  # an empty line before a request is allowed (RFC 9112, 2.2)
             self._feed(b"\r\n")
             return data[2:]
         line = data[:line_end]
         self._first_bytes = line[:FIRST_BYTES_LOGGED]
-        head = repair_request_line(line) + data[line_end : end + 4]
-        declared = _CONTENT_LENGTH.search(head)
-        length = int(declared[1]) if declared else 0
-        rest = data[end + 4 :]
-        body, rest = rest[:length], rest[length:]
-        if not self._feed_one(head + body, length):
-            self._pass_through(rest)
-            return b""
-        if len(body) < length:
-            self._framing, self._body_left = _Framing.BODY, length - len(body)
-        return rest
+        repaired = repair_request_line(line)
+        return self._take_framed(repaired + data[line_end:], end + 4 + len(repaired) - line_end)
 
-    def _take_clean(self, data: bytes, line_end: int, head_end: int) -> bytes:
-        """`_take_head` for a head whose request line needs no repair: no copy of the head,
-        and the whole of `data` fed at once when it holds no more than this request."""
-        self._first_bytes = data[: min(line_end, FIRST_BYTES_LOGGED)]
+    def _take_framed(self, data: bytes, head_end: int) -> bytes:
+        """Feed the request whose head ends at `head_end`, with what follows of its body
+        (the whole of `data` at once when it holds no more than this request); return the
+        rest."""
         declared = _CONTENT_LENGTH.search(data, 0, head_end)
         length = int(declared[1]) if declared else 0
         request_end = head_end + length
@@ -141,13 +133,11 @@ class EdgeRequestHandler(RequestHandler):
     def _hold_head(self, data: bytes) -> bytes:
         bare_line_feed = data.count(b"\n") != data.count(b"\r\n")
         if bare_line_feed:  # no CRLFCRLF may ever come: let the parser refuse it now
-            self._head.clear()
             self._pass_through(data)
             return b""
         if len(data) <= MAX_HEAD_HELD:
             self._head[:] = data
             return b""
-        self._head.clear()
         line, crlf, rest = data.partition(b"\r\n")
         self._pass_through(repair_request_line(line) + crlf + rest)
         return b""

@@ -17,8 +17,6 @@ from schemas.providers.answers import Outcome
 if TYPE_CHECKING:
     from ingress.spool import Spool
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
 NO_SOURCE = "-"  # the source label of a request whose path names no source
 NOT_FOUND = "not_found"  # its outcome
 # The reasons `ingress.edge.unroutable_reason`, `body_error_reason` and the unrouted

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import operator
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -137,8 +138,8 @@ class CallRecord:
         `extra` under the column's name, here, for every provider at once."""
         misfits = {
             name: value
-            for name in (*INTEGER_COLUMNS, *MONEY_COLUMNS, *TIME_COLUMNS)
-            if (value := getattr(self, name)) is not None and not _fits(value)
+            for name, value in zip(_CHECKED_COLUMNS, _checked_values(self), strict=True)
+            if value is not None and not _fits(value)
         }
         if misfits:
             for name in misfits:
@@ -217,6 +218,9 @@ CONTENT_COLUMNS: tuple[str, ...] = tuple(
     c for c in RECORD_COLUMNS if c not in ("record_id", "source", "external_id")
 )
 MONEY_COLUMNS: tuple[str, ...] = ("rate", "cost", "base_cost")
+# What `CallRecord.__post_init__` checks on every record, read with one call.
+_CHECKED_COLUMNS = (*INTEGER_COLUMNS, *MONEY_COLUMNS, *TIME_COLUMNS)
+_checked_values = operator.attrgetter(*_CHECKED_COLUMNS)
 LEDGER_COLUMNS: tuple[str, ...] = (
     "received_at",
     "stored_at",

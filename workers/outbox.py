@@ -15,6 +15,7 @@ loses the database, between the broker's confirm and the delete's commit. `messa
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,9 +29,8 @@ from tenacity import RetryCallState
 from cdrflow.amqp import BrokerLink
 from cdrflow.backoff import is_loud, retry_fields, retrying, sleep_unless
 from cdrflow.logs import get_logger
-from schemas.record import SCHEMA_VERSION
 from workers.db import is_transient
-from workers.records_publisher import publish_records
+from workers.records_publisher import publish_records, record_outgoing
 
 log = get_logger("cdrflow.worker.outbox")
 
@@ -72,17 +72,16 @@ class OutboxEntry:
 
 
 def record_message(entry: OutboxEntry) -> aio_pika.Message:
+    """The message `record_outgoing` describes, as aio-pika publishes it (`cdrflow
+    republish`)."""
+    outgoing = record_outgoing(entry, int(time.time()))
     return aio_pika.Message(
-        entry.body,
+        outgoing.body,
         delivery_mode=DeliveryMode.PERSISTENT,
-        message_id=entry.message_id,
-        content_type="application/json",
-        timestamp=datetime.now(UTC),
-        headers={
-            "schema_version": SCHEMA_VERSION,
-            "record_id": str(entry.record_id),
-            "revision": entry.revision,
-        },
+        message_id=outgoing.message_id,
+        content_type=outgoing.content_type,
+        timestamp=datetime.fromtimestamp(outgoing.timestamp, UTC),
+        headers=dict(outgoing.headers),
     )
 
 

@@ -1,7 +1,7 @@
 """Publishing a batch of outbox entries on `cdr.records` in one write (`cdrflow.batchpublish`).
 
-The message is the one `workers.outbox.record_message` describes (tests/unit keeps the two
-equal), encoded without an aio-pika Message, one timestamp per batch."""
+`record_outgoing` is the one description of a record's message (`workers.outbox.record_message`
+builds aio-pika's from it), encoded without an aio-pika Message, one timestamp per batch."""
 
 from __future__ import annotations
 

@@ -39,10 +39,6 @@ class Delivery:
         return self.envelope.received_at
 
     @property
-    def key(self) -> tuple[str, str]:
-        return (self.record.source, self.record.external_id)
-
-    @property
     def order(self) -> tuple[datetime, uuid.UUID, int]:
         return (self.received_at, self.ingest_id, self.item)
 
@@ -54,8 +50,11 @@ class Content:
     ordinal: int  # its place among the record's contents in this batch, by newest report
     brought_by: Delivery  # the first request that carried it (its last item for the record)
     deliveries: int
-    first_received_at: datetime
     last_received_at: datetime  # its newest report
+
+    @property
+    def first_received_at(self) -> datetime:
+        return self.brought_by.received_at  # requests are taken oldest first
 
     @property
     def record(self) -> CallRecord:
@@ -91,7 +90,6 @@ class _Tally:
     brought_by: Delivery
     newest: Delivery
     deliveries: int
-    first_received_at: datetime
 
 
 def plan_versions(deliveries: Iterable[Delivery]) -> list[RecordVersions]:
@@ -116,7 +114,7 @@ def plan_versions(deliveries: Iterable[Delivery]) -> list[RecordVersions]:
 def _record_versions(requests: list[_Request]) -> RecordVersions:
     if len(requests) == 1:  # most records: one request, one content (what the rest makes)
         last = requests[0].last
-        content = Content(0, last, requests[0].deliveries, last.received_at, last.received_at)
+        content = Content(0, last, requests[0].deliveries, last.received_at)
         return RecordVersions(last.record.record_id, [content])
     requests.sort(key=lambda r: r.last.order)
     tallies: dict[bytes, _Tally] = {}
@@ -124,7 +122,7 @@ def _record_versions(requests: list[_Request]) -> RecordVersions:
         last = request.last
         tally = tallies.get(last.content_hash)
         if tally is None:
-            tallies[last.content_hash] = _Tally(last, last, request.deliveries, last.received_at)
+            tallies[last.content_hash] = _Tally(last, last, request.deliveries)
         else:
             tally.newest = last
             tally.deliveries += request.deliveries
@@ -134,7 +132,6 @@ def _record_versions(requests: list[_Request]) -> RecordVersions:
             ordinal=ordinal,
             brought_by=tally.brought_by,
             deliveries=tally.deliveries,
-            first_received_at=tally.first_received_at,
             last_received_at=tally.newest.received_at,
         )
         for ordinal, tally in enumerate(ordered)
