@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from cdrflow import logs
-from tests.bench import cpu, drain, flow, hostile, limits, machine, serving
+from tests.bench import cpu, design, drain, flow, hostile, limits, machine, serving
 from tests.bench.mix import write_wrk_requests
 from tests.bench.options import Options
 from tests.bench.processes import bench_settings
@@ -94,6 +94,8 @@ async def _measure(table: Table, options: Options, where: Services, workdir: Pat
     )
     table.rows["drain.rate"].detail += f", {ratio(drain_rate, database)} of database limit"
 
+    design_rate = await _design_limit(table, options, where, workdir)
+
     for count in options.end_to_end_workers:
         _say(f"end to end, {count} worker(s)")
         url = await where.fresh_database(f"e2e{count}")
@@ -106,18 +108,11 @@ async def _measure(table: Table, options: Options, where: Services, workdir: Pat
             f"end to end, HTTP to committed and published, 1 ingress, {count} worker(s)",
             rate,
             "callbacks/s",
-            f"{ratio(rate, publish)} of publish limit, {ratio(rate, database)} of database limit; "
+            f"{ratio(rate, design_rate)} of design limit, {ratio(rate, publish)} of publish limit, "
+            f"{ratio(rate, database)} of database limit; "
             f"{result.records:,} records on the bound queue from {result.callbacks:,} callbacks",
         )
-        spent = result.cpu.per_callback(result.callbacks)
-        table.add(
-            f"{key}.cpu",
-            "... CPU of the whole machine per callback",
-            sum(spent.values()),
-            "µs",
-            ", ".join(f"{kind} {spent[kind]:.0f}" for kind in cpu.CLASSES)
-            + f"; cores {result.cpu.busy:.0%} busy",
-        )
+        _add_cpu(table, f"{key}.cpu", result.cpu, result.callbacks)
 
     first_growing = 0
     for index, rate in enumerate(options.lag_rates, start=1):
@@ -184,6 +179,36 @@ async def _measure(table: Table, options: Options, where: Services, workdir: Pat
             "MB",
             f"over its first {options.million_seconds:.0f} s of draining",
         )
+
+
+async def _design_limit(table: Table, options: Options, where: Services, workdir: Path) -> float:
+    count = max(options.end_to_end_workers)
+    _say(f"design limit, {count} worker(s)")
+    url = await where.fresh_database("design")
+    limit = await design.design_limit(where, url, options, count, workdir)
+    await where.drop(url)
+    rate = limit.callbacks / limit.seconds
+    table.add(
+        "limit.design",
+        f"design limit: the same design in one file, no per-callback logic, {count} worker(s)",
+        rate,
+        "callbacks/s",
+        f"tests/bench/onefile.py; {limit.callbacks:,} callbacks, each a record on the bound queue",
+    )
+    _add_cpu(table, "limit.design.cpu", limit.cpu, limit.callbacks)
+    return rate
+
+
+def _add_cpu(table: Table, key: str, account: cpu.Account, callbacks: int) -> None:
+    spent = account.per_callback(callbacks)
+    table.add(
+        key,
+        "... CPU of the whole machine per callback",
+        sum(spent.values()),
+        "µs",
+        ", ".join(f"{kind} {spent[kind]:.0f}" for kind in cpu.CLASSES)
+        + f"; cores {account.busy:.0%} busy",
+    )
 
 
 def main() -> None:

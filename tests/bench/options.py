@@ -18,6 +18,7 @@ class Options:
     requests_file: Path
     templates: int  # distinct wrk requests (the file is sent in a loop)
     http_seconds: float
+    http_rounds: int  # bare and ingress alternate this many times per setting: medians
     publish_seconds: float
     end_to_end_seconds: float
     end_to_end_workers: tuple[int, ...]
@@ -35,12 +36,13 @@ class Options:
         requests_file = workdir / "requests.bin"
         if args.smoke:
             return cls(
-                requests_file, 3000, 1, 1, 2, (1,), 2000, (100, 200, 400), 1, 2, 0.05, 300, 0, 0
+                requests_file, 3000, 1, 1, 1, 2, (1,), 2000, (100, 200, 400), 1, 2, 0.05, 300, 0, 0
             )
         return cls(
             requests_file,
             templates=60_000,
             http_seconds=5,
+            http_rounds=3,
             publish_seconds=5,
             end_to_end_seconds=10,
             end_to_end_workers=tuple(args.workers),

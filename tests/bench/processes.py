@@ -69,9 +69,13 @@ class Served:
 
 
 def _spawn(
-    args: list[str], settings: Settings | None, workdir: Path, log: str
+    args: list[str],
+    settings: Settings | None,
+    workdir: Path,
+    log: str,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    env = dict(os.environ)
+    env = {**os.environ, **(extra_env or {})}
     if settings is not None:
         sources = workdir / "sources.toml"
         sources.write_text(SOURCES_TOML)
@@ -154,3 +158,28 @@ def alive(served: list[Served]) -> None:
     for one in served:
         if one.process.poll() is not None:
             raise RuntimeError(one.failure())
+
+
+@contextlib.asynccontextmanager
+async def onefile_pipeline(
+    amqp_url: str, prefix: str, database_url: str, workdir: Path, count: int
+) -> AsyncIterator[tuple[Served, list[Served]]]:
+    """`tests.bench.onefile`: its ingress, ready, and `count` workers."""
+    env = {"ONEFILE_AMQP_URL": amqp_url, "ONEFILE_PREFIX": prefix}
+    module = "tests.bench.onefile"
+    port = free_port()
+    served = Served(
+        _spawn([module, "ingress", str(port)], None, workdir, f"{prefix}.ingress.log", env),
+        f"http://127.0.0.1:{port}",
+        workdir / f"{prefix}.ingress.log",
+    )
+    logs = [f"{prefix}.worker{n}.log" for n in range(count)]
+    running = [
+        Served(_spawn([module, "worker", database_url], None, workdir, log, env), "", workdir / log)
+        for log in logs
+    ]
+    try:
+        await _wait_ready(served)
+        yield served, running
+    finally:
+        await asyncio.gather(*(_stop(one.process) for one in [served, *running]))

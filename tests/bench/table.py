@@ -19,6 +19,8 @@ ROWS = (
     "ingress.rss",
     "limit.publish",
     "limit.database",
+    "limit.design",
+    "limit.design.cpu",
     "end_to_end",
     "end_to_end.cpu",
     "end_to_end.2",

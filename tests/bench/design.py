@@ -1,0 +1,89 @@
+"""The design limit: `tests.bench.onefile` (the same design with no per-callback logic)
+end to end under the same wrk load as cdrflow's end-to-end row, with as many worker
+processes: callbacks/s from the start of the load until the downstream queue holds a
+record of every callback answered 200, and the CPU of every process per callback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aio_pika
+import asyncpg
+
+from tests.bench import cpu, onefile
+from tests.bench.flow import CONNECTIONS
+from tests.bench.options import Options
+from tests.bench.processes import Served, alive, onefile_pipeline
+from tests.bench.services import Services
+from tests.bench.wrk import Load, run_wrk
+from tests.support.env import unique
+
+DRAIN_TIMEOUT = 120  # seconds after the load for the last records to reach the queue
+
+
+@dataclass(frozen=True)
+class DesignLimit:
+    callbacks: int
+    seconds: float
+    load: Load
+    cpu: cpu.Account
+
+
+async def design_limit(
+    services: Services, database_url: str, options: Options, worker_count: int, workdir: Path
+) -> DesignLimit:
+    names = onefile.Names(unique("bench.onefile"))
+    database = await asyncpg.connect(database_url)
+    await database.execute(onefile.CREATE_TABLE)
+    await database.close()
+    connection = await aio_pika.connect(services.amqp_url)
+    try:
+        channel = await connection.channel()
+        await onefile.declare(channel, names)
+        try:
+            async with onefile_pipeline(
+                services.amqp_url, names.prefix, database_url, workdir, worker_count
+            ) as (served, running):
+                await _until_consumed(channel, names.raw, worker_count)
+                ours = {served.pid: "ingress", **{one.pid: "workers" for one in running}}
+                started, before = time.monotonic(), cpu.snapshot(ours)
+                load = await run_wrk(
+                    served.url,
+                    options.requests_file,
+                    connections=CONNECTIONS,
+                    seconds=options.end_to_end_seconds,
+                )
+                answered = load.requests - load.failed
+                await _until_published(channel, names.downstream, answered, [served, *running])
+                finished = time.monotonic()
+                spent = cpu.account(before, cpu.snapshot(ours))
+        finally:
+            await onefile.delete(channel, names)
+    finally:
+        await connection.close()
+    return DesignLimit(answered, finished - started, load, spent)
+
+
+async def _until_consumed(channel: aio_pika.abc.AbstractChannel, queue: str, count: int) -> None:
+    for _ in range(600):
+        declared = await channel.declare_queue(queue, passive=True)
+        if (declared.declaration_result.consumer_count or 0) >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"fewer than {count} one-file workers consume {queue}")
+
+
+async def _until_published(
+    channel: aio_pika.abc.AbstractChannel, queue: str, count: int, processes: list[Served]
+) -> None:
+    deadline = time.monotonic() + DRAIN_TIMEOUT
+    while time.monotonic() < deadline:
+        alive(processes)
+        declared = await channel.declare_queue(queue, passive=True)
+        if (declared.declaration_result.message_count or 0) >= count:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"the one-file pipeline did not publish {count} records in time")
