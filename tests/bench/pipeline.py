@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -87,17 +88,18 @@ async def fill(
 ) -> int:
     """Put the callbacks on the raw queue as the ingress would have (persistent, mandatory,
     confirmed); returns how many. Messages go out in confirmed windows written at once
-    (`cdrflow.batchpublish`): a 1,000,000-message backlog takes minutes, not an hour."""
+    (`cdrflow.batchpublish`): a 1,000,000-message backlog takes minutes, not an hour. Each
+    window is encoded just before it is sent: encoding the whole backlog first kept the
+    event loop from the connection's heartbeats for minutes, and the broker closed it."""
     now = datetime.now(UTC)
-    chunks: list[list[bytes]] = [[]]
-    for callback in backlog:
-        if len(chunks[-1]) == per_message:
-            chunks.append([])
-        chunks[-1].append(callback.envelope(now).encode())
     underlay = await broker.channel.get_underlay_channel()
     assert isinstance(underlay, aiormq.Channel)
-    for start in range(0, len(chunks), FILL_WINDOW):
-        window = [_outgoing(raw_message(chunk), broker) for chunk in chunks[start:][:FILL_WINDOW]]
+    envelopes = (callback.envelope(now).encode() for callback in backlog)
+    total = 0
+    while True:
+        window, count = _window(envelopes, per_message, broker)
+        if not window:
+            return total
         failures = [
             outcome
             for outcome in await publish_batch(
@@ -107,7 +109,22 @@ async def fill(
         ]
         if failures:
             raise RuntimeError(f"the backlog was not confirmed: {failures[0]!r}")
-    return sum(len(chunk) for chunk in chunks)
+        total += count
+
+
+def _window(
+    envelopes: Iterator[bytes], per_message: int, broker: Broker
+) -> tuple[list[Outgoing], int]:
+    """The next FILL_WINDOW messages of `per_message` envelopes (fewer at the end), and how
+    many envelopes they hold."""
+    window, count = [], 0
+    for _ in range(FILL_WINDOW):
+        chunk = list(itertools.islice(envelopes, per_message))
+        if not chunk:
+            break
+        window.append(_outgoing(raw_message(chunk), broker))
+        count += len(chunk)
+    return window, count
 
 
 def _outgoing(message: aio_pika.Message, broker: Broker) -> Outgoing:
