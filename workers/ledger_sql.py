@@ -5,7 +5,7 @@ costs a fixed number of statements whatever it holds."""
 from __future__ import annotations
 
 from schemas.record import CONTENT_COLUMNS, RECORD_COLUMNS
-from workers.db import STAGE_ONLY_COLUMNS, STAGE_TABLE
+from workers.db import STAGE_TABLE
 
 CLAIM = """
 INSERT INTO deliveries (ingest_id, item, record_id, received_at)
@@ -47,14 +47,23 @@ LEFT JOIN record_revisions r ON r.record_id = s.record_id AND r.content_hash = s
 WHERE s.record_id = ANY($1::uuid[])
 """  # noqa: S608
 
-# What a revision's content leaves out: the staging bookkeeping, and the raw callback
-# (kept in a column of its own).
-_NOT_CONTENT = (*STAGE_ONLY_COLUMNS, "raw")
+
+def _content_object(alias: str) -> str:
+    """A revision's content: the record's columns but `raw` (kept in a column of its own),
+    as jsonb. Built from those columns alone: `to_jsonb(s) - ARRAY[...]` made the same
+    value from the whole staged row, raw callback included, then dropped keys, at 52.5
+    against 41.4 µs a row (same jsonb for every row of the bench mix). At most 40 pairs a
+    call: a function takes at most 100 arguments."""
+    pairs = [f"'{c}', {alias}.{c}" for c in RECORD_COLUMNS if c != "raw"]
+    calls = [pairs[i : i + 40] for i in range(0, len(pairs), 40)]
+    return " || ".join(f"jsonb_build_object({', '.join(call)})" for call in calls)
+
+
 NEW_REVISIONS = f"""
 INSERT INTO record_revisions (record_id, revision, content_hash, content, raw, ingest_id,
     item, received_at, first_seen_at, last_seen_at, delivery_count)
 SELECT s.record_id, u.revision, s.content_hash,
-    to_jsonb(s) - ARRAY[{", ".join(f"'{c}'" for c in _NOT_CONTENT)}], s.raw, s.ingest_id, s.item,
+    {_content_object("s")}, s.raw, s.ingest_id, s.item,
     s.first_received_at, s.first_received_at, s.last_received_at, s.deliveries
 FROM {STAGE_TABLE} s
 JOIN unnest($1::uuid[], $2::integer[], $3::integer[]) AS u(record_id, ordinal, revision)

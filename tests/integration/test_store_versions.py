@@ -114,3 +114,31 @@ async def test_an_earlier_content_pushed_again_is_a_delivery_of_its_revision(
         {"revision": 3, "delivery_count": 1, "talk": "15"},
     ]
     assert len(tap.of(str(row["record_id"]))) == 3
+
+
+async def test_a_revision_holds_the_record_columns_as_the_upgrade_backfill_wrote_them(
+    settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
+) -> None:
+    """The worker builds a revision's content from the staged columns; migration 3 built
+    the revisions of records stored before it from `call_records`. A record's shown
+    revision must hold the same jsonb either way, for every provider, or `cdrflow history`
+    would show a change where there was none."""
+    requests = [sample(kind) for kind in ("nx-voice", "nx-cc", "nx-dr", "hw")]
+    async with running_worker(settings, sources):
+        await publish_envelopes(channel, settings, [envelope(r) for r in requests])
+        for request in requests:
+            assert await eventually(lambda r=request: stored(db, r.external_id, 1))  # type: ignore[misc]
+    rows = await db.fetch(
+        "SELECT c.source, h.content AS live, to_jsonb(c) - ARRAY['raw', 'received_at',"
+        " 'stored_at', 'updated_at', 'first_seen_at', 'last_seen_at', 'delivery_count',"
+        " 'revision', 'content_hash', 'content_received_at', 'content_ingest_id',"
+        " 'content_item'] AS backfill"
+        " FROM call_records c JOIN record_revisions h USING (record_id)"
+        " WHERE c.external_id = ANY($1::text[]) AND h.revision = c.revision",
+        [r.external_id for r in requests],
+    )
+    assert sorted(row["source"] for row in rows) == ["hw", "nx-cc", "nx-dr", "nx-voice"]
+    for row in rows:
+        live, backfill = loads(row["live"]), loads(row["backfill"])
+        assert live["caller"] or live["callee"]  # a record's columns, not an empty object
+        assert live == backfill, row["source"]
