@@ -127,8 +127,7 @@ async def _measure(table: Table, options: Options, where: Services, workdir: Pat
             f"stored_at - received_at at {rate:,}/s offered (achieved {lag.achieved:,.0f}/s)",
             lag.p99_ms,
             "ms p99",
-            f"p50 {lag.p50_ms:.0f} ms; {'grows' if lag.grows else 'steady'}; "
-            f"1 ingress, {options.lag_workers} worker(s)",
+            f"p50 {lag.p50_ms:.0f} ms; {_verdict(lag)}; 1 ingress, {options.lag_workers} worker(s)",
         )
     if first_growing:
         steady = [r for r in options.lag_rates if r < first_growing]
@@ -197,6 +196,12 @@ async def _design_limit(table: Table, options: Options, where: Services, workdir
     )
     _add_cpu(table, "limit.design.cpu", limit.cpu, limit.callbacks)
     return rate
+
+
+def _verdict(lag: flow.Lag) -> str:
+    if lag.falls_behind:
+        return f"grows: falls behind, under {flow.SUSTAINED:.0%} of the offered rate achieved"
+    return "grows" if lag.grows else "steady"
 
 
 def _add_cpu(table: Table, key: str, account: cpu.Account, callbacks: int) -> None:

@@ -7,7 +7,8 @@ queue bound to the records exchange.
 - lag: `stored_at - received_at` (ingress to first commit) of the calls received while
   wrk offers a fixed rate (paced by callbacks.lua), with the worker processes the README
   recommends for this host (`Options.lag_workers`); it grows when the median
-  lag of the last third of the window is more than twice the first third's plus 50 ms."""
+  lag of the last third of the window is more than twice the first third's plus 50 ms,
+  or when wrk achieved less than 95% of the offered rate (the rest waited in wrk)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from tests.bench.services import Services
 from tests.bench.wrk import Load, run_wrk
 
 CONNECTIONS = 256
+SUSTAINED = 0.95  # of the offered rate achieved, or the lag row counts as growing
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class Lag:
     p50_ms: float
     p99_ms: float
     grows: bool
+    falls_behind: bool  # wrk achieved less than SUSTAINED of the offered rate
 
 
 _LAG = """
@@ -110,5 +113,8 @@ async def lag(
             assert row is not None  # an aggregate always has its row
     finally:
         await db.close()
-    grows = row["last"] > 2 * row["first"] + 50
-    return Lag(rate, load.rate, row["p50"], row["p99"], grows)
+    # Short of the offered rate, the requests not yet sent queue up in wrk, before
+    # received_at: the lag measured in the database no longer shows it, so that counts too.
+    falls_behind = load.rate < SUSTAINED * rate
+    grows = falls_behind or row["last"] > 2 * row["first"] + 50
+    return Lag(rate, load.rate, row["p50"], row["p99"], grows, falls_behind)
