@@ -37,17 +37,16 @@ async def design_limit(
 ) -> DesignLimit:
     names = onefile.Names(unique("bench.onefile"))
     database = await asyncpg.connect(database_url)
-    await database.execute(onefile.CREATE_TABLE)
-    await database.close()
+    await database.execute(onefile.CREATE_TABLES)
     connection = await aio_pika.connect(services.amqp_url)
     try:
         channel = await connection.channel()
-        await onefile.declare(channel, names)
+        await onefile.declare_all(channel, names)
         try:
             async with onefile_pipeline(
                 services.amqp_url, names.prefix, database_url, workdir, worker_count
             ) as (served, running):
-                await _until_consumed(channel, names.raw, worker_count)
+                await _until_consumed(channel, names.raw, worker_count, [served, *running])
                 ours = {served.pid: "ingress", **{one.pid: "workers" for one in running}}
                 started, before = time.monotonic(), cpu.snapshot(ours)
                 load = await run_wrk(
@@ -57,18 +56,22 @@ async def design_limit(
                     seconds=options.end_to_end_seconds,
                 )
                 answered = load.requests - load.failed
-                await _until_published(channel, names.downstream, answered, [served, *running])
+                await _until_done(channel, database, names.downstream, answered, [served, *running])
                 finished = time.monotonic()
                 spent = cpu.account(before, cpu.snapshot(ours))
         finally:
-            await onefile.delete(channel, names)
+            await onefile.delete_all(channel, names)
     finally:
         await connection.close()
+        await database.close()
     return DesignLimit(answered, finished - started, load, spent)
 
 
-async def _until_consumed(channel: aio_pika.abc.AbstractChannel, queue: str, count: int) -> None:
+async def _until_consumed(
+    channel: aio_pika.abc.AbstractChannel, queue: str, count: int, processes: list[Served]
+) -> None:
     for _ in range(600):
+        alive(processes)
         declared = await channel.declare_queue(queue, passive=True)
         if (declared.declaration_result.consumer_count or 0) >= count:
             return
@@ -76,14 +79,22 @@ async def _until_consumed(channel: aio_pika.abc.AbstractChannel, queue: str, cou
     raise TimeoutError(f"fewer than {count} one-file workers consume {queue}")
 
 
-async def _until_published(
-    channel: aio_pika.abc.AbstractChannel, queue: str, count: int, processes: list[Served]
+async def _until_done(
+    channel: aio_pika.abc.AbstractChannel,
+    database: asyncpg.Connection,
+    downstream: str,
+    callbacks: int,
+    processes: list[Served],
 ) -> None:
+    """Until the ledger holds every callback answered 200 and the downstream queue a
+    message for every record."""
     deadline = time.monotonic() + DRAIN_TIMEOUT
     while time.monotonic() < deadline:
         alive(processes)
-        declared = await channel.declare_queue(queue, passive=True)
-        if (declared.declaration_result.message_count or 0) >= count:
+        delivered, records = await database.fetchrow(onefile.COUNTS)  # type: ignore[misc]
+        declared = await channel.declare_queue(downstream, passive=True)
+        published = declared.declaration_result.message_count or 0
+        if delivered >= callbacks and published >= records:
             return
         await asyncio.sleep(0.05)
-    raise TimeoutError(f"the one-file pipeline did not publish {count} records in time")
+    raise TimeoutError(f"the one-file pipeline did not take {callbacks} callbacks in time")

@@ -3,14 +3,19 @@ beyond what the design itself needs. Its end-to-end rate, measured next to cdrfl
 the same run, says how much of the gap to the machine is in our code (issue 9 cites such
 a pipeline: "the gap is in our code, not in the machine").
 
-What it keeps of the design, so the broker and the database do the same kind of work:
+What it keeps of the design, so the broker and the database do the same kind of work, on
+cdrflow's own topology (`cdrflow.amqp.declare`) and settings' defaults:
 - ingress: reads the body, wraps it in a JSON envelope (base64 body), coalesces requests
-  into one persistent, mandatory, confirmed message on a quorum queue (cdrflow's defaults:
-  128 envelopes or 2 ms), and answers 200 once the broker confirmed it;
-- worker: takes up to 500 messages or 50 ms, COPYs the envelopes into a staging table and
-  upserts them (ON CONFLICT DO NOTHING on the ingest id) in one transaction, publishes one
-  persistent, mandatory, confirmed message per stored row to a topic exchange (a quorum
-  queue and a stream bound, as cdrflow's records exchange has), then acks the batch.
+  into one persistent, mandatory, confirmed message on the quorum raw queue
+  (`cdrflow.amqp.raw_message`; 128 envelopes or 2 ms), and answers 200 once the broker
+  confirmed it;
+- worker: takes messages until they hold 500 callbacks or 50 ms passed, COPYs them into a
+  staging table, then in one transaction writes a ledger row per callback and a record per
+  distinct callback (keyed by a hash of source and body, ON CONFLICT DO NOTHING: a re-push
+  makes a ledger row only and publishes nothing, as in cdrflow);
+  then publishes one persistent, confirmed message per new row to the topic exchange (its
+  stream and a downstream quorum queue bound) and acks, while the next batch is stored.
+- both raise the collector's young threshold, as cdrflow's processes do.
 What it leaves out is everything cdrflow does per callback: provider parsing and
 normalizing, content hashes, the delivery ledger, revisions, the outbox, metrics and logs.
 
@@ -22,12 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import os
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import aio_pika
 import aiormq
@@ -36,56 +43,73 @@ import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiohttp import web
 
+from cdrflow.amqp import declare, raw_message
 from cdrflow.batchpublish import Outgoing, publish_batch
+from cdrflow.gc_tuning import tune_gc
+from cdrflow.settings import Settings
+from schemas.envelope import COUNT_HEADER
+from schemas.topology import Topology
 
-LINGER_SECONDS = 0.002
-MAX_ENVELOPES = 128
-BATCH = 500
-BATCH_WAIT_SECONDS = 0.05
+_DEFAULTS = Settings()
+LINGER_SECONDS = _DEFAULTS.coalesce_linger_ms / 1000
+MAX_ENVELOPES = _DEFAULTS.coalesce_max_envelopes
+BATCH = _DEFAULTS.batch_size  # callbacks
+BATCH_WAIT_SECONDS = _DEFAULTS.batch_wait_ms / 1000
 TABLE = "onefile_records"
-COLUMNS = ("ingest_id", "source", "received_at", "content_type", "query", "body")
-CREATE_TABLE = f"""
+COLUMNS = ("record_key", "ingest_id", "source", "received_at", "content_type", "query", "body")
+# A ledger row for every callback, a record for every distinct one (cdrflow keeps both).
+CREATE_TABLES = f"""
+CREATE TABLE IF NOT EXISTS onefile_deliveries (
+    ingest_id uuid PRIMARY KEY, record_key uuid NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now());
 CREATE TABLE IF NOT EXISTS {TABLE} (
-    ingest_id uuid PRIMARY KEY, source text NOT NULL, received_at timestamptz NOT NULL,
-    content_type text NOT NULL, query text NOT NULL, body bytea NOT NULL,
-    stored_at timestamptz NOT NULL DEFAULT now())
+    record_key uuid PRIMARY KEY, ingest_id uuid NOT NULL, source text NOT NULL,
+    received_at timestamptz NOT NULL, content_type text NOT NULL, query text NOT NULL,
+    body bytea NOT NULL, stored_at timestamptz NOT NULL DEFAULT now())
 """
+COUNTS = f"SELECT (SELECT count(*) FROM onefile_deliveries), (SELECT count(*) FROM {TABLE})"
 _STAGE = f"""CREATE TEMP TABLE IF NOT EXISTS onefile_stage (LIKE {TABLE} INCLUDING DEFAULTS)
 ON COMMIT DELETE ROWS"""
-_UPSERT = f"""
+_LEDGER = """
+INSERT INTO onefile_deliveries (ingest_id, record_key, received_at)
+SELECT ingest_id, record_key, received_at FROM onefile_stage ON CONFLICT DO NOTHING
+"""
+_INSERT = f"""
 INSERT INTO {TABLE} ({", ".join(COLUMNS)}) SELECT {", ".join(COLUMNS)} FROM onefile_stage
-ON CONFLICT DO NOTHING RETURNING ingest_id, stored_at
+ON CONFLICT DO NOTHING RETURNING record_key, stored_at
 """
 
 
 class Names:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
-        self.raw = f"{prefix}.raw"
-        self.records = f"{prefix}.records"
+        self.topology = Topology.build(
+            raw_queue=f"{prefix}.raw",
+            dead_exchange=f"{prefix}.dead",
+            dead_queue=f"{prefix}.dead",
+            records_exchange=f"{prefix}.records",
+        )
+        self.raw = self.topology.raw_queue.name
+        self.records = self.topology.records_exchange.name
         self.downstream = f"{prefix}.downstream"
-        self.stream = f"{prefix}.stream"
 
 
-async def declare(channel: AbstractChannel, names: Names) -> None:
-    await channel.declare_queue(names.raw, durable=True, arguments={"x-queue-type": "quorum"})
-    records = await channel.declare_exchange(
-        names.records, aio_pika.ExchangeType.TOPIC, durable=True
-    )
+async def declare_all(channel: AbstractChannel, names: Names) -> None:
+    """cdrflow's topology, and a downstream quorum queue bound to every record."""
+    exchanges = await declare(channel, names.topology)
     downstream = await channel.declare_queue(
         names.downstream, durable=True, arguments={"x-queue-type": "quorum"}
     )
-    await downstream.bind(records, "#")
-    stream = await channel.declare_queue(
-        names.stream, durable=True, arguments={"x-queue-type": "stream", "x-max-age": "1D"}
-    )
-    await stream.bind(records, "#")
+    await downstream.bind(exchanges[names.records], "#")
 
 
-async def delete(channel: AbstractChannel, names: Names) -> None:
-    for queue in (names.raw, names.downstream, names.stream):
+async def delete_all(channel: AbstractChannel, names: Names) -> None:
+    topology = names.topology
+    for queue in (names.raw, topology.dead_queue.name, topology.records_stream.name):
         await channel.queue_delete(queue)
-    await channel.exchange_delete(names.records)
+    await channel.queue_delete(names.downstream)
+    for exchange in (names.records, topology.dead_exchange.name):
+        await channel.exchange_delete(exchange)
 
 
 class Coalescer:
@@ -116,14 +140,9 @@ class Coalescer:
         task.add_done_callback(self.sending.discard)
 
     async def send(self, parts: list[bytes], waiters: list[asyncio.Future[None]]) -> None:
-        message = aio_pika.Message(
-            b"[" + b",".join(parts) + b"]",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=uuid.uuid4().hex,
-        )
         try:
             await self.channel.default_exchange.publish(
-                message, self.queue, mandatory=True, timeout=10
+                raw_message(parts), self.queue, mandatory=True, timeout=10
             )
         except Exception as exc:
             for waiter in waiters:
@@ -162,11 +181,11 @@ def ingress(port: int, amqp_url: str, names: Names) -> None:
     async def broker(app: web.Application) -> AsyncIterator[None]:
         connection = await aio_pika.connect(amqp_url)
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        await declare(channel, names)
         app[COALESCER] = Coalescer(channel, names.raw)
         yield
         await connection.close()
 
+    tune_gc()
     app = web.Application()
     app.cleanup_ctx.append(broker)
     app.router.add_get("/readyz", ready)
@@ -175,67 +194,99 @@ def ingress(port: int, amqp_url: str, names: Names) -> None:
 
 
 async def worker(database_url: str, amqp_url: str, names: Names) -> None:
+    tune_gc()
     connection = await aio_pika.connect(amqp_url)
     channel = await connection.channel(publisher_confirms=True)
     await channel.set_qos(prefetch_count=BATCH)
     underlay = await channel.get_underlay_channel()
     assert isinstance(underlay, aiormq.Channel)
     database = await asyncpg.connect(database_url)
+    await database.execute(_STAGE)
     inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
     queue = await channel.get_queue(names.raw)
     await queue.consume(inbox.put_nowait)  # type: ignore[arg-type]
+    publishing: asyncio.Task[None] | None = None
     while True:
         batch = await _take(inbox)
-        envelopes = [e for message in batch for e in orjson.loads(message.body)]
-        rows = [
-            (
-                uuid.UUID(e["ingest_id"]),
-                e["source"],
-                datetime.fromisoformat(e["received_at"]),
-                e["content_type"],
-                e["query"],
-                base64.b64decode(e["body"]),
-            )
-            for e in envelopes
-        ]
+        rows = [_row(envelope) for m in batch for envelope in orjson.loads(m.body)["envelopes"]]
         async with database.transaction():
-            await database.execute(_STAGE)
             await database.copy_records_to_table("onefile_stage", records=rows, columns=COLUMNS)
-            stored = {row["ingest_id"]: row["stored_at"] for row in await database.fetch(_UPSERT)}
-        records = [_record(e, stored) for e in envelopes if uuid.UUID(e["ingest_id"]) in stored]
-        outcomes = await publish_batch(underlay, names.records, records, mandatory=True, timeout=30)
-        failed = [outcome for outcome in outcomes if outcome is not None]
-        if failed:
-            raise RuntimeError(f"records not confirmed: {failed[0]!r}")
-        await batch[-1].ack(multiple=True)
+            await database.execute(_LEDGER)
+            stored = {row["record_key"]: row["stored_at"] for row in await database.fetch(_INSERT)}
+        records = [_record(row, stored[row[0]]) for row in rows if row[0] in stored]
+        if publishing is not None:
+            await publishing
+        # Published and acked while the next batch is stored, as cdrflow publishes.
+        publishing = asyncio.create_task(_publish_then_ack(underlay, names, records, batch))
 
 
 async def _take(inbox: asyncio.Queue[AbstractIncomingMessage]) -> list[AbstractIncomingMessage]:
+    """Messages until they hold BATCH callbacks, or BATCH_WAIT_SECONDS after the first."""
     batch = [await inbox.get()]
+    callbacks = _count(batch[0])
     deadline = time.monotonic() + BATCH_WAIT_SECONDS
-    while len(batch) < BATCH:
+    while callbacks < BATCH:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
         try:  # an asyncio.Queue, not aio-pika's iterator: a timeout leaves it usable
-            batch.append(await asyncio.wait_for(inbox.get(), remaining))
+            message = await asyncio.wait_for(inbox.get(), remaining)
         except TimeoutError:
             break
+        batch.append(message)
+        callbacks += _count(message)
     return batch
 
 
-def _record(envelope: dict[str, str], stored: dict[uuid.UUID, datetime]) -> Outgoing:
-    """One record message: the envelope's fields and when it was stored (about 900 B)."""
-    ingest_id = envelope["ingest_id"]
-    body = orjson.dumps({**envelope, "stored_at": stored[uuid.UUID(ingest_id)]})
+def _count(message: AbstractIncomingMessage) -> int:
+    count = message.headers.get(COUNT_HEADER)
+    return count if isinstance(count, int) else 1
+
+
+def _row(envelope: dict[str, str]) -> tuple[Any, ...]:
+    body = base64.b64decode(envelope["body"])
+    source = envelope["source"]
+    key = uuid.UUID(bytes=hashlib.md5(source.encode() + b"\n" + body).digest())  # noqa: S324
+    received_at = datetime.fromisoformat(envelope["received_at"])
+    ingest_id = uuid.UUID(envelope["ingest_id"])
+    return (key, ingest_id, source, received_at, envelope["content_type"], envelope["query"], body)
+
+
+def _record(row: tuple[Any, ...], stored_at: datetime) -> Outgoing:
+    """One record message: the callback's fields and when it was stored (about 900 B)."""
+    key, ingest_id, source, received_at, content_type, query, body = row
+    record_id = str(key)
+    document = {
+        "record_id": record_id,
+        "ingest_id": str(ingest_id),
+        "source": source,
+        "received_at": received_at,
+        "stored_at": stored_at,
+        "content_type": content_type,
+        "query": query,
+        "body": base64.b64encode(body).decode(),
+    }
     return Outgoing(
-        routing_key=f"default.{envelope['source']}.report",
-        body=body,
-        message_id=ingest_id,
+        routing_key=f"default.{source}.report.completed",
+        body=orjson.dumps(document),
+        message_id=f"{record_id}:1",
         content_type="application/json",
-        headers={"schema": 1},
+        headers={"schema_version": 1, "record_id": record_id, "revision": 1},
         timestamp=int(time.time()),
     )
+
+
+async def _publish_then_ack(
+    channel: aiormq.Channel,
+    names: Names,
+    records: list[Outgoing],
+    batch: list[AbstractIncomingMessage],
+) -> None:
+    outcomes = await publish_batch(channel, names.records, records, mandatory=False, timeout=30)
+    failed = [outcome for outcome in outcomes if outcome is not None]
+    if failed:
+        raise RuntimeError(f"records not confirmed: {failed[0]!r}")
+    await batch[-1].ack(multiple=True)
 
 
 def main(argv: list[str]) -> None:

@@ -168,18 +168,18 @@ async def onefile_pipeline(
     env = {"ONEFILE_AMQP_URL": amqp_url, "ONEFILE_PREFIX": prefix}
     module = "tests.bench.onefile"
     port = free_port()
-    served = Served(
-        _spawn([module, "ingress", str(port)], None, workdir, f"{prefix}.ingress.log", env),
-        f"http://127.0.0.1:{port}",
-        workdir / f"{prefix}.ingress.log",
-    )
-    logs = [f"{prefix}.worker{n}.log" for n in range(count)]
-    running = [
-        Served(_spawn([module, "worker", database_url], None, workdir, log, env), "", workdir / log)
-        for log in logs
-    ]
+    started: list[Served] = []
     try:
+        served = Served(
+            _spawn([module, "ingress", str(port)], None, workdir, f"{prefix}.ingress.log", env),
+            f"http://127.0.0.1:{port}",
+            workdir / f"{prefix}.ingress.log",
+        )
+        started.append(served)
+        for log in (f"{prefix}.worker{n}.log" for n in range(count)):
+            process = _spawn([module, "worker", database_url], None, workdir, log, env)
+            started.append(Served(process, "", workdir / log))
         await _wait_ready(served)
-        yield served, running
+        yield served, started[1:]
     finally:
-        await asyncio.gather(*(_stop(one.process) for one in [served, *running]))
+        await asyncio.gather(*(_stop(one.process) for one in started))

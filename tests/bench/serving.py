@@ -1,13 +1,14 @@
 """Ingress against the HTTP limit: callbacks/s and p50/p99 latency of `cdrflow ingress`
 (every 200 confirmed by the broker) and of the bare handler, the same wrk load, at 64 and
 256 connections, kept alive and with a new connection per request. The two alternate,
-`Options.http_rounds` times per setting, so that each pair sees the same machine; each row
-shows the median round, and the ratio is the median of the rounds' ratios (a shared
-machine moves single runs by a third). Also the ingress's peak RSS over all of it."""
+`Options.http_rounds` times per setting, each going first in turn, with the raw queue
+emptied between rounds; the rows show the round whose ratio is the median (a shared
+machine moves single runs by a third), and list every round's ratio. Also the ingress's
+peak RSS over all of it."""
 
 from __future__ import annotations
 
-import statistics
+import functools
 from pathlib import Path
 
 from tests.bench.options import Options
@@ -26,16 +27,24 @@ def _describe(load: Load) -> str:
 async def measure(table: Table, services: Services, options: Options, workdir: Path) -> None:
     settings = bench_settings(services.amqp_url, "postgresql://unused/none", workdir)
     async with (
-        topology(settings),
+        topology(settings) as broker,
         bare_handler(workdir) as bare,
         ingress(settings, workdir) as served,
     ):
         for connections in (64, 256):
             for close in (False, True):
-                rounds = [
-                    await _pair(bare.url, served.url, options, connections, close)
-                    for _ in range(options.http_rounds)
-                ]
+                rounds = []
+                for number in range(options.http_rounds):
+                    run = functools.partial(
+                        _run, options=options, connections=connections, close=close
+                    )
+                    if number % 2:
+                        ours, base = await run(served.url), await run(bare.url)
+                    else:
+                        base, ours = await run(bare.url), await run(served.url)
+                    rounds.append((base, ours))
+                    raw = await broker.channel.get_queue(settings.raw_queue, ensure=False)
+                    await raw.purge()
                 _add_rows(table, rounds, connections, close)
         table.add(
             "ingress.rss",
@@ -45,26 +54,20 @@ async def measure(table: Table, services: Services, options: Options, workdir: P
         )
 
 
-async def _pair(
-    bare: str, ours: str, options: Options, connections: int, close: bool
-) -> tuple[Load, Load]:
-    loads = [
-        await run_wrk(
-            url,
-            options.requests_file,
-            connections=connections,
-            seconds=options.http_seconds,
-            close=close,
-        )
-        for url in (bare, ours)
-    ]
-    return loads[0], loads[1]
+async def _run(url: str, *, options: Options, connections: int, close: bool) -> Load:
+    return await run_wrk(
+        url,
+        options.requests_file,
+        connections=connections,
+        seconds=options.http_seconds,
+        close=close,
+    )
 
 
 def _add_rows(table: Table, rounds: list[tuple[Load, Load]], connections: int, close: bool) -> None:
     ratios = [ours.rate / base.rate if base.rate else 0.0 for base, ours in rounds]
-    base = _median([pair[0] for pair in rounds])
-    ours = _median([pair[1] for pair in rounds])
+    # The round whose ratio is the median: its two runs, side by side.
+    base, ours = rounds[sorted(range(len(rounds)), key=ratios.__getitem__)[len(rounds) // 2]]
     kind = "close" if close else "keepalive"
     connection = "new connection per request" if close else "kept alive"
     table.add(
@@ -80,11 +83,6 @@ def _add_rows(table: Table, rounds: list[tuple[Load, Load]], connections: int, c
         f"ingress, {connections} connections, {connection}",
         ours.rate,
         "callbacks/s",
-        f"{statistics.median(ratios):.2f} of bare{spread}; {_describe(ours)}; "
+        f"{ratio(ours.rate, base.rate)} of bare{spread}; {_describe(ours)}; "
         f"p50/p99 {ratio(ours.p50_ms, base.p50_ms)}/{ratio(ours.p99_ms, base.p99_ms)} x bare",
     )
-
-
-def _median(loads: list[Load]) -> Load:
-    """The run with the median rate."""
-    return sorted(loads, key=lambda load: load.rate)[len(loads) // 2]

@@ -23,6 +23,8 @@ ROWS = (
     "limit.design.cpu",
     "end_to_end",
     "end_to_end.cpu",
+    "limit.design.2",
+    "limit.design.2.cpu",
     "end_to_end.2",
     "end_to_end.2.cpu",
     "drain.rate",
@@ -43,7 +45,12 @@ ROWS = (
 )
 OPTIONAL_ROWS = ("drain.rss_million",)
 # Only in some runs: a second end-to-end worker count, lag rates past the smoke run's three.
-NOT_ALWAYS = frozenset({"end_to_end.2", "end_to_end.2.cpu", "lag.4", "lag.5", *OPTIONAL_ROWS})
+NOT_ALWAYS = frozenset(
+    {
+        *("limit.design.2", "limit.design.2.cpu", "end_to_end.2", "end_to_end.2.cpu"),
+        *("lag.4", "lag.5", *OPTIONAL_ROWS),
+    }
+)
 
 
 @dataclass
