@@ -14,11 +14,11 @@ import aio_pika
 import asyncpg
 
 from tests.bench import cpu, onefile
-from tests.bench.flow import CONNECTIONS
+from tests.bench.flow import offer_load
 from tests.bench.options import Options
 from tests.bench.processes import Served, alive, onefile_pipeline
 from tests.bench.services import Services
-from tests.bench.wrk import Load, run_wrk
+from tests.bench.wrk import Load
 from tests.support.env import unique
 
 DRAIN_TIMEOUT = 120  # seconds after the load for the last records to reach the queue
@@ -47,24 +47,17 @@ async def design_limit(
                 services.amqp_url, names.prefix, database_url, workdir, worker_count
             ) as (served, running):
                 await _until_consumed(channel, names.raw, worker_count, [served, *running])
-                ours = {served.pid: "ingress", **{one.pid: "workers" for one in running}}
-                started, before = time.monotonic(), cpu.snapshot(ours)
-                load = await run_wrk(
-                    served.url,
-                    options.requests_file,
-                    connections=CONNECTIONS,
-                    seconds=options.end_to_end_seconds,
-                )
-                answered = load.requests - load.failed
+                offered = await offer_load(served, running, options)
+                answered = offered.load.requests - offered.load.failed
                 await _until_done(channel, database, names.downstream, answered, [served, *running])
                 finished = time.monotonic()
-                spent = cpu.account(before, cpu.snapshot(ours))
+                spent = offered.cpu_since()
         finally:
             await onefile.delete_all(channel, names)
     finally:
         await connection.close()
         await database.close()
-    return DesignLimit(answered, finished - started, load, spent)
+    return DesignLimit(answered, finished - offered.started, offered.load, spent)
 
 
 async def _until_consumed(

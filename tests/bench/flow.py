@@ -21,7 +21,7 @@ import asyncpg
 from tests.bench import cpu
 from tests.bench.options import Options
 from tests.bench.pipeline import topology, until_drained
-from tests.bench.processes import bench_settings, ingress, workers
+from tests.bench.processes import Served, bench_settings, ingress, workers
 from tests.bench.services import Services
 from tests.bench.wrk import Load, run_wrk
 
@@ -38,6 +38,33 @@ class EndToEnd:
     cpu: cpu.Account  # from the start of the load until everything was drained
 
 
+@dataclass(frozen=True)
+class Offered:
+    """The end-to-end load, offered: what wrk saw, and when and from what CPU it began."""
+
+    load: Load
+    started: float  # time.monotonic()
+    before: cpu.Snapshot
+    ours: dict[int, str]  # pid -> class of the processes under test
+
+    def cpu_since(self) -> cpu.Account:
+        return cpu.account(self.before, cpu.snapshot(self.ours))
+
+
+async def offer_load(served: Served, running: list[Served], options: Options) -> Offered:
+    """wrk at CONNECTIONS for `end_to_end_seconds`, as fast as `served` answers: the same
+    load for cdrflow and for the design limit (tests/bench/design.py)."""
+    ours = {served.pid: "ingress", **{one.pid: "workers" for one in running}}
+    started, before = time.monotonic(), cpu.snapshot(ours)
+    load = await run_wrk(
+        served.url,
+        options.requests_file,
+        connections=CONNECTIONS,
+        seconds=options.end_to_end_seconds,
+    )
+    return Offered(load, started, before, ours)
+
+
 async def end_to_end(
     services: Services, database_url: str, options: Options, worker_count: int, workdir: Path
 ) -> EndToEnd:
@@ -50,19 +77,14 @@ async def end_to_end(
             ingress(settings, workdir) as served,
         ):
             await broker.until_consumed_by(worker_count)
-            ours = {served.pid: "ingress", **{one.pid: "workers" for one in running}}
-            started, before = time.monotonic(), cpu.snapshot(ours)
-            load = await run_wrk(
-                served.url,
-                options.requests_file,
-                connections=CONNECTIONS,
-                seconds=options.end_to_end_seconds,
-            )
+            offered = await offer_load(served, running, options)
+            load = offered.load
             drained = await until_drained(broker, db, at_least=load.requests - load.failed)
-            spent = cpu.account(before, cpu.snapshot(ours))
+            spent = offered.cpu_since()
     finally:
         await db.close()
-    return EndToEnd(drained.callbacks, drained.records, drained.finished - started, load, spent)
+    seconds = drained.finished - offered.started
+    return EndToEnd(drained.callbacks, drained.records, seconds, load, spent)
 
 
 @dataclass(frozen=True)
