@@ -4,7 +4,7 @@ the same run, says how much of the gap to the machine is in our code (issue 9 ci
 a pipeline: "the gap is in our code, not in the machine").
 
 What it keeps of the design, so the broker and the database do the same kind of work, on
-cdrflow's own topology (`cdrflow.amqp.declare`) and settings' defaults:
+cdrflow's own topology and settings:
 - ingress: reads the body, wraps it in a JSON envelope (base64 body), coalesces requests
   into one persistent, mandatory, confirmed message on the quorum raw queue
   (`cdrflow.amqp.raw_message`; 128 envelopes or 2 ms), and answers 200 once the broker
@@ -20,15 +20,15 @@ What it leaves out is everything cdrflow does per callback: provider parsing and
 normalizing, content hashes, the delivery ledger, revisions, the outbox, metrics and logs.
 
     python -m tests.bench.onefile ingress PORT
-    python -m tests.bench.onefile worker DATABASE_URL
-(with ONEFILE_AMQP_URL and ONEFILE_PREFIX in the environment)"""
+    python -m tests.bench.onefile worker
+(with cdrflow's settings in the environment, CDRFLOW_*: the topology is declared by
+whoever runs it, as `tests.bench.pipeline.topology` does)"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import hashlib
-import os
 import sys
 import time
 import uuid
@@ -43,18 +43,12 @@ import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiohttp import web
 
-from cdrflow.amqp import declare, raw_message
+from cdrflow.amqp import raw_message
 from cdrflow.batchpublish import Outgoing, publish_batch
 from cdrflow.gc_tuning import tune_gc
 from cdrflow.settings import Settings
 from schemas.envelope import COUNT_HEADER
-from schemas.topology import Topology
 
-_DEFAULTS = Settings()
-LINGER_SECONDS = _DEFAULTS.coalesce_linger_ms / 1000
-MAX_ENVELOPES = _DEFAULTS.coalesce_max_envelopes
-BATCH = _DEFAULTS.batch_size  # callbacks
-BATCH_WAIT_SECONDS = _DEFAULTS.batch_wait_ms / 1000
 TABLE = "onefile_records"
 COLUMNS = ("record_key", "ingest_id", "source", "received_at", "content_type", "query", "body")
 # A ledger row for every callback, a record for every distinct one (cdrflow keeps both).
@@ -80,42 +74,12 @@ ON CONFLICT DO NOTHING RETURNING record_key, stored_at
 """
 
 
-class Names:
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.topology = Topology.build(
-            raw_queue=f"{prefix}.raw",
-            dead_exchange=f"{prefix}.dead",
-            dead_queue=f"{prefix}.dead",
-            records_exchange=f"{prefix}.records",
-        )
-        self.raw = self.topology.raw_queue.name
-        self.records = self.topology.records_exchange.name
-        self.downstream = f"{prefix}.downstream"
-
-
-async def declare_all(channel: AbstractChannel, names: Names) -> None:
-    """cdrflow's topology, and a downstream quorum queue bound to every record."""
-    exchanges = await declare(channel, names.topology)
-    downstream = await channel.declare_queue(
-        names.downstream, durable=True, arguments={"x-queue-type": "quorum"}
-    )
-    await downstream.bind(exchanges[names.records], "#")
-
-
-async def delete_all(channel: AbstractChannel, names: Names) -> None:
-    topology = names.topology
-    for queue in (names.raw, topology.dead_queue.name, topology.records_stream.name):
-        await channel.queue_delete(queue)
-    await channel.queue_delete(names.downstream)
-    for exchange in (names.records, topology.dead_exchange.name):
-        await channel.exchange_delete(exchange)
-
-
 class Coalescer:
-    def __init__(self, channel: AbstractChannel, queue: str) -> None:
+    def __init__(self, channel: AbstractChannel, settings: Settings) -> None:
         self.channel = channel
-        self.queue = queue
+        self.queue = settings.raw_queue
+        self.linger = settings.coalesce_linger_ms / 1000
+        self.max_envelopes = settings.coalesce_max_envelopes
         self.parts: list[bytes] = []
         self.waiters: list[asyncio.Future[None]] = []
         self.sending: set[asyncio.Task[None]] = set()
@@ -123,11 +87,11 @@ class Coalescer:
     def join(self, envelope: bytes) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         if not self.parts:
-            loop.call_later(LINGER_SECONDS, self.ship, self.waiters)
+            loop.call_later(self.linger, self.ship, self.waiters)
         self.parts.append(envelope)
         waiter: asyncio.Future[None] = loop.create_future()
         self.waiters.append(waiter)
-        if len(self.parts) >= MAX_ENVELOPES:
+        if len(self.parts) >= self.max_envelopes:
             self.ship(self.waiters)
         return waiter
 
@@ -177,11 +141,11 @@ async def ready(request: web.Request) -> web.Response:
     return web.Response(text="ready")
 
 
-def ingress(port: int, amqp_url: str, names: Names) -> None:
+def ingress(port: int, settings: Settings) -> None:
     async def broker(app: web.Application) -> AsyncIterator[None]:
-        connection = await aio_pika.connect(amqp_url)
+        connection = await aio_pika.connect(settings.amqp_url)
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        app[COALESCER] = Coalescer(channel, names.raw)
+        app[COALESCER] = Coalescer(channel, settings)
         yield
         await connection.close()
 
@@ -193,21 +157,21 @@ def ingress(port: int, amqp_url: str, names: Names) -> None:
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
-async def worker(database_url: str, amqp_url: str, names: Names) -> None:
+async def worker(settings: Settings) -> None:
     tune_gc()
-    connection = await aio_pika.connect(amqp_url)
+    connection = await aio_pika.connect(settings.amqp_url)
     channel = await connection.channel(publisher_confirms=True)
-    await channel.set_qos(prefetch_count=BATCH)
+    await channel.set_qos(prefetch_count=settings.batch_size)
     underlay = await channel.get_underlay_channel()
     assert isinstance(underlay, aiormq.Channel)
-    database = await asyncpg.connect(database_url)
+    database = await asyncpg.connect(settings.database_url)
     await database.execute(_STAGE)
     inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-    queue = await channel.get_queue(names.raw)
+    queue = await channel.get_queue(settings.raw_queue)
     await queue.consume(inbox.put_nowait)  # type: ignore[arg-type]
     publishing: asyncio.Task[None] | None = None
     while True:
-        batch = await _take(inbox)
+        batch = await _take(inbox, settings.batch_size, settings.batch_wait_ms / 1000)
         rows = [_row(envelope) for m in batch for envelope in orjson.loads(m.body)["envelopes"]]
         async with database.transaction():
             await database.copy_records_to_table("onefile_stage", records=rows, columns=COLUMNS)
@@ -217,15 +181,19 @@ async def worker(database_url: str, amqp_url: str, names: Names) -> None:
         if publishing is not None:
             await publishing
         # Published and acked while the next batch is stored, as cdrflow publishes.
-        publishing = asyncio.create_task(_publish_then_ack(underlay, names, records, batch))
+        publishing = asyncio.create_task(
+            _publish_then_ack(underlay, settings.records_exchange, records, batch)
+        )
 
 
-async def _take(inbox: asyncio.Queue[AbstractIncomingMessage]) -> list[AbstractIncomingMessage]:
-    """Messages until they hold BATCH callbacks, or BATCH_WAIT_SECONDS after the first."""
+async def _take(
+    inbox: asyncio.Queue[AbstractIncomingMessage], size: int, wait: float
+) -> list[AbstractIncomingMessage]:
+    """Messages until they hold `size` callbacks, or `wait` seconds after the first."""
     batch = [await inbox.get()]
     callbacks = _count(batch[0])
-    deadline = time.monotonic() + BATCH_WAIT_SECONDS
-    while callbacks < BATCH:
+    deadline = time.monotonic() + wait
+    while callbacks < size:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
@@ -278,11 +246,11 @@ def _record(row: tuple[Any, ...], stored_at: datetime) -> Outgoing:
 
 async def _publish_then_ack(
     channel: aiormq.Channel,
-    names: Names,
+    exchange: str,
     records: list[Outgoing],
     batch: list[AbstractIncomingMessage],
 ) -> None:
-    outcomes = await publish_batch(channel, names.records, records, mandatory=False, timeout=30)
+    outcomes = await publish_batch(channel, exchange, records, mandatory=False, timeout=30)
     failed = [outcome for outcome in outcomes if outcome is not None]
     if failed:
         raise RuntimeError(f"records not confirmed: {failed[0]!r}")
@@ -290,11 +258,11 @@ async def _publish_then_ack(
 
 
 def main(argv: list[str]) -> None:
-    amqp_url, names = os.environ["ONEFILE_AMQP_URL"], Names(os.environ["ONEFILE_PREFIX"])
+    settings = Settings.from_env()
     if argv[0] == "ingress":
-        ingress(int(argv[1]), amqp_url, names)
+        ingress(int(argv[1]), settings)
     else:
-        asyncio.run(worker(argv[1], amqp_url, names))
+        asyncio.run(worker(settings))
 
 
 if __name__ == "__main__":

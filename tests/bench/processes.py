@@ -69,13 +69,9 @@ class Served:
 
 
 def _spawn(
-    args: list[str],
-    settings: Settings | None,
-    workdir: Path,
-    log: str,
-    extra_env: dict[str, str] | None = None,
+    args: list[str], settings: Settings | None, workdir: Path, log: str
 ) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **(extra_env or {})}
+    env = dict(os.environ)
     if settings is not None:
         sources = workdir / "sources.toml"
         sources.write_text(SOURCES_TOML)
@@ -162,22 +158,21 @@ def alive(served: list[Served]) -> None:
 
 @contextlib.asynccontextmanager
 async def onefile_pipeline(
-    amqp_url: str, prefix: str, database_url: str, workdir: Path, count: int
+    settings: Settings, workdir: Path, count: int
 ) -> AsyncIterator[tuple[Served, list[Served]]]:
-    """`tests.bench.onefile`: its ingress, ready, and `count` workers."""
-    env = {"ONEFILE_AMQP_URL": amqp_url, "ONEFILE_PREFIX": prefix}
-    module = "tests.bench.onefile"
+    """`tests.bench.onefile` with `settings`: its ingress, ready, and `count` workers."""
+    module, name = "tests.bench.onefile", settings.raw_queue
     port = free_port()
     started: list[Served] = []
     try:
         served = Served(
-            _spawn([module, "ingress", str(port)], None, workdir, f"{prefix}.ingress.log", env),
+            _spawn([module, "ingress", str(port)], settings, workdir, f"{name}.ingress.log"),
             f"http://127.0.0.1:{port}",
-            workdir / f"{prefix}.ingress.log",
+            workdir / f"{name}.ingress.log",
         )
         started.append(served)
-        for log in (f"{prefix}.worker{n}.log" for n in range(count)):
-            process = _spawn([module, "worker", database_url], None, workdir, log, env)
+        for log in (f"{name}.worker{n}.log" for n in range(count)):
+            process = _spawn([module, "worker"], settings, workdir, log)
             started.append(Served(process, "", workdir / log))
         await _wait_ready(served)
         yield served, started[1:]

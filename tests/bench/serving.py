@@ -8,11 +8,10 @@ peak RSS over all of it."""
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 from tests.bench.options import Options
-from tests.bench.pipeline import topology
+from tests.bench.pipeline import Broker, topology
 from tests.bench.processes import bare_handler, bench_settings, ingress, peak_rss_mb
 from tests.bench.services import Services
 from tests.bench.table import Table, ratio
@@ -33,18 +32,7 @@ async def measure(table: Table, services: Services, options: Options, workdir: P
     ):
         for connections in (64, 256):
             for close in (False, True):
-                rounds = []
-                for number in range(options.http_rounds):
-                    run = functools.partial(
-                        _run, options=options, connections=connections, close=close
-                    )
-                    if number % 2:
-                        ours, base = await run(served.url), await run(bare.url)
-                    else:
-                        base, ours = await run(bare.url), await run(served.url)
-                    rounds.append((base, ours))
-                    raw = await broker.channel.get_queue(settings.raw_queue, ensure=False)
-                    await raw.purge()
+                rounds = await _rounds(bare.url, served.url, broker, options, connections, close)
                 _add_rows(table, rounds, connections, close)
         table.add(
             "ingress.rss",
@@ -54,7 +42,22 @@ async def measure(table: Table, services: Services, options: Options, workdir: P
         )
 
 
-async def _run(url: str, *, options: Options, connections: int, close: bool) -> Load:
+async def _rounds(
+    bare: str, ours: str, broker: Broker, options: Options, connections: int, close: bool
+) -> list[tuple[Load, Load]]:
+    """(bare, ingress) runs, `options.http_rounds` times, each going first in turn."""
+    rounds = []
+    for number in range(options.http_rounds):
+        first, second = (ours, bare) if number % 2 else (bare, ours)
+        loads = {url: await _run(url, options, connections, close) for url in (first, second)}
+        rounds.append((loads[bare], loads[ours]))
+        # The ingress's callbacks from this round, so that the next sees an empty queue.
+        raw = await broker.channel.get_queue(broker.settings.raw_queue, ensure=False)
+        await raw.purge()
+    return rounds
+
+
+async def _run(url: str, options: Options, connections: int, close: bool) -> Load:
     return await run_wrk(
         url,
         options.requests_file,
