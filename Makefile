@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 export CDRFLOW_SOURCES ?= deploy/sources.dev.toml
 
-.PHONY: install tools run test test-unit lint format bench clean
+.PHONY: install tools run test test-unit lint format bench profile clean
 
 install: $(VENV)/.installed
 
@@ -57,6 +57,11 @@ format: install
 # Benchmarks): about 5 to 10 minutes; BENCH_ARGS=--full adds a 1,000,000-message backlog.
 bench: install tools
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
+
+# Where one process's CPU goes under the bench's load (py-spy, README "Benchmarks"): a worker
+# draining a backlog, or PROFILE_ARGS=ingress; the collapsed stacks are left in profile.raw.
+profile: install tools
+	$(BIN)/python -m tests.bench.profile $(PROFILE_ARGS)
 
 # deploy/ without a container engine: overlays, compose, Dockerfile, alert rules, units.
 .PHONY: deploy-check

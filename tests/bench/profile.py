@@ -1,0 +1,188 @@
+"""`make profile`: where one process's CPU goes, under the bench's own load, before anyone
+optimizes it (py-spy, sampling the running process from outside).
+
+    make profile                              # a worker draining 30,000 callbacks
+    make profile PROFILE_ARGS="ingress"       # the ingress under wrk, 256 connections
+    make profile PROFILE_ARGS="worker --callbacks 100000 --shared"
+
+It prints the process's CPU per callback, the functions with the most samples of their own
+("self") and the ones most often on the stack ("inclusive", cdrflow's own code), and keeps
+the collapsed stacks (`--raw`, for a flame graph: speedscope or flamegraph.pl read them).
+
+py-spy samples with `--nonblocking`: in its default mode it stops the process for each
+sample, and on this kind of VM the samples then pile up at system calls. A profile of the
+ingress gave `uuid7` (`os.urandom`) 9.5% and `asyncio.get_running_loop` (`getpid` on 3.11)
+8.6% of its CPU; both cost 0.1 to 0.3 µs a call, and without stopping the process neither
+shows."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from cdrflow import logs
+from tests.bench import mix
+from tests.bench.mix import write_wrk_requests
+from tests.bench.pipeline import fill, stored, topology, until_drained
+from tests.bench.processes import bench_settings, cpu_seconds, ingress, workers
+from tests.bench.services import services
+from tests.bench.wrk import require_wrk, run_wrk
+
+RATE = 200  # samples a second
+OWN_CODE = ("cdrflow/", "ingress/", "workers/", "schemas/")
+
+
+@dataclass(frozen=True)
+class Summary:
+    samples: int
+    own: list[tuple[str, int]]  # frame -> samples where it is the innermost frame
+    inclusive: list[tuple[str, int]]  # frame -> samples where it is on the stack
+
+
+def summarize(collapsed: Iterable[str], top: int = 25) -> Summary:
+    """The collapsed stacks py-spy writes (`frame;frame;... count`, outermost first)."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in collapsed:
+        stack, _, count = line.rstrip("\n").rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        samples = int(count)
+        total += samples
+        frames = stack.split(";")
+        own[frames[-1]] += samples
+        for frame in set(frames):  # a recursive function counts once per sample
+            inclusive[frame] += samples
+    ours = [(f, n) for f, n in inclusive.most_common() if any(p in f for p in OWN_CODE)]
+    return Summary(total, own.most_common(top), ours[:top])
+
+
+def render(summary: Summary, heading: str) -> str:
+    def share(samples: int) -> str:
+        return f"{samples / max(1, summary.samples):6.1%}"
+
+    lines = [heading, f"{summary.samples:,} samples", "", "self (innermost frame):"]
+    lines += [f"  {share(n)}  {frame}" for frame, n in summary.own]
+    lines += ["", "inclusive (cdrflow's own code on the stack):"]
+    lines += [f"  {share(n)}  {frame}" for frame, n in summary.inclusive]
+    return "\n".join(lines)
+
+
+@contextlib.asynccontextmanager
+async def sampling(pid: int, raw: Path) -> AsyncIterator[None]:
+    """py-spy recording `pid` while the block runs; stopped (and its file written) after."""
+    spy = await asyncio.create_subprocess_exec(
+        _py_spy(),
+        *("record", "--pid", str(pid), "--rate", str(RATE), "--nonblocking", "--nolineno"),
+        *("--format", "raw", "--output", str(raw)),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await asyncio.sleep(0.5)  # attached before the measured work starts
+        if spy.returncode is not None:
+            error = await spy.stderr.read() if spy.stderr else b""
+            raise RuntimeError(f"py-spy could not attach: {error.decode(errors='replace')}")
+        yield
+    finally:
+        if spy.returncode is None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        await asyncio.wait_for(spy.communicate(), 30)
+
+
+def _py_spy() -> str:
+    found = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(found).exists():
+        raise SystemExit("py-spy is missing: `make install` puts it in the venv")
+    return found
+
+
+async def profile_worker(shared: bool, callbacks: int, raw: Path, workdir: Path) -> str:
+    """One worker draining a backlog of the bench mix (32 callbacks a message)."""
+    with services(shared=shared) as where:
+        url = await where.fresh_database("profile")
+        settings = bench_settings(where.amqp_url, url, workdir)
+        db = await asyncpg.connect(url)
+        try:
+            async with topology(settings) as broker:
+                total = await fill(broker, mix.callbacks(callbacks, seed=callbacks))
+                async with workers(settings, workdir) as (worker,):
+                    await broker.until_consumed_by(1)
+                    async with sampling(worker.pid, raw):
+                        before, started = cpu_seconds(worker.pid), time.monotonic()
+                        first = await stored(db)
+                        drained = await until_drained(broker, db, at_least=total)
+                        spent = cpu_seconds(worker.pid) - before
+        finally:
+            await db.close()
+            await where.drop(url)
+    done = drained.callbacks - first
+    rate = done / (drained.finished - started)
+    return (
+        f"one worker draining {done:,} callbacks: {rate:,.0f} callbacks/s, "
+        f"{spent / done * 1e6:.0f} µs of its CPU per callback"
+    )
+
+
+async def profile_ingress(shared: bool, seconds: float, raw: Path, workdir: Path) -> str:
+    """The ingress alone under wrk, 256 connections kept alive (no worker: the raw queue
+    takes the load, and is deleted after)."""
+    requests = workdir / "requests.bin"
+    write_wrk_requests(requests, 20_000)
+    with services(shared=shared) as where:
+        url = await where.fresh_database("profile")
+        settings = bench_settings(where.amqp_url, url, workdir)
+        try:
+            async with topology(settings), ingress(settings, workdir) as served:
+                await run_wrk(served.url, requests, connections=256, seconds=2)  # warm up
+                async with sampling(served.pid, raw):
+                    before = cpu_seconds(served.pid)
+                    load = await run_wrk(served.url, requests, connections=256, seconds=seconds)
+                    spent = cpu_seconds(served.pid) - before
+        finally:
+            await where.drop(url)
+    return (
+        f"ingress under wrk, 256 connections kept alive: {load.rate:,.0f} callbacks/s, "
+        f"{spent / max(1, load.requests) * 1e6:.0f} µs of its CPU per request"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("process", nargs="?", choices=("worker", "ingress"), default="worker")
+    parser.add_argument("--callbacks", type=int, default=30_000, help="the worker's backlog")
+    parser.add_argument("--seconds", type=float, default=10, help="the ingress's wrk run")
+    parser.add_argument("--shared", action="store_true", help="the shared RabbitMQ and PostgreSQL")
+    parser.add_argument("--raw", type=Path, default=Path("profile.raw"), help="collapsed stacks")
+    parser.add_argument("--top", type=int, default=40)
+    args = parser.parse_args()
+    _py_spy()
+    require_wrk()
+    logs.configure("warning", "console")
+    with tempfile.TemporaryDirectory(prefix="cdrflow-profile-") as directory:
+        workdir = Path(directory)
+        if args.process == "worker":
+            measured = profile_worker(args.shared, args.callbacks, args.raw, workdir)
+        else:
+            measured = profile_ingress(args.shared, args.seconds, args.raw, workdir)
+        heading = asyncio.run(measured)
+    with args.raw.open() as collapsed:
+        print(render(summarize(collapsed, args.top), heading))
+    print(f"\ncollapsed stacks: {args.raw}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""`make profile`'s summary of py-spy's collapsed stacks (tests/bench/profile.py)."""
+
+from tests.bench.profile import render, summarize
+
+STACKS = [
+    "main (cdrflow/cli.py);run (workers/worker.py);normalize (workers/normalize.py);"
+    "content_hash (schemas/content.py) 30\n",
+    "main (cdrflow/cli.py);run (workers/worker.py);copy (asyncpg/connection.py) 50\n",
+    "main (cdrflow/cli.py);select (selectors.py) 20\n",
+    # recursion: a frame twice on one stack counts once for that sample
+    "main (cdrflow/cli.py);canonical (schemas/content.py);canonical (schemas/content.py) 5\n",
+    "\n",
+    "garbage without a count\n",
+]
+
+
+def test_self_samples_go_to_the_innermost_frame() -> None:
+    summary = summarize(STACKS)
+    assert summary.samples == 105
+    assert summary.own[:3] == [
+        ("copy (asyncpg/connection.py)", 50),
+        ("content_hash (schemas/content.py)", 30),
+        ("select (selectors.py)", 20),
+    ]
+
+
+def test_inclusive_lists_only_our_code_and_counts_recursion_once() -> None:
+    inclusive = dict(summarize(STACKS).inclusive)
+    assert inclusive["main (cdrflow/cli.py)"] == 105
+    assert inclusive["run (workers/worker.py)"] == 80
+    assert inclusive["canonical (schemas/content.py)"] == 5
+    assert "copy (asyncpg/connection.py)" not in inclusive
+    assert "select (selectors.py)" not in inclusive
+
+
+def test_top_limits_each_list() -> None:
+    summary = summarize(STACKS, top=2)
+    assert len(summary.own) == 2
+    assert len(summary.inclusive) == 2
+
+
+def test_render_shows_shares_of_all_samples() -> None:
+    text = render(summarize(STACKS), "heading")
+    assert text.startswith("heading\n105 samples")
+    assert "  47.6%  copy (asyncpg/connection.py)" in text
+    assert "  76.2%  run (workers/worker.py)" in text
