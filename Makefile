@@ -1,4 +1,4 @@
-# cdrflow — make install | run | test | test-unit | lint | bench
+# cdrflow — make install | run | test | test-unit | lint | bench | profile
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
