@@ -22,7 +22,7 @@ from tests.bench.options import Options
 from tests.bench.processes import bench_settings
 from tests.bench.services import Services, services
 from tests.bench.table import Table, ratio
-from tests.bench.wrk import require_wrk
+from tests.bench.wrk import Load, require_wrk
 
 
 def _say(text: str) -> None:
@@ -112,7 +112,8 @@ async def _measure(table: Table, options: Options, where: Services, workdir: Pat
             "callbacks/s",
             f"{ratio(rate, design_rate)} of design limit, {ratio(rate, publish)} of publish limit, "
             f"{ratio(rate, database)} of database limit; "
-            f"{result.records:,} records on the bound queue from {result.callbacks:,} callbacks",
+            f"{result.records:,} records on the bound queue from {result.callbacks:,} callbacks"
+            f"{_wrapped(result.load, options)}",
         )
         _add_cpu(table, f"{key}.cpu", result.cpu, result.callbacks)
 
@@ -195,10 +196,19 @@ async def _design_limit(
         f"design limit: the same design in one file, no per-callback logic, {count} worker(s)",
         rate,
         "callbacks/s",
-        f"tests/bench/onefile.py; {limit.callbacks:,} callbacks",
+        f"tests/bench/onefile.py; {limit.records:,} records on the bound queue from "
+        f"{limit.callbacks:,} callbacks{_wrapped(limit.load, options)}",
     )
     _add_cpu(table, f"{key}.cpu", limit.cpu, limit.callbacks)
     return rate
+
+
+def _wrapped(load: Load, options: Options) -> str:
+    """Said when wrk sent its request file more than once: the requests sent again are
+    re-pushes, cheaper than new callbacks, so such a row is not comparable."""
+    if load.requests <= options.templates:
+        return ""
+    return f"; NOT COMPARABLE: wrk sent its {options.templates:,} requests more than once"
 
 
 def _verdict(lag: flow.Lag) -> str:

@@ -26,6 +26,7 @@ DRAIN_TIMEOUT = 120  # seconds after the load for the last records to reach the 
 @dataclass(frozen=True)
 class DesignLimit:
     callbacks: int
+    records: int  # on the downstream queue: one per distinct callback
     seconds: float
     load: Load
     cpu: cpu.Account
@@ -45,24 +46,24 @@ async def design_limit(
             await broker.until_consumed_by(worker_count)
             offered = await offer_load(served, running, options)
             answered = offered.load.requests - offered.load.failed
-            await _until_done(broker, database, answered, [served, *running])
+            records = await _until_done(broker, database, answered, [served, *running])
             finished = time.monotonic()
             spent = offered.cpu_since()
     finally:
         await database.close()
-    return DesignLimit(answered, finished - offered.started, offered.load, spent)
+    return DesignLimit(answered, records, finished - offered.started, offered.load, spent)
 
 
 async def _until_done(
     broker: Broker, database: asyncpg.Connection, callbacks: int, processes: list[Served]
-) -> None:
+) -> int:
     """Until the ledger holds every callback answered 200 and the downstream queue a
-    message for every record."""
+    message for every record; the records."""
     deadline = time.monotonic() + DRAIN_TIMEOUT
     while time.monotonic() < deadline:
         alive(processes)
         delivered, records = await database.fetchrow(onefile.COUNTS)  # type: ignore[misc]
         if delivered >= callbacks and await broker.depth(broker.downstream) >= records:
-            return
+            return int(records)
         await asyncio.sleep(0.05)
     raise TimeoutError(f"the one-file pipeline did not take {callbacks} callbacks in time")
