@@ -41,7 +41,8 @@ from tests.bench.services import services
 from tests.bench.wrk import require_wrk, run_wrk
 
 RATE = 200  # samples a second
-OWN_CODE = ("cdrflow/", "ingress/", "workers/", "schemas/")
+TOP = 40  # functions listed in each part of the summary
+OWN_CODE = ("cdrflow/", "ingress/", "workers/", "schemas/")  # py-spy's paths are relative
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class Summary:
     inclusive: list[tuple[str, int]]  # frame -> samples where it is on the stack
 
 
-def summarize(collapsed: Iterable[str], top: int = 25) -> Summary:
+def summarize(collapsed: Iterable[str], top: int = TOP) -> Summary:
     """The collapsed stacks py-spy writes (`frame;frame;... count`, outermost first)."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
@@ -66,8 +67,15 @@ def summarize(collapsed: Iterable[str], top: int = 25) -> Summary:
         own[frames[-1]] += samples
         for frame in set(frames):  # a recursive function counts once per sample
             inclusive[frame] += samples
-    ours = [(f, n) for f, n in inclusive.most_common() if any(p in f for p in OWN_CODE)]
+    ours = [(f, n) for f, n in inclusive.most_common() if _is_ours(f)]
     return Summary(total, own.most_common(top), ours[:top])
+
+
+def _is_ours(frame: str) -> bool:
+    """`function (path)` with the path in this checkout's packages (not a site-packages
+    path that happens to contain one of their names)."""
+    _, _, where = frame.rpartition(" (")
+    return where.startswith(OWN_CODE)
 
 
 def render(summary: Summary, heading: str) -> str:
@@ -82,30 +90,53 @@ def render(summary: Summary, heading: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def sampling(pid: int, raw: Path) -> AsyncIterator[None]:
-    """py-spy recording `pid` while the block runs; stopped (and its file written) after."""
-    spy = await asyncio.create_subprocess_exec(
-        _py_spy(),
-        *("record", "--pid", str(pid), "--rate", str(RATE), "--nonblocking", "--nolineno"),
-        *("--format", "raw", "--output", str(raw)),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+async def sampling(pid: int, raw: Path, workdir: Path) -> AsyncIterator[None]:
+    """py-spy recording `pid` while the block runs; stopped, and its file checked, after."""
+    _forget(raw)  # never summarize an earlier run's stacks
+    errors = workdir / "py-spy.log"
+    with errors.open("wb") as log:
+        spy = await asyncio.create_subprocess_exec(
+            _py_spy(),
+            *("record", "--pid", str(pid), "--rate", str(RATE), "--nonblocking", "--nolineno"),
+            *("--format", "raw", "--output", str(raw)),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=log,
+        )
     try:
         await asyncio.sleep(0.5)  # attached before the measured work starts
         if spy.returncode is not None:
-            error = await spy.stderr.read() if spy.stderr else b""
-            raise RuntimeError(f"py-spy could not attach: {error.decode(errors='replace')}")
+            raise RuntimeError(f"py-spy could not attach: {_tail(errors)}")
         yield
     finally:
         if spy.returncode is None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
-        await asyncio.wait_for(spy.communicate(), 30)
+        try:
+            code = await asyncio.wait_for(spy.wait(), 30)
+        except TimeoutError:
+            spy.kill()
+            raise
+    if code != 0 or not _written(raw):
+        raise RuntimeError(f"py-spy wrote no profile (exit {code}): {_tail(errors)}")
+
+
+def _forget(raw: Path) -> None:
+    raw.unlink(missing_ok=True)
+
+
+def _written(raw: Path) -> bool:
+    return raw.exists() and raw.stat().st_size > 0
+
+
+def _tail(log: Path) -> str:
+    lines = log.read_text(errors="replace").strip().splitlines()
+    return lines[-1] if lines else "no message"
 
 
 def _py_spy() -> str:
-    found = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(found).exists():
+    """The venv's py-spy (the pinned one), else one on PATH."""
+    beside = Path(sys.executable).with_name("py-spy")
+    found = str(beside) if beside.exists() else shutil.which("py-spy")
+    if found is None:
         raise SystemExit("py-spy is missing: `make install` puts it in the venv")
     return found
 
@@ -114,25 +145,27 @@ async def profile_worker(shared: bool, callbacks: int, raw: Path, workdir: Path)
     """One worker draining a backlog of the bench mix (32 callbacks a message)."""
     with services(shared=shared) as where:
         url = await where.fresh_database("profile")
-        settings = bench_settings(where.amqp_url, url, workdir)
-        db = await asyncpg.connect(url)
         try:
-            async with topology(settings) as broker:
-                total = await fill(broker, mix.callbacks(callbacks, seed=callbacks))
-                async with workers(settings, workdir) as (worker,):
-                    await broker.until_consumed_by(1)
-                    async with sampling(worker.pid, raw):
-                        before, started = cpu_seconds(worker.pid), time.monotonic()
-                        first = await stored(db)
-                        drained = await until_drained(broker, db, at_least=total)
-                        spent = cpu_seconds(worker.pid) - before
+            settings = bench_settings(where.amqp_url, url, workdir)
+            db = await asyncpg.connect(url)
+            try:
+                async with topology(settings) as broker:
+                    total = await fill(broker, mix.callbacks(callbacks, seed=callbacks))
+                    async with workers(settings, workdir) as (worker,):
+                        await broker.until_consumed_by(1)
+                        async with sampling(worker.pid, raw, workdir):
+                            before, started = cpu_seconds(worker.pid), time.monotonic()
+                            first = await stored(db)
+                            drained = await until_drained(broker, db, at_least=total)
+                            spent = cpu_seconds(worker.pid) - before
+            finally:
+                await db.close()
         finally:
-            await db.close()
             await where.drop(url)
     done = drained.callbacks - first
     rate = done / (drained.finished - started)
     return (
-        f"one worker draining {done:,} callbacks: {rate:,.0f} callbacks/s, "
+        f"one worker draining {done:,} callbacks, under py-spy: {rate:,.0f} callbacks/s, "
         f"{spent / done * 1e6:.0f} µs of its CPU per callback"
     )
 
@@ -148,14 +181,15 @@ async def profile_ingress(shared: bool, seconds: float, raw: Path, workdir: Path
         try:
             async with topology(settings), ingress(settings, workdir) as served:
                 await run_wrk(served.url, requests, connections=256, seconds=2)  # warm up
-                async with sampling(served.pid, raw):
+                async with sampling(served.pid, raw, workdir):
                     before = cpu_seconds(served.pid)
                     load = await run_wrk(served.url, requests, connections=256, seconds=seconds)
                     spent = cpu_seconds(served.pid) - before
         finally:
             await where.drop(url)
     return (
-        f"ingress under wrk, 256 connections kept alive: {load.rate:,.0f} callbacks/s, "
+        f"ingress under wrk, 256 connections kept alive, under py-spy: {load.rate:,.0f} "
+        f"requests/s ({load.failed:,} failed), "
         f"{spent / max(1, load.requests) * 1e6:.0f} µs of its CPU per request"
     )
 
@@ -167,10 +201,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10, help="the ingress's wrk run")
     parser.add_argument("--shared", action="store_true", help="the shared RabbitMQ and PostgreSQL")
     parser.add_argument("--raw", type=Path, default=Path("profile.raw"), help="collapsed stacks")
-    parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--top", type=int, default=TOP)
     args = parser.parse_args()
     _py_spy()
-    require_wrk()
+    if args.process == "ingress":
+        require_wrk()
     logs.configure("warning", "console")
     with tempfile.TemporaryDirectory(prefix="cdrflow-profile-") as directory:
         workdir = Path(directory)

@@ -2,13 +2,18 @@
 
 from tests.bench.profile import render, summarize
 
+# As py-spy writes them: every stack starts in runpy, outside our code.
+OUTER = "_run_module_as_main (<frozen runpy>);_run_code (<frozen runpy>);"
 STACKS = [
-    "main (cdrflow/cli.py);run (workers/worker.py);normalize (workers/normalize.py);"
+    OUTER + "main (cdrflow/cli.py);run (workers/worker.py);normalize (workers/normalize.py);"
     "content_hash (schemas/content.py) 30\n",
-    "main (cdrflow/cli.py);run (workers/worker.py);copy (asyncpg/connection.py) 50\n",
-    "main (cdrflow/cli.py);select (selectors.py) 20\n",
+    OUTER + "main (cdrflow/cli.py);run (workers/worker.py);copy (asyncpg/connection.py) 50\n",
+    OUTER + "main (cdrflow/cli.py);select (selectors.py) 20\n",
     # recursion: a frame twice on one stack counts once for that sample
-    "main (cdrflow/cli.py);canonical (schemas/content.py);canonical (schemas/content.py) 5\n",
+    OUTER + "main (cdrflow/cli.py);canonical (schemas/content.py);"
+    "canonical (schemas/content.py) 5\n",
+    # a library whose path holds one of our packages' names is not ours
+    OUTER + "main (cdrflow/cli.py);send (.venv/lib/site-packages/aiormq/cdrflow/x.py) 0\n",
     "\n",
     "garbage without a count\n",
 ]
@@ -31,12 +36,15 @@ def test_inclusive_lists_only_our_code_and_counts_recursion_once() -> None:
     assert inclusive["canonical (schemas/content.py)"] == 5
     assert "copy (asyncpg/connection.py)" not in inclusive
     assert "select (selectors.py)" not in inclusive
+    assert "_run_module_as_main (<frozen runpy>)" not in inclusive
+    assert "send (.venv/lib/site-packages/aiormq/cdrflow/x.py)" not in inclusive
 
 
-def test_top_limits_each_list() -> None:
+def test_top_limits_each_list_after_choosing_our_code() -> None:
     summary = summarize(STACKS, top=2)
     assert len(summary.own) == 2
-    assert len(summary.inclusive) == 2
+    # runpy's frames are on every stack: cutting before choosing would leave none of ours
+    assert summary.inclusive == [("main (cdrflow/cli.py)", 105), ("run (workers/worker.py)", 80)]
 
 
 def test_render_shows_shares_of_all_samples() -> None:
