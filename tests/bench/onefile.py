@@ -47,7 +47,7 @@ from cdrflow.amqp import raw_message
 from cdrflow.batchpublish import Outgoing, publish_batch
 from cdrflow.gc_tuning import tune_gc
 from cdrflow.settings import Settings
-from schemas.envelope import COUNT_HEADER
+from workers.batching import envelope_count
 
 TABLE = "onefile_records"
 COLUMNS = ("record_key", "ingest_id", "source", "received_at", "content_type", "query", "body")
@@ -191,7 +191,7 @@ async def _take(
 ) -> list[AbstractIncomingMessage]:
     """Messages until they hold `size` callbacks, or `wait` seconds after the first."""
     batch = [await inbox.get()]
-    callbacks = _count(batch[0])
+    callbacks = envelope_count(batch[0])
     deadline = time.monotonic() + wait
     while callbacks < size:
         remaining = deadline - time.monotonic()
@@ -202,13 +202,8 @@ async def _take(
         except TimeoutError:
             break
         batch.append(message)
-        callbacks += _count(message)
+        callbacks += envelope_count(message)
     return batch
-
-
-def _count(message: AbstractIncomingMessage) -> int:
-    count = message.headers.get(COUNT_HEADER)
-    return count if isinstance(count, int) else 1
 
 
 def _row(envelope: dict[str, str]) -> tuple[Any, ...]:

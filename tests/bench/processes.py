@@ -22,6 +22,7 @@ from tests.support.sources import ENVIRON, SOURCES_TOML
 from tests.support.workers import settings_env
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+NO_DATABASE = "postgresql://unused/none"  # for settings of the ingress alone: it never connects
 
 
 def bench_settings(amqp_url: str, database_url: str, workdir: Path) -> Settings:

@@ -36,8 +36,8 @@ from cdrflow import logs
 from tests.bench import mix
 from tests.bench.mix import write_wrk_requests
 from tests.bench.pipeline import fill, topology, until_drained
-from tests.bench.processes import bench_settings, cpu_seconds, ingress, workers
-from tests.bench.services import services
+from tests.bench.processes import NO_DATABASE, bench_settings, cpu_seconds, ingress, workers
+from tests.bench.services import Services, services
 from tests.bench.wrk import require_wrk, run_wrk
 
 RATE = 200  # samples a second
@@ -141,28 +141,25 @@ def _py_spy() -> str:
     return found
 
 
-async def profile_worker(shared: bool, callbacks: int, raw: Path, workdir: Path) -> str:
+async def profile_worker(
+    where: Services, database_url: str, callbacks: int, raw: Path, workdir: Path
+) -> str:
     """One worker draining a backlog of the bench mix (32 callbacks a message), put on
     the queue once py-spy is attached."""
-    with services(shared=shared) as where:
-        url = await where.fresh_database("profile")
-        try:
-            settings = bench_settings(where.amqp_url, url, workdir)
-            db = await asyncpg.connect(url)
-            try:
-                async with topology(settings) as broker, workers(settings, workdir) as (worker,):
-                    await broker.until_consumed_by(1)
-                    # The backlog comes once py-spy is attached: the worker drains none
-                    # of it unobserved (it takes messages while they are still put).
-                    async with sampling(worker.pid, raw, workdir):
-                        before, started = cpu_seconds(worker.pid), time.monotonic()
-                        total = await fill(broker, mix.callbacks(callbacks, seed=callbacks))
-                        drained = await until_drained(broker, db, at_least=total)
-                        spent = cpu_seconds(worker.pid) - before
-            finally:
-                await db.close()
-        finally:
-            await where.drop(url)
+    settings = bench_settings(where.amqp_url, database_url, workdir)
+    db = await asyncpg.connect(database_url)
+    try:
+        async with topology(settings) as broker, workers(settings, workdir) as (worker,):
+            await broker.until_consumed_by(1)
+            # The backlog comes once py-spy is attached: the worker drains none of it
+            # unobserved (it takes messages while they are still put).
+            async with sampling(worker.pid, raw, workdir):
+                before, started = cpu_seconds(worker.pid), time.monotonic()
+                total = await fill(broker, mix.callbacks(callbacks, seed=callbacks))
+                drained = await until_drained(broker, db, at_least=total)
+                spent = cpu_seconds(worker.pid) - before
+    finally:
+        await db.close()
     done = drained.callbacks
     rate = done / (drained.finished - started)
     return (
@@ -171,28 +168,36 @@ async def profile_worker(shared: bool, callbacks: int, raw: Path, workdir: Path)
     )
 
 
-async def profile_ingress(shared: bool, seconds: float, raw: Path, workdir: Path) -> str:
-    """The ingress alone under wrk, 256 connections kept alive (no worker: the raw queue
-    takes the load, and is deleted after)."""
+async def profile_ingress(where: Services, seconds: float, raw: Path, workdir: Path) -> str:
+    """The ingress alone under wrk, 256 connections kept alive (no worker and no database:
+    the raw queue takes the load, and is deleted after)."""
     requests = workdir / "requests.bin"
     write_wrk_requests(requests, 20_000)
-    with services(shared=shared) as where:
-        url = await where.fresh_database("profile")
-        settings = bench_settings(where.amqp_url, url, workdir)
-        try:
-            async with topology(settings), ingress(settings, workdir) as served:
-                await run_wrk(served.url, requests, connections=256, seconds=2)  # warm up
-                async with sampling(served.pid, raw, workdir):
-                    before = cpu_seconds(served.pid)
-                    load = await run_wrk(served.url, requests, connections=256, seconds=seconds)
-                    spent = cpu_seconds(served.pid) - before
-        finally:
-            await where.drop(url)
+    settings = bench_settings(where.amqp_url, NO_DATABASE, workdir)
+    async with topology(settings), ingress(settings, workdir) as served:
+        await run_wrk(served.url, requests, connections=256, seconds=2)  # warm up
+        async with sampling(served.pid, raw, workdir):
+            before = cpu_seconds(served.pid)
+            load = await run_wrk(served.url, requests, connections=256, seconds=seconds)
+            spent = cpu_seconds(served.pid) - before
     return (
         f"ingress under wrk, 256 connections kept alive, under py-spy: {load.rate:,.0f} "
         f"requests/s ({load.failed:,} failed), "
         f"{spent / max(1, load.requests) * 1e6:.0f} µs of its CPU per request"
     )
+
+
+async def _profile(args: argparse.Namespace, workdir: Path) -> str:
+    """The chosen process profiled on fresh services (and a database of its own, dropped
+    after): the summary's heading."""
+    with services(shared=args.shared) as where:
+        if args.process == "ingress":
+            return await profile_ingress(where, args.seconds, args.raw, workdir)
+        url = await where.fresh_database("profile")
+        try:
+            return await profile_worker(where, url, args.callbacks, args.raw, workdir)
+        finally:
+            await where.drop(url)
 
 
 def main() -> None:
@@ -209,12 +214,7 @@ def main() -> None:
         require_wrk()
     logs.configure("warning", "console")
     with tempfile.TemporaryDirectory(prefix="cdrflow-profile-") as directory:
-        workdir = Path(directory)
-        if args.process == "worker":
-            measured = profile_worker(args.shared, args.callbacks, args.raw, workdir)
-        else:
-            measured = profile_ingress(args.shared, args.seconds, args.raw, workdir)
-        heading = asyncio.run(measured)
+        heading = asyncio.run(_profile(args, Path(directory)))
     with args.raw.open() as collapsed:
         print(render(summarize(collapsed, args.top), heading))
     print(f"\ncollapsed stacks: {args.raw}")

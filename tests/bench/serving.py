@@ -12,7 +12,13 @@ from pathlib import Path
 
 from tests.bench.options import Options
 from tests.bench.pipeline import Broker, topology
-from tests.bench.processes import bare_handler, bench_settings, ingress, peak_rss_mb
+from tests.bench.processes import (
+    NO_DATABASE,
+    bare_handler,
+    bench_settings,
+    ingress,
+    peak_rss_mb,
+)
 from tests.bench.services import Services
 from tests.bench.table import Table, ratio
 from tests.bench.wrk import Load, run_wrk
@@ -24,7 +30,7 @@ def _describe(load: Load) -> str:
 
 
 async def measure(table: Table, services: Services, options: Options, workdir: Path) -> None:
-    settings = bench_settings(services.amqp_url, "postgresql://unused/none", workdir)
+    settings = bench_settings(services.amqp_url, NO_DATABASE, workdir)
     async with (
         topology(settings) as broker,
         bare_handler(workdir) as bare,
