@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     received_at timestamptz NOT NULL, content_type text NOT NULL, query text NOT NULL,
     body bytea NOT NULL, stored_at timestamptz NOT NULL DEFAULT now())
 """
-COUNTS = f"SELECT (SELECT count(*) FROM onefile_deliveries), (SELECT count(*) FROM {TABLE})"
+DELIVERED = "SELECT count(*) FROM onefile_deliveries"
+RECORDS = f"SELECT count(*) FROM {TABLE}"
 _STAGE = f"""CREATE TEMP TABLE IF NOT EXISTS onefile_stage (LIKE {TABLE} INCLUDING DEFAULTS)
 ON COMMIT DELETE ROWS"""
 _LEDGER = """
@@ -70,6 +71,7 @@ SELECT ingest_id, record_key, received_at FROM onefile_stage ON CONFLICT DO NOTH
 """
 _INSERT = f"""
 INSERT INTO {TABLE} ({", ".join(COLUMNS)}) SELECT {", ".join(COLUMNS)} FROM onefile_stage
+ORDER BY record_key  -- one lock order for all workers, as cdrflow's upsert: no deadlocks
 ON CONFLICT DO NOTHING RETURNING record_key, stored_at
 """
 
