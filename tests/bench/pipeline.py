@@ -182,7 +182,7 @@ async def until_drained(
         if (done >= at_least or quiet) and await _published_all(db, downstream, quiet):
             if done >= at_least:
                 return Drained(done, downstream, now)
-            if quiet and await broker.depth(broker.settings.raw_queue) == 0:
+            if await broker.depth(broker.settings.raw_queue) == 0:  # short, and quiet
                 return Drained(done, downstream, last_change)
         await asyncio.sleep(0.1)
     raise TimeoutError(f"not drained in {timeout} s: {last}")
