@@ -2,7 +2,7 @@
 the limit it is measured against in the same run (see tests/bench/__init__.py).
 
     make bench                          # 6 to 10 minutes on an idle 2-core machine
-    make bench BENCH_ARGS=--full        # adds the 1,000,000-message backlog (9 to 16 minutes)
+    make bench BENCH_ARGS=--full        # adds the 1,000,000-message backlog (8 to 16 minutes)
     make bench BENCH_ARGS="--smoke --shared"   # seconds per figure: proves it runs"""
 
 from __future__ import annotations
