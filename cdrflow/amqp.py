@@ -10,7 +10,8 @@ import asyncio
 import contextlib
 import itertools
 import random
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,6 +34,8 @@ from schemas.topology import RECORD_KEY_SHAPE, Topology
 log = get_logger("cdrflow.amqp")
 
 CONNECT_TIMEOUT = 10.0
+# A link whose publish the broker nacked opens a new connection, at most this often.
+NACK_RENEWAL_SECONDS = 5.0
 
 
 class BrokerUnavailable(Exception):
@@ -145,6 +148,9 @@ class BrokerLink:
         self._lost = asyncio.Event()
         self._closed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._renewing = False
+        self._renewed_at = float("-inf")
+        self.opened = 0  # connections opened so far
 
     @property
     def ready(self) -> bool:
@@ -187,7 +193,11 @@ class BrokerLink:
         if not self.ready or channel is None:
             raise BrokerUnavailable("no connection to RabbitMQ")
         target = channel.default_exchange if not exchange else self._exchanges[exchange]
-        await target.publish(message, routing_key, mandatory=mandatory, timeout=timeout)
+        try:
+            await target.publish(message, routing_key, mandatory=mandatory, timeout=timeout)
+        except aiormq.exceptions.DeliveryError as error:
+            self._renew_if_nacked((error,))
+            raise
 
     async def publish_batch(
         self, messages: Sequence[Outgoing], *, exchange: str, mandatory: bool, timeout: float
@@ -199,9 +209,29 @@ class BrokerLink:
             raise BrokerUnavailable("no connection to RabbitMQ")
         underlay = await channel.get_underlay_channel()
         assert isinstance(underlay, aiormq.Channel)
-        return await publish_batch(
+        outcomes = await publish_batch(
             underlay, exchange, messages, mandatory=mandatory, timeout=timeout
         )
+        self._renew_if_nacked(outcomes)
+        return outcomes
+
+    def _renew_if_nacked(self, outcomes: Iterable[BaseException | None]) -> None:
+        """RabbitMQ 3.10 can nack every later publish of a channel whose publish to a
+        quorum queue came while the queue had no leader: seen once in `make
+        cluster-failover`, where the ingress's new channel was nacked for 2.5 minutes
+        (72,042 callbacks spooled) while the workers' connections used the new leader. A
+        new connection asks the queue afresh. At most one renewal every
+        NACK_RENEWAL_SECONDS, so a queue that really refuses does not make the link
+        reconnect at the rate it publishes."""
+        if not any(_is_nack(outcome) for outcome in outcomes):
+            return
+        now = time.monotonic()
+        if now - self._renewed_at < NACK_RENEWAL_SECONDS or not self.ready:
+            return
+        self._renewed_at = now
+        self._renewing = True
+        log.warning("broker_link_renewed", link=self.name, reason="publish nacked")
+        self._on_close()
 
     async def _run(self) -> None:
         while not self._closed.is_set():
@@ -212,8 +242,9 @@ class BrokerLink:
             log.info("broker_connected", link=self.name)
             await self._lost.wait()
             self._ready.clear()
-            if not self._closed.is_set():
+            if not self._closed.is_set() and not self._renewing:
                 log.warning("broker_connection_lost", link=self.name)
+            self._renewing = False
             await self._teardown()
 
     async def _open_retrying(self) -> None:
@@ -246,6 +277,7 @@ class BrokerLink:
         self._exchanges = await declare(channel, self.topology)
         connection.close_callbacks.add(self._on_close)
         channel.close_callbacks.add(self._on_close)
+        self.opened += 1
         self._ready.set()
 
     def _on_close(self, *_: Any) -> None:
@@ -253,7 +285,19 @@ class BrokerLink:
         self._lost.set()
 
     async def _teardown(self) -> None:
-        connection, self._connection, self._channel = self._connection, None, None
+        connection, channel = self._connection, self._channel
+        self._connection, self._channel = None, None
+        # A connection the link gives up must not report its close to the next one.
+        for closing in (channel, connection):
+            if closing is not None and not closing.close_callbacks.is_frozen:
+                closing.close_callbacks.discard(self._on_close)
         if connection is not None and not connection.is_closed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(connection.close(), 5)
+
+
+def _is_nack(outcome: BaseException | None) -> bool:
+    """A negative confirm (a return is a `DeliveryError` too, with its own frame)."""
+    return isinstance(outcome, aiormq.exceptions.DeliveryError) and isinstance(
+        outcome.frame, aiormq.spec.Basic.Nack
+    )

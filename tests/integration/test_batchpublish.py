@@ -13,11 +13,12 @@ import pytest
 from aio_pika.abc import AbstractChannel
 from aiormq.abc import FieldTable
 
-from cdrflow.amqp import BrokerLink
+from cdrflow.amqp import BrokerLink, raw_message
 from cdrflow.batchpublish import Outgoing
 from cdrflow.settings import Settings
 from schemas.record import SCHEMA_VERSION
 from tests.support.env import AMQP_URL, unique
+from tests.support.waiting import eventually
 from workers.outbox import OutboxEntry
 from workers.records_publisher import publish_records
 
@@ -88,6 +89,8 @@ async def test_a_returned_mandatory_message_fails_and_the_others_are_confirmed(
     assert results[0] is None
     assert results[2] is None
     assert isinstance(results[1], aiormq.exceptions.PublishError)
+    assert link.ready  # a return is no nack: the link stays as it is
+    assert link.opened == 1
 
 
 async def test_a_nacked_message_fails(
@@ -101,6 +104,47 @@ async def test_a_nacked_message_fails(
     )
     assert results[0] is None
     assert all(isinstance(r, aiormq.exceptions.DeliveryError) for r in results[1:])
+
+
+async def test_a_nack_renews_the_link_at_most_once_per_interval(
+    link: BrokerLink, settings: Settings, channel: AbstractChannel
+) -> None:
+    """A channel that RabbitMQ 3.10 nacks may go on nacking it: the link opens a new
+    connection after a nack, and not again for a second nack soon after."""
+    await bound_queue(
+        channel, settings.records_exchange, {"x-max-length": 1, "x-overflow": "reject-publish"}
+    )
+    assert link.opened == 1
+    first = await publish_records(link, entries(2), exchange=settings.records_exchange, timeout=10)
+    assert first[0] is None
+    assert isinstance(first[1], aiormq.exceptions.DeliveryError)
+
+    async def renewed() -> bool:
+        return link.ready and link.opened == 2
+
+    assert await eventually(renewed)
+    again = await publish_records(link, entries(1), exchange=settings.records_exchange, timeout=10)
+    assert isinstance(again[0], aiormq.exceptions.DeliveryError)
+    assert link.ready  # a renewal would have cleared `ready` already
+    assert link.opened == 2
+
+
+async def test_a_nacked_single_publish_raises_and_renews_the_link(
+    link: BrokerLink, channel: AbstractChannel
+) -> None:
+    """The path of the ingress and its spool drainer: one message, confirmed or raised."""
+    queue = unique("batch")
+    await channel.declare_queue(
+        queue, auto_delete=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"}
+    )
+    await link.publish(raw_message([b"{}"]), queue, timeout=10)
+    with pytest.raises(aiormq.exceptions.DeliveryError):
+        await link.publish(raw_message([b"{}"]), queue, timeout=10)
+
+    async def renewed() -> bool:
+        return link.ready and link.opened == 2
+
+    assert await eventually(renewed)
 
 
 async def test_without_a_connection_no_record_is_confirmed(
