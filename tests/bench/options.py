@@ -26,6 +26,7 @@ class Options:
     publish_seconds: float
     end_to_end_seconds: float
     end_to_end_workers: tuple[int, ...]
+    end_to_end_rounds: int  # the design limit and cdrflow alternate this many times: medians
     backlog: int
     lag_rates: tuple[int, ...]
     lag_workers: int
@@ -40,7 +41,22 @@ class Options:
         requests_file = workdir / "requests.bin"
         if args.smoke:
             return cls(
-                requests_file, 3000, 1, 1, 1, 2, (1,), 2000, (100, 200, 400), 1, 2, 0.05, 300, 0, 0
+                requests_file,
+                templates=3000,
+                http_seconds=1,
+                http_rounds=1,
+                publish_seconds=1,
+                end_to_end_seconds=2,
+                end_to_end_workers=(1,),
+                end_to_end_rounds=1,
+                backlog=2000,
+                lag_rates=(100, 200, 400),
+                lag_workers=1,
+                lag_seconds=2,
+                hostile_scale=0.05,
+                hostile_typical=300,
+                million=0,
+                million_seconds=0,
             )
         return cls(
             requests_file,
@@ -50,6 +66,7 @@ class Options:
             publish_seconds=5,
             end_to_end_seconds=10,
             end_to_end_workers=tuple(args.workers),
+            end_to_end_rounds=3,
             backlog=100_000,
             lag_rates=(1000, 1500, 2000, 3000, 4000),
             lag_workers=RECOMMENDED_WORKERS,

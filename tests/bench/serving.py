@@ -20,7 +20,7 @@ from tests.bench.processes import (
     peak_rss_mb,
 )
 from tests.bench.services import Services
-from tests.bench.table import Table, ratio
+from tests.bench.table import Table, median_round, ratio, spread
 from tests.bench.wrk import Load, run_wrk
 
 
@@ -75,8 +75,7 @@ async def _run(url: str, options: Options, connections: int, close: bool) -> Loa
 
 def _add_rows(table: Table, rounds: list[tuple[Load, Load]], connections: int, close: bool) -> None:
     ratios = [ours.rate / base.rate if base.rate else 0.0 for base, ours in rounds]
-    # The round whose ratio is the median: its two runs, side by side.
-    base, ours = rounds[sorted(range(len(rounds)), key=ratios.__getitem__)[len(rounds) // 2]]
+    base, ours = rounds[median_round(ratios)]
     kind = "close" if close else "keepalive"
     connection = "new connection per request" if close else "kept alive"
     table.add(
@@ -86,12 +85,11 @@ def _add_rows(table: Table, rounds: list[tuple[Load, Load]], connections: int, c
         "req/s",
         _describe(base),
     )
-    spread = f" (rounds {', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
     table.add(
         f"ingress.{connections}.{kind}",
         f"ingress, {connections} connections, {connection}",
         ours.rate,
         "callbacks/s",
-        f"{ratio(ours.rate, base.rate)} of bare{spread}; {_describe(ours)}; "
+        f"{ratio(ours.rate, base.rate)} of bare{spread(ratios)}; {_describe(ours)}; "
         f"p50/p99 {ratio(ours.p50_ms, base.p50_ms)}/{ratio(ours.p99_ms, base.p99_ms)} x bare",
     )

@@ -102,3 +102,14 @@ def _number(value: float) -> str:
 
 def ratio(value: float, limit: float) -> str:
     return f"{value / limit:.2f}" if limit > 0 else "n/a"
+
+
+def median_round(ratios: list[float]) -> int:
+    """The index of the round whose ratio is the median (the upper one of an even count):
+    the row shows that round's runs, side by side, and lists every round's ratio."""
+    return sorted(range(len(ratios)), key=ratios.__getitem__)[len(ratios) // 2]
+
+
+def spread(ratios: list[float]) -> str:
+    """Every round's ratio, for a row's detail; nothing for a single round."""
+    return f" (rounds {', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""

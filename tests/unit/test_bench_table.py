@@ -1,0 +1,20 @@
+"""The bench's rounds: which round a row shows, and how it lists the others."""
+
+from __future__ import annotations
+
+from tests.bench.table import median_round, spread
+
+
+def test_the_row_shows_the_round_whose_ratio_is_the_median() -> None:
+    # 0.74 is the outlier of one slow design-limit run: the row shows 0.53, round 2.
+    assert median_round([0.51, 0.74, 0.53]) == 2
+    assert median_round([0.70]) == 0
+
+
+def test_an_even_count_shows_the_upper_median() -> None:
+    assert median_round([0.9, 0.1, 0.5, 0.3]) == 2
+
+
+def test_every_rounds_ratio_is_listed_in_run_order() -> None:
+    assert spread([0.51, 0.74, 0.53]) == " (rounds 0.51, 0.74, 0.53)"
+    assert spread([0.70]) == ""
