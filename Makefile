@@ -54,7 +54,7 @@ format: install
 	$(BIN)/ruff check --fix .
 
 # One table of the pipeline against the same-run limits of this machine (README,
-# Benchmarks): 6 to 10 minutes; BENCH_ARGS=--full adds a 1,000,000-message backlog (8 to 16).
+# Benchmarks): 8 to 13 minutes; BENCH_ARGS=--full adds a 1,000,000-message backlog (12 to 20).
 bench: install tools
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 

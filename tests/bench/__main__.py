@@ -1,8 +1,8 @@
 """`make bench`: one table of what the pipeline does on this machine, each figure next to
 the limit it is measured against in the same run (see tests/bench/__init__.py).
 
-    make bench                          # 6 to 10 minutes on an idle 2-core machine
-    make bench BENCH_ARGS=--full        # adds the 1,000,000-message backlog (8 to 16 minutes)
+    make bench                          # 8 to 13 minutes on an idle 2-core machine
+    make bench BENCH_ARGS=--full        # adds the 1,000,000-message backlog (12 to 20 minutes)
     make bench BENCH_ARGS="--smoke --shared"   # seconds per figure: proves it runs"""
 
 from __future__ import annotations

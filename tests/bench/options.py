@@ -1,4 +1,4 @@
-"""How long and how big each measurement is: the default run (6 to 10 minutes),
+"""How long and how big each measurement is: the default run (8 to 13 minutes),
 `--smoke` (seconds each: proves the bench works, measures nothing worth quoting) and
 `--full` (adds the 1,000,000-message backlog)."""
 
