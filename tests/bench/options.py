@@ -48,7 +48,7 @@ class Options:
                 publish_seconds=1,
                 end_to_end_seconds=2,
                 end_to_end_workers=(1,),
-                end_to_end_rounds=1,
+                end_to_end_rounds=2,  # two: the smoke run goes through the rounds' code
                 backlog=2000,
                 lag_rates=(100, 200, 400),
                 lag_workers=1,

@@ -107,6 +107,8 @@ def ratio(value: float, limit: float) -> str:
 def median_round(ratios: list[float]) -> int:
     """The index of the round whose ratio is the median (the upper one of an even count):
     the row shows that round's runs, side by side, and lists every round's ratio."""
+    if not ratios:
+        raise ValueError("a row needs at least one round")
     return sorted(range(len(ratios)), key=ratios.__getitem__)[len(ratios) // 2]
 
 

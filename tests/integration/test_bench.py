@@ -4,6 +4,7 @@ of its own) prints every row of the table with a positive figure. Nothing here i
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,8 @@ def test_the_bench_smoke_run_fills_every_row(tmp_path: Path) -> None:
     for key in expected:  # the printed table shows them too
         assert rows[key]["unit"] in run.stdout
     assert run.stdout.count("\n| ") >= len(expected)
+    # The smoke run alternates two rounds of the design limit and cdrflow: both are listed.
+    listed = r"of design limit \(rounds ([0-9.]+), ([0-9.]+)\)"
+    rounds = re.search(listed, rows["end_to_end"]["detail"])
+    assert rounds is not None, rows["end_to_end"]
+    assert all(float(r) > 0 for r in rounds.groups())
