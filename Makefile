@@ -25,15 +25,20 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 # Migrate, then run the ingress and WORKERS workers (two: what a 2-core host with RabbitMQ
-# and PostgreSQL beside it does best, README "Operate and scale") until Ctrl-C; all stop
-# gracefully.
+# and PostgreSQL beside it does best, docs/operations.md "Scaling") until Ctrl-C; all stop
+# gracefully. A process that fails (a wrong sources file, a port in use) stops the others
+# and `make run` with its exit status; each exits 0 only when told to stop. bash: `wait -n`.
 WORKERS ?= 2
+run: SHELL := /bin/bash
 run: install
 	$(BIN)/cdrflow migrate
-	@pids=; trap 'kill -TERM $$pids 2>/dev/null; wait' INT TERM EXIT; \
+	@pids=; trap 'kill -TERM $$pids 2>/dev/null; wait' INT TERM; \
 	for _ in $$(seq $(WORKERS)); do $(BIN)/cdrflow worker & pids="$$pids $$!"; done; \
 	$(BIN)/cdrflow ingress --host $(HOST) --port $(PORT) & pids="$$pids $$!"; \
-	wait
+	wait -n; status=$$?; kill -TERM $$pids 2>/dev/null; wait; \
+	if [ $$status -ne 0 ] && [ $$status -ne 130 ]; then \
+	  echo "make run: a process failed (exit $$status); the others were stopped" >&2; \
+	  exit $$status; fi
 
 # Every test, against the real RabbitMQ and PostgreSQL, with coverage (of the `cdrflow`
 # commands the tests run, too).
