@@ -7,6 +7,7 @@ environment in."""
 from __future__ import annotations
 
 import codecs
+import difflib
 import hmac
 import ipaddress
 import re
@@ -205,7 +206,10 @@ class SourceSettings:
     def refuse_unread(self) -> None:
         unknown = sorted(set(self._entry) - self._read)
         if unknown:
-            raise self.fail(unknown[0], "unknown key")
+            # Keys are short, so a looser cutoff than the settings' finds `tenent`.
+            close = difflib.get_close_matches(unknown[0], sorted(self._read), n=1, cutoff=0.75)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise self.fail(unknown[0], f"unknown key{hint}")
 
 
 def _parse_source(

@@ -109,6 +109,15 @@ BAD = [
         "'colour': unknown key",
     ),
     (
+        'provider = "nxcloud.voice_dr"\ntoken = "0123456789abcdef"\ntenent = "acme"',
+        "'tenent': unknown key; did you mean 'tenant'?",
+    ),
+    (
+        'provider = "huawei.aicc_release"\ntoken = "0123456789abcdef"\nsigning = "sha256"\n'
+        'secret = "x"\nmax_skew_second = 60',
+        "'max_skew_second': unknown key; did you mean 'max_skew_seconds'?",
+    ),
+    (
         'provider = "nxcloud.voice_dr"\ntoken = "0123456789abcdef"\n'
         'signing = "sha256"\nsecret = "x"',
         "'signing': provider nxcloud.voice_dr does not sign",
