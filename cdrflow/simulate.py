@@ -1,6 +1,7 @@
 """`cdrflow simulate`: push realistic callbacks of every configured source at a chosen rate,
 with re-pushes (the same request again, as NXCloud's call-center push does) and bad inputs
-(truncated or garbage bodies). Each provider module builds its own callbacks."""
+(truncated or garbage bodies), all within `--count` requests at `--rate` a second. Each
+provider module builds its own callbacks."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import random
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -55,6 +57,40 @@ def corrupt(callback: SimulatedCallback, rng: random.Random) -> SimulatedCallbac
     )
 
 
+@dataclass(frozen=True)
+class Push:
+    """One request of the run: a callback to one source, sent once more when `repush`."""
+
+    source: Source
+    callback: SimulatedCallback
+    repush: bool
+    bad: bool
+
+
+def plan(
+    sources: list[Source],
+    registry: Registry,
+    rng: random.Random,
+    *,
+    count: int,
+    repush: float,
+    bad: float,
+) -> Iterator[Push]:
+    """Exactly `count` requests: new callbacks, a share of them malformed, and a share sent
+    again 1-3 times right after (re-pushes are part of the count, not added to it)."""
+    sent = 0
+    while sent < count:
+        source = rng.choice(sources)
+        callback = registry[source.provider].simulate(rng, datetime.now(UTC), source)
+        malformed = rng.random() < bad
+        if malformed:
+            callback = corrupt(callback, rng)
+        copies = 1 + (rng.randint(1, 3) if rng.random() < repush else 0)
+        for copy in range(min(copies, count - sent)):
+            yield Push(source, callback, repush=copy > 0, bad=malformed)
+            sent += 1
+
+
 async def simulate(
     url: str,
     sources: Sources,
@@ -67,6 +103,7 @@ async def simulate(
     seed: int | None = None,
     concurrency: int = 64,
 ) -> SimulationReport:
+    """Send `count` requests at `rate` requests a second, re-pushes and bad bodies included."""
     rng = random.Random(seed)
     report = SimulationReport()
     targets = [s for s in sources.values() if s.token]
@@ -74,7 +111,7 @@ async def simulate(
         raise ValueError("no source with a token to push to")
     limit = asyncio.Semaphore(concurrency)
     pending: set[asyncio.Task[None]] = set()
-    progress = Progress(None, unit="answer", event="simulate_progress")
+    progress = Progress(count, unit="answer", event="simulate_progress")
     async with aiohttp.ClientSession(base_url=url) as session:
 
         async def send(source: Source, callback: SimulatedCallback) -> None:
@@ -96,24 +133,18 @@ async def simulate(
                 progress.update(1, **report.answers())
 
         started = time.monotonic()
-        for index in range(count):
+        pushes = plan(targets, registry, rng, count=count, repush=repush, bad=bad)
+        for index, push in enumerate(pushes):
             # Pace by schedule, not by sleeping a fixed gap: keeps the rate under load.
             delay = started + index / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            source = rng.choice(targets)
-            provider = registry[source.provider]
-            callback = provider.simulate(rng, datetime.now(UTC), source)
-            if rng.random() < bad:
-                callback = corrupt(callback, rng)
-                report.bad += 1
-            copies = 1 + (rng.randint(1, 3) if rng.random() < repush else 0)
-            report.repushes += copies - 1
-            for _ in range(copies):
-                task = asyncio.create_task(send(source, callback))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-                report.sent += 1
+            report.repushes += push.repush
+            report.bad += push.bad and not push.repush
+            task = asyncio.create_task(send(push.source, push.callback))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+            report.sent += 1
         try:
             if pending:
                 await asyncio.gather(*pending)

@@ -44,7 +44,7 @@ async def test_without_a_terminal_the_progress_is_a_log_line_with_the_answers(
     progress = [line for line in lines if line["event"] == "simulate_progress"]
     assert progress, err.decode()
     last = progress[-1]
-    assert last["done"] == last["sent"] == report["sent"] >= COUNT
+    assert last["done"] == last["sent"] == report["sent"] == last["total"] == COUNT
     assert {key: last[key] for key in report["statuses"]} == report["statuses"]
     assert last["errors"] == report["errors"]
     assert "\r" not in err.decode()  # no bar drawn into a log
@@ -79,7 +79,8 @@ async def test_on_a_terminal_the_progress_is_a_live_bar(
     drawings = [d for d in re.split(r"[\r\n]+", screen) if "answer" in d]
     assert drawings, screen
     final = drawings[-1]
-    assert re.search(rf"\b{report['sent']}answer\b", final), final
+    assert re.search(rf"\b{COUNT}/{COUNT}\b", final), final  # the total is known from the start
+    assert report["sent"] == COUNT
     assert f"sent={report['sent']}" in final
     assert all(f"{status}={n}" in final for status, n in report["statuses"].items()), final
     assert "simulate_progress" not in screen  # the bar, not the log lines
