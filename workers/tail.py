@@ -1,12 +1,14 @@
-"""`cdrflow tail [BINDING] [--since T | --from first | --offset N]`: print records, one JSON
-object a line.
+"""`cdrflow tail [BINDING] [--since T | --from first | --offset N] [--show-offset]`: print
+records, one JSON object a line.
 
 Without a starting point it binds a temporary queue to `cdr.records` and prints records as
 they arrive. With one, it reads the records stream (a RabbitMQ stream queue that keeps
 every published record for its retention) from that point on, then keeps following it.
 BINDING is a topic pattern over `{tenant}.{provider}.{event}.{status}`, e.g. `acme.nxcloud.#`
 or `*.*.*.failed`: the broker applies it to the temporary queue, tail applies it itself to
-the stream, which holds every record."""
+the stream, which holds every record. With `show_offset`, each line is
+`{"offset": N, "record": {...}}`: N is where that record sits in the stream, the point a later
+`--offset N` starts from."""
 
 from __future__ import annotations
 
@@ -79,9 +81,13 @@ async def tail(
     count: int | None = None,
     ready: asyncio.Event | None = None,
     start: StreamStart | None = None,
+    show_offset: bool = False,
 ) -> int:
     """Print records until `stopping` is set or `count` records were printed. Returns how
-    many were printed. An idle exchange is no reason to stop: tail waits."""
+    many were printed. An idle exchange is no reason to stop: tail waits. Offsets are the
+    stream's, so `show_offset` reads the stream (from `next` unless told otherwise)."""
+    if show_offset and start is None:
+        start = StreamStart("next")
     connection = await connect(settings.amqp_url, "cdrflow-tail")
     try:
         channel = await connection.channel()
@@ -96,7 +102,9 @@ async def tail(
             await queue.consume(inbox.put, arguments=start.consume_arguments)
         if ready is not None:
             ready.set()
-        return await _print(inbox, out, _Until(stopping, lost), count, _filter(binding, start))
+        line = _with_offset if show_offset else _record_only
+        until = _Until(stopping, lost)
+        return await _print(inbox, out, until, count, _filter(binding, start), line)
     finally:
         await connection.close()
 
@@ -122,6 +130,16 @@ def _filter(binding: str, start: StreamStart | None) -> Wanted:
     return lambda message: pattern.matches(message.routing_key or "") and start.wants(message)
 
 
+def _record_only(message: AbstractIncomingMessage) -> str:
+    return message.body.decode("utf-8")
+
+
+def _with_offset(message: AbstractIncomingMessage) -> str:
+    # RabbitMQ puts each stream message's offset in this header when it delivers it.
+    offset = (message.headers or {}).get("x-stream-offset")
+    return f'{{"offset":{int(str(offset))},"record":{message.body.decode("utf-8")}}}'
+
+
 class _Until:
     """Whichever comes first: a stop request, or the loss of the channel."""
 
@@ -145,6 +163,7 @@ async def _print(
     until: _Until,
     count: int | None,
     wanted: Wanted,
+    line: Callable[[AbstractIncomingMessage], str],
 ) -> int:
     printed = 0
     ended = asyncio.create_task(until.wait())
@@ -158,7 +177,7 @@ async def _print(
                 break
             message = arrival.result()
             if wanted(message):
-                out.write(message.body.decode("utf-8") + "\n")
+                out.write(line(message) + "\n")
                 out.flush()
                 printed += 1
             await message.ack()

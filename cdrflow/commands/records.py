@@ -23,6 +23,11 @@ def add_commands(commands: Subcommands) -> None:
     )
     start.add_argument("--offset", type=_offset, help="stream: from this offset")
     tail.add_argument("--count", type=int, help="exit after this many records")
+    tail.add_argument(
+        "--show-offset",
+        action="store_true",
+        help='print {"offset": N, "record": ...}: N is the stream offset, for --offset N',
+    )
     tail.set_defaults(run=run_tail)
 
     history = commands.add_parser("history", help="print every revision and delivery of a record")
@@ -60,7 +65,13 @@ def run_tail(settings: Settings, args: argparse.Namespace) -> int:
 
     async def start(stopping: asyncio.Event) -> int:
         await tail(
-            settings, args.binding, sys.stdout, stopping, count=args.count, start=stream_start
+            settings,
+            args.binding,
+            sys.stdout,
+            stopping,
+            count=args.count,
+            start=stream_start,
+            show_offset=args.show_offset,
         )
         return 0
 

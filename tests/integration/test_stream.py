@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aio_pika
 import asyncpg
@@ -140,6 +141,32 @@ async def test_tail_from_the_stream_filters_by_binding_and_starts_at_a_point(
     assert await read("#", StreamStart(2), 3) == ["a2", "g2", "a3"]
     since = now - timedelta(minutes=1)
     assert await read("#", StreamStart(since), 3) == ["a2", "g2", "a3"]
+
+
+async def test_tail_shows_each_records_offset_and_reads_again_from_one(
+    settings: Settings, channel: AbstractChannel
+) -> None:
+    await declare(channel, settings.topology())
+    for record_id in ("o1", "o2", "o3"):
+        await _publish(channel, settings, _record(record_id), "acme.nxcloud.voice_dr.answered")
+
+    async def read(start: StreamStart, count: int) -> list[dict[str, Any]]:
+        out = io.StringIO()
+        await asyncio.wait_for(
+            tail(settings, "#", out, asyncio.Event(), count, None, start, show_offset=True), 20
+        )
+        return [loads(line) for line in out.getvalue().splitlines()]
+
+    lines = await read(StreamStart("first"), 3)
+    assert [line["record"]["record_id"] for line in lines] == ["o1", "o2", "o3"]
+    offsets = [line["offset"] for line in lines]
+    assert offsets == sorted(offsets)
+    assert len(set(offsets)) == 3
+    again = await read(StreamStart(offsets[1]), 2)
+    assert [(line["offset"], line["record"]["record_id"]) for line in again] == [
+        (offsets[1], "o2"),
+        (offsets[2], "o3"),
+    ]
 
 
 def test_topic_patterns_match_as_amqp_topic_bindings_do() -> None:
