@@ -31,6 +31,7 @@ from ingress.drainer import start_drainer
 from ingress.edge import body_error_reason, scrub_token
 from ingress.inflight import InflightBytes, Overloaded
 from ingress.metrics import NO_SOURCE, NOT_FOUND, IngressMetrics
+from ingress.not_found import NotFoundLog
 from ingress.publisher import CoalescingPublisher, NotDurable
 from ingress.routing import add_callback_route
 from ingress.spool import open_spool
@@ -61,11 +62,15 @@ class Ingress:
     inflight: InflightBytes
     publisher: CoalescingPublisher | None = None
     draining: bool = False  # set on SIGTERM: load balancers take us out while we still serve
+    not_found: NotFoundLog = field(init=False)
 
     # Counters by (source, outcome), looked up once: a labels() lookup costs ~2.6 µs.
     _requests: dict[tuple[str, Outcome], Counter] = field(default_factory=dict)
     # A provider's answer depends on the outcome alone: each is made once (~0.8 µs).
     _answers: dict[tuple[str, Outcome], Answer] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.not_found = NotFoundLog(frozenset(self.sources))
 
     @property
     def ready(self) -> bool:
@@ -135,6 +140,8 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
     source = _authorize(ingress.sources, request)
     if source is None:
         ingress.metrics.requests.labels(NO_SOURCE, NOT_FOUND).inc()
+        client = client_address(request, ingress.settings.trusted_proxies)
+        ingress.not_found.refused(request.match_info["source"], client)
         raise web.HTTPNotFound()
     provider = ingress.registry[source.provider]
     client = client_address(request, ingress.settings.trusted_proxies)

@@ -197,6 +197,25 @@ async def test_unknown_source_and_wrong_token_get_the_same_404(
     assert await queue_depth(channel, settings.raw_queue) == 0
 
 
+async def test_a_404_is_logged_with_source_and_client_never_the_token_and_not_per_request(
+    client: IngressClient, log_output: io.StringIO
+) -> None:
+    wrong_token = "w" * 20
+    for _ in range(30):  # a scan, or a provider retrying a mistyped URL
+        assert (await client.post(callback_path("nx-cc", wrong_token), data=b"{}")).status == 404
+    for guess in range(30):
+        assert (await client.post(f"/v1/callbacks/guess{guess}/{'g' * 20}")).status == 404
+    logged = [loads(line) for line in log_output.getvalue().splitlines()]
+    not_found = [line for line in logged if line["event"] == "callback_not_found"]
+    assert [(line["source"], line["reason"]) for line in not_found] == [
+        ("nx-cc", "wrong_token"),
+        ("guess0", "unknown_source"),
+    ]
+    assert {line["client"] for line in not_found} == {"127.0.0.1"}
+    assert wrong_token not in log_output.getvalue()
+    assert "g" * 20 not in log_output.getvalue()
+
+
 async def test_address_outside_allow_cidrs_gets_403(
     client: IngressClient, channel: AbstractChannel, settings: Settings
 ) -> None:
