@@ -9,13 +9,19 @@ It keeps the latest revision of every call record in a table of its own:
   message can come twice; the second one is acknowledged and changes nothing;
 - the highest `revision` per `record_id` wins, whatever order revisions arrive in.
 
-Run it (Python 3.11+, `pip install aio-pika asyncpg`):
+Run it (Python 3.11+, `pip install aio-pika asyncpg`; cdrflow's venv has both):
 
-    python deploy/examples/consumer.py --queue billing.records --binding 'acme.#'
+    python deploy/examples/consumer.py --queue billing.records --binding 'dev.#'
+
+A binding is a topic pattern over `{tenant}.{provider}.{event}.{status}`: `dev.#` takes
+every record of the tenant `dev` (the tenant of `make run`'s sources). A binding that
+matches no record is not an error anywhere, so the consumer says so in its log after
+`--quiet-seconds` (60) without a message, and again every time as long.
 
 Settings: --amqp-url / AMQP_URL, --database-url / CONSUMER_DATABASE_URL (a database of
-your own; the schema and tables are created), --schema (default `records_consumer`). Stop
-it with SIGTERM or Ctrl-C: it stops taking messages, finishes those in hand, and exits.
+your own, created when missing; so are the schema and tables), --schema (default
+`records_consumer`). Stop it with SIGTERM or Ctrl-C: it stops taking messages, finishes
+those in hand, and exits.
 `seen_messages` grows by one row per message: prune rows older than your longest replay
 (e.g. 35 days) from a cron job."""
 
@@ -87,8 +93,10 @@ class Consumer:
         self.in_hand = 0
         self.idle = asyncio.Event()
         self.idle.set()
+        self.received = asyncio.Event()
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
+        self.received.set()
         self.in_hand += 1
         self.idle.clear()
         try:
@@ -122,6 +130,41 @@ class Consumer:
         await message.ack()  # only now: the record is committed
 
 
+async def say_when_quiet(consumer: Consumer, bindings: list[str], seconds: float) -> None:
+    """A binding that matches nothing looks exactly like a quiet day: say which it is
+    likely to be, every `seconds` without a message."""
+    while True:
+        consumer.received.clear()
+        try:
+            await asyncio.wait_for(consumer.received.wait(), seconds)
+        except TimeoutError:
+            log.warning(
+                "no record in %ss on bindings %s: a binding matches routing keys"
+                " {tenant}.{provider}.{event}.{status} (e.g. dev.nxcloud.voice_dr.answered);"
+                " check the tenant of your sources, or whether callbacks arrive at all",
+                seconds,
+                bindings,
+            )
+
+
+async def ensure_database(url: str) -> None:
+    """Create the consumer's database when it does not exist yet (needs CREATEDB)."""
+    try:
+        connection = await asyncpg.connect(url)
+    except asyncpg.InvalidCatalogNameError:
+        server, _, name = url.partition("?")[0].rpartition("/")
+        admin = await asyncpg.connect(f"{server}/postgres")
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        except asyncpg.DuplicateDatabaseError:
+            pass  # another consumer created it meanwhile
+        finally:
+            await admin.close()
+        log.info("created database %s", name)
+        return
+    await connection.close()
+
+
 def _columns(record: dict[str, Any]) -> tuple[Any, ...]:
     return (
         record["record_id"],
@@ -152,13 +195,15 @@ async def consume(args: argparse.Namespace, consumer: Consumer, stopping: asynci
         queue = await channel.declare_queue(
             args.queue, durable=True, arguments={"x-queue-type": "quorum"}
         )
-        for binding in args.binding or ["#"]:
+        bindings = args.binding or ["#"]
+        for binding in bindings:
             await queue.bind(exchange, routing_key=binding)
         tag = await queue.consume(consumer.handle)
-        log.info("consuming %s (bindings %s)", args.queue, args.binding or ["#"])
+        log.info("consuming %s (bindings %s)", args.queue, bindings)
+        quiet = asyncio.create_task(say_when_quiet(consumer, bindings, args.quiet_seconds))
         waits = [asyncio.create_task(e.wait()) for e in (stopping, lost)]
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        for waiting in waits:
+        for waiting in [*waits, quiet]:
             waiting.cancel()
         if not lost.is_set():
             await queue.cancel(tag)
@@ -173,6 +218,7 @@ async def main(args: argparse.Namespace) -> None:
     stopping = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(signum, stopping.set)
+    await ensure_database(args.database_url)
     pool = await asyncpg.create_pool(args.database_url, min_size=1, max_size=4)
     try:
         await pool.execute(TABLES.format(schema=args.schema))
@@ -203,6 +249,12 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--queue", default="records_consumer", help="your durable queue")
     parser.add_argument("--binding", action="append", help="topic pattern (repeat; default #)")
     parser.add_argument("--schema", default="records_consumer")
+    parser.add_argument(
+        "--quiet-seconds",
+        type=float,
+        default=60.0,
+        help="log a warning after this long without a message (60)",
+    )
     return parser.parse_args()
 
 

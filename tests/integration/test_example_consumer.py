@@ -22,7 +22,7 @@ from schemas.jsoncodec import dumps, loads
 from schemas.record import record_id_for
 from schemas.sources import Sources
 from tests.support.broker import record_tap
-from tests.support.env import unique
+from tests.support.env import scratch_database, unique
 from tests.support.ingress import ingress_client, push_all
 from tests.support.samples import sample
 from tests.support.waiting import eventually
@@ -131,3 +131,54 @@ async def test_the_example_consumer_keeps_the_highest_revision_of_every_record(
 async def _depth(channel: AbstractChannel, queue: str) -> int:
     declared = await channel.declare_queue(queue, passive=True)
     return int(declared.declaration_result.message_count or 0)
+
+
+async def test_the_example_consumer_creates_its_database_and_says_when_its_binding_is_quiet(
+    settings: Settings,
+) -> None:
+    queue = unique("example")
+    async with scratch_database("consumer", create=False) as database_url:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(CONSUMER),
+            "--exchange",
+            settings.records_exchange,
+            "--queue",
+            queue,
+            "--binding",
+            "acme.#",
+            "--quiet-seconds",
+            "0.5",
+            env={
+                **os.environ,
+                "AMQP_URL": settings.amqp_url,
+                "CONSUMER_DATABASE_URL": database_url,
+            },
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert process.stderr is not None
+            said = await asyncio.wait_for(_line_with(process.stderr, "no record in"), 30)
+            assert "['acme.#']" in said
+            assert "{tenant}.{provider}.{event}.{status}" in said
+            connection = await asyncpg.connect(database_url)
+            try:
+                assert await connection.fetchval("SELECT count(*) FROM records_consumer.calls") == 0
+            finally:
+                await connection.close()
+        finally:
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(process.wait(), 30)
+            probe = await aio_pika.connect(settings.amqp_url)
+            try:
+                await (await probe.channel()).queue_delete(queue)
+            finally:
+                await probe.close()
+    assert process.returncode == 0
+
+
+async def _line_with(stream: asyncio.StreamReader, text: str) -> str:
+    while line := (await stream.readline()).decode():
+        if text in line:
+            return line
+    raise AssertionError(f"the consumer exited without logging {text!r}")
