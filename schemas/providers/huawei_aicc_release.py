@@ -24,11 +24,14 @@ that is not a number is kept raw in `extra`."""
 from __future__ import annotations
 
 import hmac
+import json
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from schemas.envelope import RawEnvelope
 from schemas.jsoncodec import dumps
@@ -86,6 +89,32 @@ _REASON_STATUS: dict[int | None, Status] = {
 }
 # In a bidirectional call the platform rings the agent's phone (the calling party) first.
 _HANGUP_BY: dict[int | None, HangupBy] = {0: HangupBy.CALLEE, 1: HangupBy.AGENT}
+
+
+# The document's example request body, verbatim (a Java Map.toString() rendering).
+DOCUMENTED_SAMPLE = """{
+ agentAlertingTime=2022/02/22,10:04:29:004, 
+ agentReleaseTime=2022/02/22,10:04:29:004, 
+ agentTalkDuration=2022/02/22,10:04:29:004, 
+ agentTalkingTime=2022/02/22,10:04:29:004, 
+ alertingTime=2022/02/22,10:04:29:004, 
+ callData=null, 
+ callSerialNo=1197765398201387012, 
+ called=88880067, 
+ caller=960003, 
+ callerPresent=960003, 
+ createCallTime=2022/02/22,10:04:28:823, 
+ locationId=0, 
+ nonce=-1482421808053124529, 
+ recordfile=Y:/2/mobileAgent/20220222/1645524268-824.wav, 
+ releaseReason=0, 
+ releaseTime=2022/02/22,10:04:36:318, 
+ serviceNo=null, 
+ signature=+lk3***************************tO50=, 
+ talkDuration=0, 
+ talkingTime=2022/02/22,10:04:30:418, 
+ timestamp=1645524163326
+ }"""  # noqa: W291 - the document's trailing spaces are part of the sample
 
 
 class HuaweiAiccRelease:
@@ -178,6 +207,45 @@ class HuaweiAiccRelease:
         else:
             body, content_type = dumps(event), "application/json"
         return SimulatedCallback("POST", body, content_type, external_id=event["callSerialNo"])
+
+    def documented(
+        self, source: Source, now: datetime, text: str | None = None
+    ) -> SimulatedCallback:
+        """`text` (JSON, a form, or the document's `{k=v, ...}` rendering, which comes with
+        no Content-Type) as written; for a signed source, its fields signed anew as of `now`
+        and written back in the same form."""
+        body = DOCUMENTED_SAMPLE if text is None else text
+        form = _form_of(body)
+        signing = signing_of(source)
+        if signing.signing == "none":
+            return SimulatedCallback("POST", body.encode(), form.content_type)
+        fields = {k: v for k, v in form.read(body).items() if k not in SIGNATURE_FIELDS}
+        signed = sign(fields, signing.signing, signing.secret or "", now, random.Random())
+        return SimulatedCallback("POST", form.write(signed).encode(), form.content_type)
+
+
+@dataclass(frozen=True)
+class _BodyForm:
+    content_type: str
+    read: Callable[[str], dict[str, Any]]
+    write: Callable[[Mapping[str, Any]], str]
+
+
+def _form_of(body: str) -> _BodyForm:
+    """How a body is written: JSON, the `{k=v, ...}` rendering, or a form."""
+    try:
+        json_document = json.loads(body)
+    except ValueError:
+        json_document = None
+    if isinstance(json_document, dict):
+        return _BodyForm("application/json", json.loads, lambda f: dumps(f).decode())
+    if body.lstrip().startswith("{"):
+        return _BodyForm("", parse_map_rendering, render_map)
+    return _BodyForm(
+        "application/x-www-form-urlencoded",
+        lambda text: dict(parse_qsl(text, keep_blank_values=True)),
+        lambda f: urlencode({k: _render(v) for k, v in f.items()}),
+    )
 
 
 def _time(f: Fields, key: str) -> datetime | None:

@@ -18,7 +18,12 @@ from schemas.providers.bodies import json_body
 from schemas.providers.call_status import is_connected, status_from_sip
 from schemas.providers.errors import Reason, Reject
 from schemas.providers.fields import Fields
-from schemas.providers.protocol import SimulatedCallback, UnsignedTextProvider, json_callback
+from schemas.providers.protocol import (
+    SimulatedCallback,
+    UnsignedTextProvider,
+    json_callback,
+    json_document,
+)
 from schemas.record import CallRecord, CallType, Direction, HangupBy, Status
 from schemas.sources import Source
 
@@ -41,6 +46,38 @@ _REASON_STATUS = {
     9: Status.CANCELLED,  # incoming call hung up (abandoned before an agent answered)
 }
 _VAGUE = (Status.FAILED, Status.UNKNOWN)
+
+
+# The document's push sample, completed: it shows only the three times and the labels.
+# The session id begins with the same clock time as callEndTime (NOTES.md).
+DOCUMENTED_SAMPLE = """{
+    "callId": "6a1f0c2e9b7d4e21",
+    "callSessionId": "202311171342480000012345",
+    "called": "639171234567",
+    "calledInfo": "lead-42",
+    "caller": "6328881234",
+    "ccode": "63",
+    "ccodeName": "Philippines",
+    "agentName": "Chen Wei",
+    "agentGroupName": "Sales",
+    "agentAccount": "chenwei@acme",
+    "callDuration": 15,
+    "callType": 3,
+    "hangupCode": "200",
+    "hangupReason": 1,
+    "hangingDirection": 0,
+    "labels": [
+        "Intended customers",
+        "High level"
+    ],
+    "baseCost": "0.0",
+    "cost": "0.0135",
+    "remark": "call back Friday",
+    "callStartTime": "2023-11-17 13:42:30",
+    "answerTime": "2023-11-17 13:42:33",
+    "callEndTime": "2023-11-17 13:42:48",
+    "voiceUrl": "https://rec.example.com/202311171342480000012345.mp3"
+}"""
 
 
 class NXCloudCallCenterReport(UnsignedTextProvider):
@@ -100,6 +137,11 @@ class NXCloudCallCenterReport(UnsignedTextProvider):
         report = sample_report(rng, now.astimezone(source.timezone))
         report["callSessionId"] = external_id or report["callSessionId"]
         return json_callback(report, report["callSessionId"])
+
+    def documented(
+        self, source: Source, now: datetime, text: str | None = None
+    ) -> SimulatedCallback:
+        return json_document(DOCUMENTED_SAMPLE if text is None else text)
 
 
 def _status(

@@ -64,6 +64,16 @@ _DISPOSITION = {
 }
 
 
+# The document's push example, verbatim: note the unencoded spaces in the times and result.
+DOCUMENTED_URL = (
+    "http://106.15.34.94:8080/sms/testVoiceDr?phone=8615088888888&countryCode=86&duration=10"
+    "&voice_type=0&messageid=74078a0090f17e011505297261994&basic_price=0.005&second=10"
+    "&cycle=60&size=1&customer_price=0.036&start_time=2020-12-01 00:00:00"
+    "&end_time=2020-12-01 00:00:10&result=Successful connection&hangup_cause=NORMAL_CLEARING"
+    "&hangup_disposition=send_bye&ivr_result="
+)
+
+
 class NXCloudVoiceDR(UnsignedTextProvider):
     name = "nxcloud.voice_dr"
     methods = frozenset({"POST", "GET"})
@@ -138,6 +148,14 @@ class NXCloudVoiceDR(UnsignedTextProvider):
             content_type="application/x-www-form-urlencoded",
             external_id=fields["messageid"],
         )
+
+    def documented(
+        self, source: Source, now: datetime, text: str | None = None
+    ) -> SimulatedCallback:
+        """The query of `text` (a URL, or a query string) sent by GET as written, raw
+        spaces and all, as Java's HttpURLConnection sends the document's example URL."""
+        url = (DOCUMENTED_URL if text is None else text).strip()
+        return SimulatedCallback("GET", query=url.partition("?")[2] if "?" in url else url)
 
 
 def _lowered(value: Any) -> str:

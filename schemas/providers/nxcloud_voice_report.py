@@ -25,7 +25,12 @@ from schemas.providers.bodies import json_body
 from schemas.providers.call_status import is_connected, status_from_sip
 from schemas.providers.errors import Reason, Reject
 from schemas.providers.fields import Fields
-from schemas.providers.protocol import SimulatedCallback, UnsignedTextProvider, json_callback
+from schemas.providers.protocol import (
+    SimulatedCallback,
+    UnsignedTextProvider,
+    json_callback,
+    json_document,
+)
 from schemas.providers.values import is_blank
 from schemas.record import CallRecord, CallType, Direction, Status
 from schemas.sources import Source
@@ -37,6 +42,39 @@ _CALL_TYPES = {
     4: CallType.DIRECT_DIAL,
 }
 _CONNECTED_CODES = (0, 200)
+
+
+# The document's push sample, completed (its body lost its braces and was cut after
+# quoteExchange): the EUR copy, with `costEur` instead of `cost`.
+DOCUMENTED_SAMPLE = """{
+    "voiceId": "22121121451211349002",
+    "type": 1,
+    "callee": "63123456788",
+    "displayNum": "6311012125",
+    "submitTime": 1670939112097,
+    "callTime": 1670939568000,
+    "ringingTime": 1670939570000,
+    "answerTime": 1670939582000,
+    "hangupTime": 1670939595000,
+    "chargedDuration": 20,
+    "callDuration": 13,
+    "billPeriod": "20+20",
+    "code": "India(Karnataka)",
+    "voiceFileId": "12043042052c5b61378df42324286fe4a4ace40ve.mp3",
+    "rate": "0.023625",
+    "baseCost": "0.0",
+    "costEur": "0.007875",
+    "terminationCode": "0",
+    "terminationReason": "Called hang up",
+    "settleRate": "1.2793",
+    "quoteExchange": "0.938",
+    "settlePay": "0.007387",
+    "currency": "EUR",
+    "sipCode": "200",
+    "feedbackValue": "-1",
+    "calledInfo": "order-1234",
+    "ringDuration": "12"
+}"""
 
 
 class NXCloudVoiceReport(UnsignedTextProvider):
@@ -106,6 +144,11 @@ class NXCloudVoiceReport(UnsignedTextProvider):
         report = sample_report(rng, now)
         report["voiceId"] = external_id or report["voiceId"]
         return json_callback(report, report["voiceId"])
+
+    def documented(
+        self, source: Source, now: datetime, text: str | None = None
+    ) -> SimulatedCallback:
+        return json_document(DOCUMENTED_SAMPLE if text is None else text)
 
 
 def _status(

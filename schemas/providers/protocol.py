@@ -33,6 +33,11 @@ class SimulatedCallback:
     headers: Mapping[str, str] = field(default_factory=dict)  # beside Content-Type
 
 
+def json_document(text: str) -> SimulatedCallback:
+    """A JSON body sent as written, as NXCloud pushes its reports."""
+    return SimulatedCallback("POST", text.encode(), "application/json;charset=UTF-8")
+
+
 def json_callback(document: Mapping[str, Any], external_id: str) -> SimulatedCallback:
     """A JSON POST, as NXCloud pushes its reports."""
     return SimulatedCallback(
@@ -97,6 +102,13 @@ class Provider(Protocol):
     ) -> SimulatedCallback:
         """A realistic callback of this kind, for `cdrflow simulate` and the tests; with
         `external_id`, a report of that call (another report of a call already sent)."""
+
+    def documented(
+        self, source: Source, now: datetime, text: str | None = None
+    ) -> SimulatedCallback:
+        """The request this provider sends for `text` (one report in the provider's own
+        form, as its document shows one), or for its document's own example when None;
+        signed as of `now` where `source` is signed. For `cdrflow send`."""
 
 
 class UnsignedTextProvider:

@@ -119,6 +119,14 @@ class Ping:
             headers={SIGNATURE_HEADER: signature(body, source.config.secret or "")},
         )
 
+    def documented(
+        self, source: Source, now: datetime, text: str | None = None
+    ) -> SimulatedCallback:
+        assert isinstance(source.config, PingConfig)
+        body = (text or '{"pingId": "ping-doc", "seconds": 12}').encode()
+        headers = {SIGNATURE_HEADER: signature(body, source.config.secret or "")}
+        return SimulatedCallback("POST", body, "application/json", headers=headers)
+
 
 REGISTRY = Registry([Ping()])  # the one registry line
 SOURCES_TOML = f"""

@@ -406,6 +406,7 @@ class Broken:
         self.authenticate = inner.authenticate
         self.parse = inner.parse
         self.simulate = inner.simulate
+        self.documented = inner.documented
 
     def normalize(self, payload: Mapping[str, Any], source: Source) -> CallRecord:
         raise RuntimeError("a bug in the adapter")

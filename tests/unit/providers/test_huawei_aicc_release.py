@@ -16,6 +16,7 @@ import pytest
 from schemas.content import content_hash
 from schemas.providers import HTTP_STATUS, Outcome, Reason, Reject, Unauthenticated
 from schemas.providers.huawei_aicc_release import (
+    DOCUMENTED_SAMPLE,
     parse_map_rendering,
     render_map,
     sign,
@@ -50,30 +51,7 @@ ADAPTER = provider(NAME)
 MODES = ("sha256", "hmac-sha256")
 FORM = "application/x-www-form-urlencoded"
 
-# The document's example request body, verbatim (a Java Map.toString() rendering).
-DOC_BODY = """{
- agentAlertingTime=2022/02/22,10:04:29:004, 
- agentReleaseTime=2022/02/22,10:04:29:004, 
- agentTalkDuration=2022/02/22,10:04:29:004, 
- agentTalkingTime=2022/02/22,10:04:29:004, 
- alertingTime=2022/02/22,10:04:29:004, 
- callData=null, 
- callSerialNo=1197765398201387012, 
- called=88880067, 
- caller=960003, 
- callerPresent=960003, 
- createCallTime=2022/02/22,10:04:28:823, 
- locationId=0, 
- nonce=-1482421808053124529, 
- recordfile=Y:/2/mobileAgent/20220222/1645524268-824.wav, 
- releaseReason=0, 
- releaseTime=2022/02/22,10:04:36:318, 
- serviceNo=null, 
- signature=+lk3***************************tO50=, 
- talkDuration=0, 
- talkingTime=2022/02/22,10:04:30:418, 
- timestamp=1645524163326
- }"""  # noqa: W291 - the document's trailing spaces are part of the sample
+DOC_BODY = DOCUMENTED_SAMPLE  # the document's example request body, verbatim
 
 DOC_FIELDS: dict[str, str | None] = {
     "agentAlertingTime": "2022/02/22,10:04:29:004",

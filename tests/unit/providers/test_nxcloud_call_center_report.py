@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from schemas.providers import Reason, Reject
+from schemas.providers.nxcloud_call_center_report import DOCUMENTED_SAMPLE
 from schemas.record import CallRecord, CallType, Direction, HangupBy, Status, record_id_for
 from schemas.sources import Source
 
@@ -30,36 +31,7 @@ NAME = "nxcloud.call_center_report"
 ADAPTER = provider(NAME)
 CT = "application/json;charset=UTF-8"
 
-# The document's push sample, completed: it shows only the three times and the labels.
-# The session id begins with the same clock time as callEndTime (NOTES.md).
-SAMPLE = """{
-    "callId": "6a1f0c2e9b7d4e21",
-    "callSessionId": "202311171342480000012345",
-    "called": "639171234567",
-    "calledInfo": "lead-42",
-    "caller": "6328881234",
-    "ccode": "63",
-    "ccodeName": "Philippines",
-    "agentName": "Chen Wei",
-    "agentGroupName": "Sales",
-    "agentAccount": "chenwei@acme",
-    "callDuration": 15,
-    "callType": 3,
-    "hangupCode": "200",
-    "hangupReason": 1,
-    "hangingDirection": 0,
-    "labels": [
-        "Intended customers",
-        "High level"
-    ],
-    "baseCost": "0.0",
-    "cost": "0.0135",
-    "remark": "call back Friday",
-    "callStartTime": "2023-11-17 13:42:30",
-    "answerTime": "2023-11-17 13:42:33",
-    "callEndTime": "2023-11-17 13:42:48",
-    "voiceUrl": "https://rec.example.com/202311171342480000012345.mp3"
-}"""
+SAMPLE = DOCUMENTED_SAMPLE  # the document's push sample, completed
 
 
 def report(**changes: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from urllib.parse import urlencode
 import pytest
 
 from schemas.providers import Reason, Reject
+from schemas.providers.nxcloud_voice_dr import DOCUMENTED_URL
 from schemas.record import CallRecord, CallType, Direction, HangupBy, Status, record_id_for
 from schemas.sources import Source
 
@@ -30,14 +31,7 @@ NAME = "nxcloud.voice_dr"
 ADAPTER = provider(NAME)
 FORM = "application/x-www-form-urlencoded"
 
-# The document's push example, verbatim: note the unencoded spaces in the times and result.
-DOC_URL = (
-    "http://106.15.34.94:8080/sms/testVoiceDr?phone=8615088888888&countryCode=86&duration=10"
-    "&voice_type=0&messageid=74078a0090f17e011505297261994&basic_price=0.005&second=10"
-    "&cycle=60&size=1&customer_price=0.036&start_time=2020-12-01 00:00:00"
-    "&end_time=2020-12-01 00:00:10&result=Successful connection&hangup_cause=NORMAL_CLEARING"
-    "&hangup_disposition=send_bye&ivr_result="
-)
+DOC_URL = DOCUMENTED_URL  # the document's push example, verbatim
 DOC_FIELDS = {
     "phone": "8615088888888",
     "countryCode": "86",

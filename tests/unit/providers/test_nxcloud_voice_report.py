@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from schemas.providers import Reason, Reject
+from schemas.providers.nxcloud_voice_report import DOCUMENTED_SAMPLE
 from schemas.record import CallRecord, CallType, Direction, Status, record_id_for
 
 from .conftest import (
@@ -27,37 +28,7 @@ NAME = "nxcloud.voice_report"
 ADAPTER = provider(NAME)
 CT = "application/json;charset=UTF-8"
 
-# The document's push sample, completed (its body lost its braces and was cut after
-# quoteExchange): the EUR copy, with `costEur` instead of `cost`.
-SAMPLE = """{
-    "voiceId": "22121121451211349002",
-    "type": 1,
-    "callee": "63123456788",
-    "displayNum": "6311012125",
-    "submitTime": 1670939112097,
-    "callTime": 1670939568000,
-    "ringingTime": 1670939570000,
-    "answerTime": 1670939582000,
-    "hangupTime": 1670939595000,
-    "chargedDuration": 20,
-    "callDuration": 13,
-    "billPeriod": "20+20",
-    "code": "India(Karnataka)",
-    "voiceFileId": "12043042052c5b61378df42324286fe4a4ace40ve.mp3",
-    "rate": "0.023625",
-    "baseCost": "0.0",
-    "costEur": "0.007875",
-    "terminationCode": "0",
-    "terminationReason": "Called hang up",
-    "settleRate": "1.2793",
-    "quoteExchange": "0.938",
-    "settlePay": "0.007387",
-    "currency": "EUR",
-    "sipCode": "200",
-    "feedbackValue": "-1",
-    "calledInfo": "order-1234",
-    "ringDuration": "12"
-}"""
+SAMPLE = DOCUMENTED_SAMPLE  # the document's push sample, completed
 
 
 def report(**changes: Any) -> dict[str, Any]:
