@@ -273,6 +273,32 @@ def test_max_skew_seconds_is_per_source() -> None:
         authenticate(body, content_type, signed_source(max_skew_seconds=10))
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("body_format", ["map", "json", "form"])
+def test_send_signs_the_documented_example_anew_in_its_own_form(
+    mode: str, body_format: str
+) -> None:
+    text = DOC_BODY if body_format == "map" else render(DOC_FIELDS, body_format)[0]
+    request = ADAPTER.documented(signed_source(mode), NOW, text)
+    assert request.content_type == render(DOC_FIELDS, body_format)[1]
+    authenticate(request.body, request.content_type, signed_source(mode))
+    envelope = make_envelope(NAME, request.body, content_type=request.content_type)
+    sent = parse_one(NAME, envelope)
+    as_written = parse_one(NAME, make_envelope(NAME, text, content_type=request.content_type))
+
+    def unsigned(fields: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in fields.items() if k not in SIGNATURE_FIELDS}
+
+    assert unsigned(sent) == unsigned(as_written)
+    assert sent["signature"] != as_written["signature"]
+    assert sent["timestamp"] == millis(NOW)
+
+
+def test_send_gives_an_unsigned_source_the_documented_example_verbatim() -> None:
+    request = ADAPTER.documented(make_source(NAME), NOW)
+    assert (request.method, request.body, request.content_type) == ("POST", DOC_BODY.encode(), "")
+
+
 def test_the_documented_example_is_far_too_old() -> None:
     with pytest.raises(Unauthenticated, match="skew"):
         authenticate(DOC_BODY, "", signed_source())

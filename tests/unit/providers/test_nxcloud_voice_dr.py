@@ -481,3 +481,11 @@ def test_a_query_string_that_is_not_utf8_is_read_as_gb18030_not_garbled() -> Non
     query = "messageid=m1&result=%B3%C9%B9%A6"  # GBK bytes in the URL: not UTF-8
     payload = parse_one(NAME, make_envelope(NAME, b"", method="GET", query=query))
     assert payload["result"] == "成功"
+
+
+def test_send_writes_the_documented_url_query_as_given_raw_spaces_and_all() -> None:
+    request = ADAPTER.documented(make_source(NAME), NOW)
+    assert (request.method, request.body) == ("GET", b"")
+    assert request.query == DOC_URL.partition("?")[2]
+    assert "start_time=2020-12-01 00:00:00" in request.query
+    assert ADAPTER.documented(make_source(NAME), NOW, "a=1&b=x y\n").query == "a=1&b=x y"
