@@ -5,6 +5,7 @@ string with raw spaces, a `{k=v, ...}` rendering), signed where the source is si
 from __future__ import annotations
 
 import argparse
+import http.client
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +15,7 @@ from cdrflow.commands.support import EXIT_CONFIG, Subcommands, sources_of
 from cdrflow.settings import Settings
 from schemas.providers import SimulatedCallback, default_registry
 
-EXIT_REFUSED = 1  # the ingress answered, but not 2xx
+EXIT_REFUSED = 1  # no answer, or not a 2xx
 FORM = "application/x-www-form-urlencoded"
 
 
@@ -61,7 +62,11 @@ def run_send(settings: Settings, args: argparse.Namespace) -> int:
     headers = {"User-Agent": "cdrflow-send", **callback.headers}
     if callback.content_type:
         headers["Content-Type"] = callback.content_type
-    reply = request(args.url, callback.method, target, headers, callback.body)
+    try:
+        reply = request(args.url, callback.method, target, headers, callback.body)
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        print(f"cdrflow send: no answer from {args.url}: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     print(f"{reply.status} {reply.reason}")
     print(reply.body.decode("utf-8", "replace"))
     return 0 if 200 <= reply.status < 300 else EXIT_REFUSED

@@ -9,12 +9,13 @@ import subprocess
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from cdrflow.settings import Settings
 from schemas.providers.nxcloud_voice_dr import DOCUMENTED_URL
 from schemas.sources import Sources
 from tests.support.ingress import ingress_client
-from tests.support.processes import cdrflow, command_env
+from tests.support.processes import cdrflow, command_env, free_port
 from tests.support.sources import provider_source
 from tests.support.waiting import eventually
 from tests.support.workers import running_worker
@@ -38,6 +39,7 @@ async def _stored(db: asyncpg.Connection, keys: set[tuple[str, str]]) -> bool:
     return keys <= {(r["source"], r["external_id"]) for r in rows}
 
 
+@pytest.mark.timeout(60)  # eight `cdrflow send` processes, each starting Python
 async def test_each_providers_documented_example_is_answered_200_and_stored(
     settings: Settings, sources: Sources, db: asyncpg.Connection, tmp_path: Path
 ) -> None:
@@ -73,17 +75,21 @@ async def test_each_providers_documented_example_is_answered_200_and_stored(
     assert '"result": "成功接通"' in chinese["raw"]
 
 
-async def test_a_refused_callback_and_an_unknown_source_say_so(
+async def test_a_refused_callback_an_unknown_source_and_no_ingress_say_so(
     settings: Settings, sources: Sources, tmp_path: Path
 ) -> None:
     env = command_env(settings, tmp_path)
     async with ingress_client(settings, sources) as client:
         fenced = await _send("fenced", "--url", client.make_url(""), env=env)
         unknown = await _send("nope", "--url", client.make_url(""), env=env)
+    nobody = await _send("nx-cc", "--url", f"http://127.0.0.1:{free_port()}", env=env)
     assert fenced.returncode == 1
     assert fenced.stdout == "403 Forbidden\nerror\n"
     assert unknown.returncode == 2
     assert "cdrflow send: no source 'nope' (sources: " in unknown.stderr
+    assert nobody.returncode == 1
+    assert nobody.stderr.startswith("cdrflow send: no answer from http://127.0.0.1:"), nobody.stderr
+    assert "Traceback" not in nobody.stderr
 
 
 async def _send(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
