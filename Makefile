@@ -58,12 +58,12 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# One table of the pipeline against the same-run limits of this machine (README,
-# Benchmarks): 8 to 13 minutes; BENCH_ARGS=--full adds a 1,000,000-message backlog (12 to 20).
+# One table of the pipeline against the same-run limits of this machine (docs/benchmarks.md):
+# 8 to 13 minutes; BENCH_ARGS=--full adds a 1,000,000-message backlog (12 to 20).
 bench: install tools
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
-# Where one process's CPU goes under the bench's load (py-spy, README "Benchmarks"): a worker
+# Where one process's CPU goes under the bench's load (py-spy, docs/benchmarks.md): a worker
 # draining a backlog, or PROFILE_ARGS=ingress; the collapsed stacks are left in profile.raw.
 profile: install tools
 	$(BIN)/python -m tests.bench.profile $(PROFILE_ARGS)
@@ -73,14 +73,14 @@ profile: install tools
 deploy-check: install tools
 	bash deploy/check.sh
 
-# The fault suite (README "Fault suite"): its own RabbitMQ node (5701) and PostgreSQL
+# The fault suite (docs/testing.md): its own RabbitMQ node (5701) and PostgreSQL
 # (5433), wrk load, six faults one at a time, a table; exit 1 if a success is lost.
 .PHONY: chaos
 chaos: install tools
 	$(BIN)/python -m tests.chaos.run $(CHAOS_ARGS)
 
 # A three-node RabbitMQ cluster of its own (deploy/cluster/rabbitmq-cluster.sh) loses the node
-# leading cdr.raw under wrk load: nothing answered 200 may be lost (README "Past one machine").
+# leading cdr.raw under wrk load: nothing answered 200 may be lost (docs/testing.md).
 .PHONY: cluster-failover
 cluster-failover: install tools
 	$(BIN)/python -m tests.cluster.failover $(FAILOVER_ARGS)

@@ -1,6 +1,6 @@
 """The local spool: callbacks made durable on disk while RabbitMQ cannot confirm them.
 
-A segment log of our own (the README says why; the files are `ingress.spool_format`'s).
+A segment log of our own (docs/operations.md says why; the files are `ingress.spool_format`'s).
 Appends are group-committed: requests that arrive while a write is on disk wait for the
 next one, and one `os.write` plus one `fsync` serves all of them. A request is answered
 only once its record is fsynced. Writing always goes to the newest segment; a new one is

@@ -5,8 +5,8 @@ queue bound to the records exchange.
   until every callback answered 200 is stored and every record is on the downstream queue;
   callbacks/s over that whole time;
 - lag: `stored_at - received_at` (ingress to first commit) of the calls received while
-  wrk offers a fixed rate (paced by callbacks.lua), with the worker processes the README
-  recommends for this host (`Options.lag_workers`); it grows when the median
+  wrk offers a fixed rate (paced by callbacks.lua), with the worker processes
+  docs/operations.md recommends for this host (`Options.lag_workers`); it grows when the median
   lag of the last third of the window is more than twice the first third's plus 50 ms,
   or when wrk achieved less than 95% of the offered rate (the rest waited in wrk)."""
 

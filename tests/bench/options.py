@@ -8,7 +8,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-# The worker processes the README recommends beside one ingress on a 2-core host (and
+# The worker processes docs/operations.md recommends beside one ingress on a 2-core host (and
 # `make run` starts): the lag rows run with them.
 RECOMMENDED_WORKERS = 2
 

@@ -1,4 +1,4 @@
--- wrk script of the fault suite (tests/chaos/run.py runs it; see README "Fault suite").
+-- wrk script of the fault suite (tests/chaos/run.py runs it; see docs/testing.md).
 --
 -- Every request is a realistic callback of a configured source, built from templates
 -- tests/chaos/traffic.py writes (CHAOS_TEMPLATES), with its own external id put in place
