@@ -27,7 +27,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # Migrate, then run the ingress and WORKERS workers (two: what a 2-core host with RabbitMQ
 # and PostgreSQL beside it does best, docs/operations.md "Scaling") until Ctrl-C; all stop
 # gracefully. A process that fails (a wrong sources file, a port in use) stops the others
-# and `make run` with its exit status; each exits 0 only when told to stop. bash: `wait -n`.
+# and `make run` with its exit status; each exits 0 only when told to stop (130, 143: by
+# Ctrl-C or SIGTERM, as is `make run` itself). bash: `wait -n`.
 WORKERS ?= 2
 run: SHELL := /bin/bash
 run: install
@@ -36,7 +37,7 @@ run: install
 	for _ in $$(seq $(WORKERS)); do $(BIN)/cdrflow worker & pids="$$pids $$!"; done; \
 	$(BIN)/cdrflow ingress --host $(HOST) --port $(PORT) & pids="$$pids $$!"; \
 	wait -n; status=$$?; kill -TERM $$pids 2>/dev/null; wait; \
-	if [ $$status -ne 0 ] && [ $$status -ne 130 ]; then \
+	if [ $$status -ne 0 ] && [ $$status -ne 130 ] && [ $$status -ne 143 ]; then \
 	  echo "make run: a process failed (exit $$status); the others were stopped" >&2; \
 	  exit $$status; fi
 
