@@ -128,7 +128,10 @@ def parse_sources(
         raise SourcesError(f"{origin}: not valid TOML: {exc}") from exc
     unknown_top = set(document) - {"sources"}
     if unknown_top:
-        raise SourcesError(f"{origin}: unknown top-level key {sorted(unknown_top)[0]!r}")
+        key = sorted(unknown_top)[0]
+        raise SourcesError(
+            f"{origin}: unknown top-level key {key!r}{_did_you_mean(key, {'sources'})}"
+        )
     table = document.get("sources", {})
     if not isinstance(table, dict):
         raise SourcesError(f"{origin}: [sources] must be a table")
@@ -206,10 +209,13 @@ class SourceSettings:
     def refuse_unread(self) -> None:
         unknown = sorted(set(self._entry) - self._read)
         if unknown:
-            # Keys are short, so a looser cutoff than the settings' finds `tenent`.
-            close = difflib.get_close_matches(unknown[0], sorted(self._read), n=1, cutoff=0.75)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise self.fail(unknown[0], f"unknown key{hint}")
+            raise self.fail(unknown[0], f"unknown key{_did_you_mean(unknown[0], self._read)}")
+
+
+def _did_you_mean(key: str, known: set[str]) -> str:
+    # Keys are short, so a looser cutoff than the settings' finds `tenent`.
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _parse_source(

@@ -169,7 +169,9 @@ def test_not_toml_and_bad_names_are_refused() -> None:
         parse("[sources.x\n")
     with pytest.raises(SourcesError, match="URL slug"):
         parse('[sources."a b"]\nprovider = "nxcloud.voice_dr"\ntoken = "0123456789abcdef"\n')
-    with pytest.raises(SourcesError, match="unknown top-level key 'source'"):
+    with pytest.raises(
+        SourcesError, match="unknown top-level key 'source'; did you mean 'sources'"
+    ):
         parse("[source.x]\n")
 
 
