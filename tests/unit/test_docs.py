@@ -22,10 +22,9 @@ DOCS = sorted([ROOT / "README.md", ROOT / "deploy" / "README.md", *(ROOT / "docs
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 INLINE_CODE = re.compile(r"`([^`\n]+)`")
 # `cdrflow` in command position: a code span or shell line starting with it (after
-# variable assignments), or anywhere as .venv/bin/cdrflow.
-COMMAND = re.compile(
-    r"(?:^(?:[A-Z_][A-Z0-9_]*=\S*\s+)*|\.venv/bin/)cdrflow\s+((?:--)?[a-z][a-z-]*)(.*)"
-)
+# variable assignments), or anywhere as .venv/bin/cdrflow; the words after it.
+COMMAND = re.compile(r"(?:^(?:[A-Z_][A-Z0-9_]*=\S*\s+)*|\.venv/bin/)cdrflow\s+((?:--)?[a-z].*)")
+WORD = re.compile(r"[a-z][a-z-]*")
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 MAKE = re.compile(r"(?:^|[\s;(&|])make\s+([a-z][a-z-]*)")
 SETTING = re.compile(r"\bCDRFLOW_[A-Z0-9_]+\b(?!\*)")
@@ -37,16 +36,37 @@ def doc_id(path: Path) -> str:
     return str(path.relative_to(ROOT))
 
 
-@cache
-def options() -> dict[str | None, frozenset[str]]:
-    """Each subcommand's options; None: the options of `cdrflow` itself."""
-    parser = cli._parser()
-    found: dict[str | None, frozenset[str]] = {None: frozenset(parser._option_string_actions)}
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                found[name] = frozenset(sub._option_string_actions)
+            return dict(action.choices)
+    return {}
+
+
+def all_options(parser: argparse.ArgumentParser) -> set[str]:
+    """A parser's options and those of the subcommands below it (a doc may write a
+    placeholder such as ACTION for the subcommand)."""
+    found = set(parser._option_string_actions)
+    for sub in subcommands(parser).values():
+        found |= all_options(sub)
     return found
+
+
+def problems_of(words: list[str]) -> list[str]:
+    """What is wrong with `cdrflow WORDS...` as the real parser reads it: a subcommand
+    (at any depth) that does not exist, or an option none of the parsers reached has."""
+    parser, path = cli._parser(), ["cdrflow"]
+    rest = words
+    while rest and WORD.fullmatch(rest[0]) and subcommands(parser):
+        if rest[0] not in subcommands(parser):
+            return [f"{' '.join([*path, rest[0]])}: no such command"]
+        parser, path, rest = subcommands(parser)[rest[0]], [*path, rest[0]], rest[1:]
+    known = all_options(parser)
+    return [
+        f"{' '.join(path)} {flag}: no such option"
+        for flag in OPTION.findall(" ".join(rest))
+        if flag not in known
+    ]
 
 
 @cache
@@ -70,30 +90,17 @@ def shell_lines(text: str) -> Iterator[str]:
         yield span.replace("\\|", "|").strip()
 
 
-def commands_named(text: str) -> Iterator[tuple[str, list[str]]]:
+def commands_named(text: str) -> Iterator[list[str]]:
+    """The words after each `cdrflow` written as a command, up to the next shell operator."""
     for line in shell_lines(text):
         for match in COMMAND.finditer(line):
-            rest = re.split(r"\s(?:&&|;|\|\|?)\s|\s\|\s", match.group(2))[0]
-            yield match.group(1), OPTION.findall(rest)
+            command = re.split(r"\s(?:&&|;|\|\|?)\s|\s\|\s|<|>", match.group(1))[0]
+            yield command.split()
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=doc_id)
 def test_every_cdrflow_command_and_option_named_exists(doc: Path) -> None:
-    known = options()
-    wrong = []
-    for command, flags in commands_named(doc.read_text()):
-        if command.startswith("--"):
-            flags, command_key = [command, *flags], None
-        else:
-            command_key = command
-        if command_key is not None and command_key not in known:
-            wrong.append(f"cdrflow {command}: no such command")
-            continue
-        wrong += [
-            f"cdrflow {command} {flag}: no such option"
-            for flag in flags
-            if flag not in known[command_key]
-        ]
+    wrong = [problem for words in commands_named(doc.read_text()) for problem in problems_of(words)]
     assert not wrong, wrong
 
 
@@ -150,11 +157,13 @@ def test_the_checks_catch_what_they_are_for(tmp_path: Path) -> None:
         "`cdrflow tail --show-offsets` and `cdrflow --versoin`, CDRFLOW_BACTH_SIZE\n"
         "[gone](nowhere.md) [here](#no-such-heading)\n"
     )
-    assert list(commands_named(text)) == [
-        ("sned", []),
-        ("tail", ["--show-offsets"]),
-        ("--versoin", []),
+    assert [problems_of(words) for words in commands_named(text)] == [
+        ["cdrflow sned: no such command"],
+        ["cdrflow tail --show-offsets: no such option"],
+        ["cdrflow --versoin: no such option"],
     ]
+    assert problems_of(["tail", "--show-offset", "'dev.#'"]) == []
+    assert problems_of(["--version"]) == []
     assert [t for line in shell_lines(text) for t in MAKE.findall(line)] == ["rnu"]
     assert Settings.unknown_variables(dict.fromkeys(SETTING.findall(text), "x"))
     doc = tmp_path / "doc.md"
