@@ -22,8 +22,11 @@ DOCS = sorted([ROOT / "README.md", ROOT / "deploy" / "README.md", *(ROOT / "docs
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 INLINE_CODE = re.compile(r"`([^`\n]+)`")
 # `cdrflow` in command position: a code span or shell line starting with it (after
-# variable assignments), or anywhere as .venv/bin/cdrflow; the words after it.
-COMMAND = re.compile(r"(?:^(?:[A-Z_][A-Z0-9_]*=\S*\s+)*|\.venv/bin/)cdrflow\s+((?:--)?[a-z].*)")
+# variable assignments), after a pipe or `;`, or anywhere as .venv/bin/cdrflow; the words
+# after it.
+COMMAND = re.compile(
+    r"(?:^(?:[A-Z_][A-Z0-9_]*=\S*\s+)*|[|;&]\s*|\.venv/bin/)cdrflow\s+((?:--)?[a-z].*)"
+)
 WORD = re.compile(r"[a-z][a-z-]*")
 OPTION = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
 MAKE = re.compile(r"(?:^|[\s;(&|])make\s+([a-z][a-z-]*)")
@@ -87,7 +90,7 @@ def shell_lines(text: str) -> Iterator[str]:
             for line in body.replace("\\\n", " ").splitlines():
                 yield re.sub(r"(^|\s+)#\s.*$", "", line).strip()
     for span in INLINE_CODE.findall(without_fences(text)):
-        yield span.replace("\\|", "|").strip()
+        yield span.replace("\\|", " ").strip()  # in a table, `a \| b` is a choice, not a pipe
 
 
 def commands_named(text: str) -> Iterator[list[str]]:
@@ -155,12 +158,16 @@ def test_the_checks_catch_what_they_are_for(tmp_path: Path) -> None:
     text = (
         "```sh\n.venv/bin/cdrflow sned x\nmake rnu\n```\n"
         "`cdrflow tail --show-offsets` and `cdrflow --versoin`, CDRFLOW_BACTH_SIZE\n"
+        "| `cdrflow tail [--since T \\| --offst N]` |\n"
+        "```sh\nprintf x | cdrflow send --frm\n```\n"
         "[gone](nowhere.md) [here](#no-such-heading)\n"
     )
     assert [problems_of(words) for words in commands_named(text)] == [
         ["cdrflow sned: no such command"],
+        ["cdrflow send --frm: no such option"],
         ["cdrflow tail --show-offsets: no such option"],
         ["cdrflow --versoin: no such option"],
+        ["cdrflow tail --offst: no such option"],
     ]
     assert problems_of(["tail", "--show-offset", "'dev.#'"]) == []
     assert problems_of(["--version"]) == []
