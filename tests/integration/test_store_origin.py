@@ -1,19 +1,24 @@
 """Where a record came from, in the ledger, on the real PostgreSQL: a backfill (a report
 `cdrflow reconcile` found in the provider's books) creates a record only when none is
 stored, never revises one; a push always wins, in one batch, across batches, and across
-two workers whose transactions meet on the record's row."""
+two workers whose transactions meet on the record's row. A worker counts a backfill it
+ignored as such, not as a duplicate delivery."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
+from aio_pika.abc import AbstractChannel
 
+from cdrflow.settings import Settings
 from schemas.envelope import BACKFILL, RawEnvelope
 from schemas.jsoncodec import loads
 from schemas.providers import default_registry
@@ -21,6 +26,7 @@ from schemas.record import record_id_for
 from schemas.sources import Sources
 from tests.support.samples import envelope, sample
 from tests.support.waiting import eventually, one
+from tests.support.workers import publish_envelopes, running_worker
 from workers.db import create_pool
 from workers.ledger import BatchResult, write_batch
 from workers.normalize import Normalized, normalize_envelope
@@ -225,3 +231,35 @@ async def test_pushes_and_backfills_of_the_same_records_at_once(
     assert all(r["history"] == ["push"] for r in rows if r["revision"] == 1)
     assert backfill_result.ignored_backfills == len(ids) - len(created_by_backfill)
     assert len(backfill_result.published) == len(created_by_backfill)
+
+
+async def test_a_worker_counts_an_ignored_backfill_apart_from_duplicates(
+    settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with (
+        running_worker(settings.with_(worker_port=port), sources),
+        aiohttp.ClientSession() as http,
+    ):
+        await publish_envelopes(channel, settings, [pushed("b-worker")])
+        assert await eventually(lambda: _stored(db, 1))
+        await publish_envelopes(channel, settings, [backfilled("b-worker", seconds=60)])
+        text = ""
+
+        async def counted() -> bool:
+            nonlocal text
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                text = await response.text()
+            return 'cdrflow_worker_deliveries_total{outcome="backfill_ignored"} 1.0' in text
+
+        assert await eventually(counted), text
+    assert 'cdrflow_worker_deliveries_total{outcome="new_record"} 1.0' in text
+    assert 'cdrflow_worker_deliveries_total{outcome="duplicate"} 0.0' in text
+    stored = await record(db, "b-worker")
+    assert (stored["origin"], stored["revision"], stored["delivery_count"]) == ("push", 1, 1)
+
+
+async def _stored(db: asyncpg.Connection, count: int) -> bool:
+    return bool(await db.fetchval("SELECT count(*) FROM call_records") == count)
