@@ -123,3 +123,13 @@ def test_the_published_body_says_the_records_origin() -> None:
         body = loads(published_body(found.record, ledger))
         record_validator().validate(body)
         assert body["origin"] == origin
+
+
+def test_a_record_published_before_it_had_an_origin_still_validates() -> None:
+    record = backfill("k", 1, 0).record
+    body = loads(published_body(record, Ledger(T0, T0, T0, T0, 1, 1)))
+    assert body["origin"] == "backfill"
+    record_validator().validate(body)
+    del body["origin"]  # as published before the field was added, in the same version
+    record_validator().validate(body)
+    assert not record_validator().is_valid({**body, "origin": "guessed"})

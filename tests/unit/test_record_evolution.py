@@ -11,7 +11,6 @@ from typing import Any
 
 from schemas.jsoncodec import loads
 from schemas.record import SCHEMA_VERSION, CallRecord, Ledger, published_body
-from tests.support.samples import record_validator
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT = Path(__file__).parent / "snapshots" / "call_record_fields.json"
@@ -85,14 +84,3 @@ def test_the_body_and_the_headers_say_the_version() -> None:
     message = record_message(OutboxEntry(0, record.record_id, 1, "a.b.c.d", body))
     assert message.headers is not None
     assert message.headers["schema_version"] == SCHEMA_VERSION
-
-
-def test_a_record_published_before_it_had_an_origin_still_validates() -> None:
-    record = CallRecord("src", "acme", "nxcloud", "voice_dr", "ext-1", raw={}, origin="backfill")
-    moment = datetime(2025, 1, 1, tzinfo=UTC)
-    body = loads(published_body(record, Ledger(moment, moment, moment, moment, 1, 1)))
-    assert body["origin"] == "backfill"
-    record_validator().validate(body)
-    del body["origin"]  # as published before the field was added, in the same version
-    record_validator().validate(body)
-    assert not record_validator().is_valid({**body, "origin": "guessed"})
