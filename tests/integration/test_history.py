@@ -112,6 +112,7 @@ async def test_an_upgraded_database_keeps_its_records_as_their_current_revision(
                 assert await eventually(lambda: delivered(connection, stored.external_id, 2))
             row = await one(connection, "SELECT * FROM call_records")
             assert row["revision"] == 1  # the same content: a delivery, not a revision
+            assert row["origin"] == "push"  # what migration 4 says of every stored record
             history = await one(connection, "SELECT * FROM record_revisions")
             assert history["delivery_count"] == 2
         finally:
@@ -124,10 +125,12 @@ async def _insert_as_version_2(url: str, delivery: Delivery, payload_hash: bytes
     columns["raw"] = dumps(record.raw).decode()
     columns["extra"] = dumps(record.extra).decode()
     columns["labels"] = list(record.labels)
-    values = [str(v) if isinstance(v, str) else v for v in (columns[c] for c in RECORD_COLUMNS)]
+    # Schema version 2 had no `origin` (migration 4 adds it, 'push' for every stored row).
+    before_origin = [c for c in RECORD_COLUMNS if c != "origin"]
+    values = [str(v) if isinstance(v, str) else v for v in (columns[c] for c in before_origin)]
     at = delivery.received_at
     names = [
-        *RECORD_COLUMNS,
+        *before_origin,
         "received_at",
         "first_seen_at",
         "last_seen_at",
