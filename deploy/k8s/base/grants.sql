@@ -12,6 +12,7 @@
 -- outbox) need no sequence grant; the outbox's slot counter does.
 GRANT SELECT, INSERT, UPDATE ON call_records TO cdrflow_worker;
 GRANT SELECT, INSERT, UPDATE ON record_revisions TO cdrflow_worker;
+GRANT SELECT ON record_history TO cdrflow_worker;
 GRANT SELECT, INSERT, DELETE ON deliveries TO cdrflow_worker;
 GRANT SELECT, INSERT, UPDATE ON rejected_callbacks TO cdrflow_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON outbox TO cdrflow_worker;
@@ -20,4 +21,4 @@ GRANT USAGE, SELECT ON SEQUENCE outbox_slot_seq TO cdrflow_worker;
 GRANT SELECT ON cdrflow_migrations TO cdrflow_worker;
 
 -- Downstream readers: the records and their revisions, nothing of the pipeline's bookkeeping.
-GRANT SELECT ON call_records, record_revisions TO cdrflow_reader;
+GRANT SELECT ON call_records, record_revisions, record_history TO cdrflow_reader;
