@@ -109,6 +109,7 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = ingress.settings
     spool = await open_spool(settings, ingress.metrics)
     link = BrokerLink(settings.amqp_url, settings.topology(), name="cdrflow-ingress")
+    ingress.metrics.watch_link(link)
     await link.start()
     ingress.publisher = CoalescingPublisher(
         link,
