@@ -12,7 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-KUBERNETES_VERSION=${KUBERNETES_VERSION:-1.33.0}   # the oldest cluster version we support
+# The oldest Kubernetes deploy/README.md supports, and the newest kubernetes-validate knows.
+KUBERNETES_VERSIONS=${KUBERNETES_VERSIONS:-1.27.0 1.37.0}
+KUBERNETES_VERSION=${KUBERNETES_VERSIONS##* }   # the newest, for the variants below
 # systemd-analyze's threshold is the exposure times ten: 20 is 2.0 ("OK" ends at 4.0).
 SYSTEMD_EXPOSURE_MAX=${SYSTEMD_EXPOSURE_MAX:-20}
 TOOLS=deploy/.tools
@@ -44,7 +46,7 @@ echo "kubectl $("$TOOLS/bin/kubectl" version --client 2>/dev/null | tr '\n' ' ')
 promtool --version 2>&1 | head -n1
 "$TOOLS/bin/hadolint" --version
 
-step "Kustomize overlays render and validate (Kubernetes $KUBERNETES_VERSION, KEDA, policy)"
+step "Kustomize overlays render and validate (Kubernetes $KUBERNETES_VERSIONS, KEDA, policy)"
 rendered=()
 for overlay in deploy/k8s/overlays/*/; do
     name=$(basename "$overlay")
@@ -54,7 +56,10 @@ done
 # The spool drain Job (applied by hand, per volume) beside prod's NetworkPolicies.
 { cat "$OUT/prod.yaml"; echo "---"; cat deploy/k8s/jobs/drain-spool.yaml; } > "$OUT/prod+drain-spool.yaml"
 rendered+=("$OUT/prod+drain-spool.yaml")
-"$TOOLS/bin/python" deploy/check/manifests.py "$KUBERNETES_VERSION" "${rendered[@]}"; ok
+for version in $KUBERNETES_VERSIONS; do
+    "$TOOLS/bin/python" deploy/check/manifests.py "$version" "${rendered[@]}"
+done
+ok
 
 step "Image references real registries use (a registry port, a digest); names the API server takes"
 # An overlay on prod, as an operator's would be: the migration Job keeps the release's name

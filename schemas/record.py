@@ -19,6 +19,8 @@ from schemas.jsoncodec import dumps
 
 # Bumped whenever the record format (columns or their meaning) changes.
 SCHEMA_VERSION = 1
+# The AMQP `type` property of a record's message (schemas/asyncapi.yaml, messageType).
+MESSAGE_TYPE = "cdrflow.call_record"
 
 # record_id = uuid5(RECORD_NAMESPACE, "{source}\n{external_id}"): the same id on every re-push,
 # on every worker and on replay, with no lookup needed.
