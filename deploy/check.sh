@@ -152,6 +152,9 @@ step "Metrics the alerts and the dashboard use exist; the dashboard's queries pa
 "$TOOLS/bin/python" deploy/check/metrics_used.py "$OUT/dashboard-rules.yaml"
 promtool check rules "$OUT/dashboard-rules.yaml"; ok
 
+step "The image's hashed pins agree with constraints.txt and pyproject.toml"
+.venv/bin/python deploy/check/pins.py; ok
+
 step "CDRFLOW_* variables named in deploy/ are read by the code"
 .venv/bin/python deploy/check/settings_used.py deploy; ok
 
