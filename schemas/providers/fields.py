@@ -153,6 +153,9 @@ class Fields:
         if is_blank(value) or value == 0 or value == "0":
             return None
         text = as_text(value)
+        if not text.isascii():  # strptime, like int(), reads every Unicode digit
+            self._unread(key, value)
+            return None
         for parse in time_parsers(formats):
             try:
                 moment = parse(text)

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 from schemas.providers.errors import Reason, Reject
+from schemas.providers.keys import put_keeping
 
 _BOUNDARY = re.compile(r",(\s*)([A-Za-z_][A-Za-z0-9_.]*)(\s*)=")
 _OPENING, _CLOSING = "{[", "}]"
@@ -158,7 +159,7 @@ def _fields(inner: str, cuts: list[int]) -> dict[str, Any]:
         return fields
     for start, end in zip([-1, *cuts], [*cuts, len(inner)], strict=True):
         key, value = _pair(inner[start + 1 : end])
-        fields[key] = None if value == "null" else value
+        put_keeping(fields, key, None if value == "null" else value)
     return fields
 
 

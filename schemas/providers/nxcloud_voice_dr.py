@@ -28,6 +28,7 @@ from schemas.providers.bodies import (
 )
 from schemas.providers.errors import Reason, Reject
 from schemas.providers.fields import Fields
+from schemas.providers.keys import put_keeping
 from schemas.providers.protocol import SimulatedCallback, UnsignedTextProvider
 from schemas.record import CallRecord, CallType, Direction, HangupBy, Status
 from schemas.sources import Source
@@ -73,15 +74,15 @@ class NXCloudVoiceDR(UnsignedTextProvider):
         charsets = charsets_to_try(envelope, source)
         fields: dict[str, Any] = parse_form(envelope.query, charsets) if envelope.query else {}
         if is_multipart(envelope.content_type):  # "submit using form data"
-            fields.update(parse_multipart(envelope, source))
+            _merge(fields, parse_multipart(envelope, source))
         elif (text := body_text(envelope, source)).strip():
             if "json" in envelope.content_type.lower() or text.lstrip().startswith("{"):
                 document = parse_json(text)
                 if not isinstance(document, dict):
                     raise Reject(Reason.NOT_AN_OBJECT, "JSON body is not an object")
-                fields.update(document)
+                _merge(fields, document)
             else:
-                fields.update(parse_form(text, charsets))
+                _merge(fields, parse_form(text, charsets))
         if not fields:
             raise Reject(Reason.EMPTY_BODY, "no fields in the body or the query string")
         return [fields]
@@ -138,6 +139,13 @@ class NXCloudVoiceDR(UnsignedTextProvider):
             content_type="application/x-www-form-urlencoded",
             external_id=fields["messageid"],
         )
+
+
+def _merge(fields: dict[str, Any], body: dict[str, Any]) -> None:
+    """The body's fields over the query's: a name in both keeps the body's value, and the
+    query's under a suffixed name when it differs."""
+    for name, value in body.items():
+        put_keeping(fields, name, value)
 
 
 def _lowered(value: Any) -> str:

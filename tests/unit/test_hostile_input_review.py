@@ -1,0 +1,269 @@
+"""Inputs an adversarial review got through, the parsing side: money spelled `-0`, digits
+that are not ASCII, NUL hidden by a multipart transfer encoding, keys that collide, and a
+signed Huawei body that signs like another. Each test drives `normalize_envelope` (the path
+every callback takes in a worker) or the provider's signature check."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+
+from schemas.jsoncodec import dumps, loads
+from schemas.record import CallRecord, Ledger, published_body
+from tests.support.samples import Sample
+from tests.unit.test_hostile_input import FORM, T0, one_record, run
+
+JSON = "application/json"
+
+# --- money spelled -0 -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "published"),
+    [
+        (b'{"callSessionId":"z-1","cost":"-0"}', "0"),
+        (b'{"callSessionId":"z-1","cost":"-0.00"}', "0.00"),
+        (b'{"callSessionId":"z-1","cost":-0.0}', "0.0"),
+        (b'{"callSessionId":"z-1","cost":-0}', "0"),
+        (b'{"callSessionId":"z-1","cost":"-0e-2"}', "0.00"),
+    ],
+)
+def test_negative_zero_money_is_published_as_the_row_stores_it(body: bytes, published: str) -> None:
+    record = one_record(Sample("nx-cc", "z-1", "POST", body, JSON))
+    assert record.cost == 0
+    assert not record.cost.is_signed()  # numeric has no -0: the row says 0
+    message = loads(published_body(record, Ledger(T0, T0, T0, T0, 1, 1)))
+    assert message["cost"] == published
+
+
+@pytest.mark.parametrize("column", ["rate", "cost", "base_cost"])
+def test_every_money_column_drops_the_sign_of_zero(column: str) -> None:
+    amounts: dict[str, Any] = {column: Decimal("-0.0")}
+    record = CallRecord("src", "acme", "nxcloud", "voice_dr", "e", raw={}, **amounts)
+    assert str(getattr(record, column)) == "0.0"
+
+
+# --- digits -----------------------------------------------------------------------------
+
+ARABIC_INDIC = "١٢٣"  # 123
+FULL_WIDTH = "１２３"
+NOT_ASCII_NUMBERS = [ARABIC_INDIC, FULL_WIDTH, "1_23", "٠.٥"]
+
+
+def cc_record(**fields: Any) -> Any:
+    body = dumps({"callSessionId": "d-1", **fields})
+    return one_record(Sample("nx-cc", "d-1", "POST", body, JSON))
+
+
+@pytest.mark.parametrize("number", NOT_ASCII_NUMBERS)
+@pytest.mark.parametrize(
+    ("field", "column"),
+    [
+        ("cost", "cost"),
+        ("baseCost", "base_cost"),
+        ("callDuration", "talk_seconds"),
+        ("hangupCode", "sip_code"),
+    ],
+)
+def test_a_call_center_number_in_other_digits_is_kept_in_extra(
+    field: str, column: str, number: str
+) -> None:
+    record = cc_record(**{field: number})
+    assert getattr(record, column) is None
+    assert record.extra[field] == number
+
+
+@pytest.mark.parametrize("number", NOT_ASCII_NUMBERS)
+@pytest.mark.parametrize(
+    ("field", "column"),
+    [
+        ("rate", "rate"),
+        ("cost", "cost"),
+        ("baseCost", "base_cost"),
+        ("callDuration", "talk_seconds"),
+        ("ringDuration", "ring_seconds"),
+        ("chargedDuration", "billed_seconds"),
+        ("sipCode", "sip_code"),
+        ("answerTime", "answered_at"),
+    ],
+)
+def test_a_voice_report_number_in_other_digits_is_kept_in_extra(
+    field: str, column: str, number: str
+) -> None:
+    body = dumps({"voiceId": "d-2", field: number})
+    record = one_record(Sample("nx-voice", "d-2", "POST", body, JSON))
+    assert getattr(record, column) is None
+    assert record.extra[field] == number
+
+
+@pytest.mark.parametrize(
+    ("field", "column", "value"),
+    [
+        ("customer_price", "rate", ARABIC_INDIC),
+        ("basic_price", "base_cost", FULL_WIDTH),
+        ("duration", "talk_seconds", ARABIC_INDIC),
+        ("cycle", "billing_increment", FULL_WIDTH),
+        ("start_time", "started_at", "٢٠٢٣-11-17 13:42:30"),
+        ("end_time", "ended_at", "２０２３-11-17 13:42:48"),
+    ],
+)
+def test_a_dr_number_or_time_in_other_digits_is_kept_in_extra(
+    field: str, column: str, value: str
+) -> None:
+    body = urlencode({"messageid": "d-3", field: value}).encode()
+    record = one_record(Sample("nx-dr", "d-3", "POST", body, FORM))
+    assert getattr(record, column) is None
+    assert record.extra[field] == value
+
+
+@pytest.mark.parametrize(
+    ("field", "column", "value"),
+    [
+        ("talkingTime", "answered_at", "٢٠٢٢/02/22,10:04:30:418"),
+        ("releaseTime", "ended_at", "2022/02/22,10:0４:30"),
+        ("createCallTime", "started_at", "٢٠٢٢-02-22 10:04:30"),
+        ("talkDuration", "talk_seconds", ARABIC_INDIC),
+    ],
+)
+def test_a_huawei_time_or_duration_in_other_digits_is_kept_in_extra(
+    field: str, column: str, value: str
+) -> None:
+    body = dumps({"callSerialNo": "d-4", field: value})
+    record = one_record(Sample("hw", "d-4", "POST", body, JSON))
+    assert getattr(record, column) is None
+    assert record.extra[field] == value
+
+
+def test_ascii_numbers_are_still_read() -> None:
+    record = cc_record(
+        cost="+1.5", baseCost=".5", callDuration=" 12 ", answerTime="2023-11-17 13:42:33"
+    )
+    assert (record.cost, record.base_cost, record.talk_seconds) == (
+        Decimal("1.5"),
+        Decimal(".5"),
+        12,
+    )
+    assert record.answered_at == datetime(2023, 11, 17, 5, 42, 33, tzinfo=UTC)
+
+
+# --- NUL hidden by a multipart transfer encoding ----------------------------------------
+
+
+def encoded_part(name: str, encoding: str, payload: str, charset: str = "") -> str:
+    kind = f"Content-Type: text/plain; charset={charset}\r\n" if charset else ""
+    return (
+        f'Content-Disposition: form-data; name="{name}"\r\n{kind}'
+        f"Content-Transfer-Encoding: {encoding}\r\n\r\n{payload}\r\n"
+    )
+
+
+def multipart_with(id_field: str, ext: str, part: str) -> Sample:
+    boundary = "----cdrflowNUL"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{id_field}"\r\n\r\n{ext}\r\n'
+        f"--{boundary}\r\n{part}--{boundary}--\r\n"
+    ).encode()
+    source = {"messageid": "nx-dr", "callSerialNo": "hw"}[id_field]
+    return Sample(source, ext, "POST", body, f"multipart/form-data; boundary={boundary}")
+
+
+NUL_PARTS = {
+    "base64": encoded_part("phone", "base64", base64.b64encode(b"86\x00138").decode()),
+    "quoted-printable": encoded_part("phone", "quoted-printable", "86=00138"),
+    "utf-16 part": encoded_part(
+        "phone", "base64", base64.b64encode("86\x00138".encode("utf-16")).decode(), "utf-16"
+    ),
+    "utf-7 part": encoded_part("phone", "7bit", "86+AAA-138", "utf-7"),
+}
+
+
+@pytest.mark.parametrize("part", NUL_PARTS.values(), ids=NUL_PARTS.keys())
+def test_nul_through_a_multipart_encoding_is_scrubbed_like_nul_in_json(part: str) -> None:
+    record = one_record(multipart_with("messageid", "mp-nul", part))
+    # NUL's place is kept, as for a JSON "\u0000": the record can be stored.
+    assert record.callee == "86\ufffd138"
+    assert record.raw["phone"] == "86\ufffd138"
+
+
+def test_nul_in_a_multipart_huawei_field_is_scrubbed() -> None:
+    part = encoded_part("caller", "quoted-printable", "12=003")
+    record = one_record(multipart_with("callSerialNo", "mp-hw", part))
+    assert record.caller == "12\ufffd3"
+
+
+def test_nul_in_a_multipart_id_is_still_refused() -> None:
+    boundary = "----cdrflowNUL"
+    body = (
+        f"--{boundary}\r\n"
+        + encoded_part("messageid", "base64", base64.b64encode(b"id\x00-1").decode())
+        + f"--{boundary}--\r\n"
+    ).encode()
+    result = run(Sample("nx-dr", "", "POST", body, f"multipart/form-data; boundary={boundary}"))
+    assert [r.reason for r in result.rejections] == ["invalid_field"]
+
+
+# --- keys that collide -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"voiceId":"k-1","x\\u0000":"nul","x\\ufffd":"replacement"}',
+        b'{"voiceId":"k-1","x\\ufffd":"replacement","x\\u0000":"nul"}',
+        b'{"voiceId":"k-1","x\\ud800":"nul","x\\ufffd":"replacement"}',
+    ],
+)
+def test_keys_that_sanitize_alike_both_stay(body: bytes) -> None:
+    record = one_record(Sample("nx-voice", "k-1", "POST", body, JSON))
+    for kept in (record.raw, record.extra):
+        assert kept["x\ufffd"] == "replacement"  # a clean key keeps its name
+        assert kept["x\ufffd~1"] == "nul"
+
+
+def test_three_keys_that_sanitize_alike_all_stay() -> None:
+    body = b'{"voiceId":"k-2","x\\u0000":"a","x\\ud800":"b","x\\ufffd":"c","x\\ufffd~1":"d"}'
+    record = one_record(Sample("nx-voice", "k-2", "POST", body, JSON))
+    assert sorted(v for k, v in record.extra.items() if k.startswith("x")) == ["a", "b", "c", "d"]
+
+
+def test_nested_keys_that_sanitize_alike_both_stay() -> None:
+    body = b'{"voiceId":"k-3","inner":{"y\\u0000":1,"y\\ufffd":2}}'
+    record = one_record(Sample("nx-voice", "k-3", "POST", body, JSON))
+    assert record.extra["inner"] == {"y\ufffd": 2, "y\ufffd~1": 1}
+
+
+def test_form_keys_that_sanitize_alike_both_stay() -> None:
+    body = b"messageid=k-4&x%00=nul&x%EF%BF%BD=replacement"
+    record = one_record(Sample("nx-dr", "k-4", "POST", body, FORM))
+    assert (record.extra["x\ufffd"], record.extra["x\ufffd~1"]) == ("replacement", "nul")
+
+
+@pytest.mark.parametrize(
+    ("sample", "kept"),
+    [
+        (Sample("nx-dr", "k-5", "POST", b"messageid=k-5&ext=1&ext=2", FORM), ("2", "1")),
+        (
+            Sample("nx-dr", "k-5", "POST", b"messageid=k-5&ext=2", FORM, query="ext=1"),
+            ("2", "1"),
+        ),
+        (Sample("hw", "k-5", "POST", b"{callData=1, callData=2, callSerialNo=k-5}"), ("2", "1")),
+        (Sample("hw", "k-5", "POST", b"callSerialNo=k-5&callData=1&callData=2", FORM), ("2", "1")),
+    ],
+)
+def test_a_repeated_field_keeps_its_last_value_and_the_earlier_one(
+    sample: Sample, kept: tuple[str, str]
+) -> None:
+    record = one_record(sample)
+    assert record.user_data == kept[0]  # the last value is what the columns read, as before
+    assert record.extra["ext~1" if sample.source == "nx-dr" else "callData~1"] == kept[1]
+
+
+def test_a_value_sent_twice_is_kept_once() -> None:
+    record = one_record(Sample("nx-dr", "k-6", "POST", b"messageid=k-6&ext=1&ext=1", FORM))
+    assert record.user_data == "1"
+    assert record.extra == {}
