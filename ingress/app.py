@@ -23,7 +23,7 @@ from prometheus_client import Counter
 
 from cdrflow.amqp import BrokerLink
 from cdrflow.health import add_health_routes
-from cdrflow.logs import get_logger
+from cdrflow.logs import REDACTOR, get_logger
 from cdrflow.settings import Settings
 from ingress.body import TooLarge, read_body
 from ingress.client_address import client_address
@@ -92,6 +92,9 @@ def create_app(
     settings: Settings, sources: Sources, registry: Registry | None = None
 ) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
+    # The ingress is where tokens arrive, in any spelling: whoever starts it, its log lines
+    # are scrubbed of them.
+    REDACTOR.add(sources.secrets())
     metrics = IngressMetrics(sources)
     inflight = InflightBytes(settings.max_inflight_bytes, metrics.inflight_bytes)
     app[INGRESS] = Ingress(settings, sources, registry or default_registry(), metrics, inflight)

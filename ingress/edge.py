@@ -29,14 +29,13 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from aiohttp.web_request import BaseRequest
 
-from cdrflow.logs import get_logger
+from cdrflow.logs import CALLBACK_PATH, REDACTOR, get_logger
 from ingress.metrics import IngressMetrics
 from ingress.requestline import repair_request_line
 
 log = get_logger("cdrflow.ingress")
 
 FIRST_BYTES_LOGGED = 160
-_CALLBACK_TOKEN = re.compile(r"(/v1/callbacks/[^/\s?#'\"]+/)[^/\s?#'\"]*")
 
 
 MAX_HEAD_HELD = 64 * 1024  # past this without CRLFCRLF the parser decides alone
@@ -217,11 +216,12 @@ def body_error_reason(exc: BaseException) -> str:
 
 
 def scrub_token(text: str | bytes) -> str:
-    """Text for a log line, the URL token replaced (the log's redactor would catch it too,
-    but a request that fails to parse is the one place a token may come mangled)."""
+    """Text for a log line, the URL token replaced, whatever the path's spelling, and every
+    known token, literal or percent-encoded (the log's redactor does the same, but a
+    request that fails to parse is the one place a token may come mangled)."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "backslashreplace")
-    return _CALLBACK_TOKEN.sub(r"\1[redacted]", text)
+    return REDACTOR.scrub(CALLBACK_PATH.sub(r"\1[redacted]", text))
 
 
 class EdgeServer(web.Server):

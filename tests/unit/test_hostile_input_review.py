@@ -13,6 +13,8 @@ from urllib.parse import urlencode
 
 import pytest
 
+from cdrflow import logs
+from ingress.edge import scrub_token
 from schemas.jsoncodec import dumps, loads
 from schemas.record import CallRecord, Ledger, published_body
 from tests.support.samples import Sample
@@ -267,3 +269,52 @@ def test_a_value_sent_twice_is_kept_once() -> None:
     record = one_record(Sample("nx-dr", "k-6", "POST", b"messageid=k-6&ext=1&ext=1", FORM))
     assert record.user_data == "1"
     assert record.extra == {}
+
+
+# --- a token in any spelling ------------------------------------------------------------
+
+TOKEN = "adv-token-0123456789"
+
+
+def percent(text: str, upper: bool = False) -> str:
+    return "".join(f"%{ord(c):02X}" if upper else f"%{ord(c):02x}" for c in text)
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        percent(TOKEN),
+        percent(TOKEN, upper=True),
+        "".join(f"%{ord(c):02x}" if i % 2 else c for i, c in enumerate(TOKEN)),  # partly
+        "".join(f"%{ord(c):02X}" if i % 3 else f"%{ord(c):02x}" for i, c in enumerate(TOKEN)),
+        percent(TOKEN).replace("%", "%25"),  # encoded twice
+    ],
+)
+def test_a_known_token_is_redacted_however_it_is_percent_encoded(spelling: str) -> None:
+    redactor = logs.Redactor([TOKEN])
+    scrubbed = redactor.scrub(f"POST /somewhere/{spelling} HTTP/1.1")
+    assert scrubbed == f"POST /somewhere/{logs.REDACTED} HTTP/1.1"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1//callbacks/nx-cc/",
+        "//v1/callbacks//nx-cc//",
+        "/V1/CallBacks/nx-cc/",
+        "/v1%2Fcallbacks%2Fnx-cc%2F",
+        "/v1%2fcallbacks/nx-cc%2f",
+    ],
+)
+def test_an_unknown_token_on_a_callback_path_is_redacted_however_the_path_is_spelled(
+    path: str,
+) -> None:
+    first_bytes = scrub_token(f"POST {path}{percent('unknown-token-9876')} HTTP/1.1".encode())
+    assert "unknown" not in first_bytes
+    assert percent("unknown")[:6] not in first_bytes
+    assert first_bytes.endswith(f"{logs.REDACTED} HTTP/1.1")
+
+
+def test_text_without_a_token_is_left_alone() -> None:
+    text = "GET /v1/healthz?a=%61%62 100%"
+    assert logs.Redactor([TOKEN]).scrub(text) == text
