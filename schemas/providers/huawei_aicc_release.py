@@ -207,6 +207,30 @@ def signing_strings(
     return [f"{secret}_{timestamp}_{nonce}_{rendering}" for rendering in ("{" + pairs + "}", pairs)]
 
 
+def refuse_ambiguous(params: Mapping[str, Any]) -> None:
+    """The signed string joins `name=value` with commas, unescaped and with spaces removed,
+    so a value holding `,name=` signs exactly like a body in which `name` is a field of its
+    own: `talkDuration="6,talkingTime=..."` without `talkingTime` signs like the genuine
+    event. A signature that cannot tell two bodies apart proves nothing about the one that
+    differs: such a body is refused, for every name the body could have carried (the
+    document's and its own). So is a name the rendering would change or split (a space,
+    which is removed, or `=`, `,`, braces); no genuine event has one."""
+    names = DOCUMENTED_FIELDS | params.keys()
+    for key, value in params.items():
+        if not key or any(char in key for char in _NOT_IN_A_SIGNED_NAME):
+            raise Unauthenticated(f"signed body has a field name {key[:40]!r} it cannot sign")
+        rendered = _render(value).replace(" ", "")
+        if "," in rendered and "=" in rendered:
+            for name in names:
+                if f",{name}=" in rendered:
+                    raise Unauthenticated(
+                        f"signed body is ambiguous: {key[:40]!r} holds ',{name[:40]}='"
+                    )
+
+
+_NOT_IN_A_SIGNED_NAME = frozenset(" =,{}")
+
+
 def verify_signature(
     params: Mapping[str, Any], mode: str, secret: str, now: float, max_skew: int
 ) -> None:
@@ -221,6 +245,7 @@ def verify_signature(
     seconds = stamp / 1000 if stamp > 100_000_000_000 else stamp  # milliseconds or seconds
     if abs(now - seconds) > max_skew:
         raise Unauthenticated("timestamp is outside the allowed clock skew")
+    refuse_ambiguous(params)
     matched = False
     for text in signing_strings(params, timestamp, nonce, secret):
         matched |= hmac.compare_digest(

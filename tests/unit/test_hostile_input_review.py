@@ -6,6 +6,7 @@ every callback takes in a worker) or the provider's signature check."""
 from __future__ import annotations
 
 import base64
+import random
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -16,9 +17,12 @@ import pytest
 from cdrflow import logs
 from ingress.edge import scrub_token
 from schemas.jsoncodec import dumps, loads
+from schemas.providers import Unauthenticated
+from schemas.providers.huawei_aicc_release import PROVIDER as HUAWEI_PROVIDER
+from schemas.providers.huawei_aicc_release import render_map, sign
 from schemas.record import CallRecord, Ledger, published_body
-from tests.support.samples import Sample
-from tests.unit.test_hostile_input import FORM, T0, one_record, run
+from tests.support.samples import Sample, envelope
+from tests.unit.test_hostile_input import FORM, SOURCES, T0, one_record, run
 
 JSON = "application/json"
 
@@ -318,3 +322,114 @@ def test_an_unknown_token_on_a_callback_path_is_redacted_however_the_path_is_spe
 def test_text_without_a_token_is_left_alone() -> None:
     text = "GET /v1/healthz?a=%61%62 100%"
     assert logs.Redactor([TOKEN]).scrub(text) == text
+
+
+# --- a signed Huawei body that signs like another ---------------------------------------
+
+HUAWEI_EVENT = {
+    "callSerialNo": "sig-1",
+    "caller": "9612",
+    "callerPresent": "9634",
+    "called": "88880067",
+    "talkingTime": "2022/02/22,10:04:30:418",
+    "releaseTime": "2022/02/22,10:04:36:418",
+    "talkDuration": "6",
+    "releaseReason": "0",
+}
+SIGNED_SOURCES = {"hw-sha": "sha-app-secret-42", "hw-hmac": "hmac-app-secret-42"}
+
+
+def signed(source: str, fields: dict[str, Any], now: datetime) -> dict[str, Any]:
+    mode = SOURCES[source].signing
+    return sign(fields, mode, SIGNED_SOURCES[source], now, random.Random(5))
+
+
+def authenticate(source: str, body: bytes, content_type: str, now: datetime) -> int | None:
+    item = envelope(Sample(source, "sig-1", "POST", body, content_type))
+    return HUAWEI_PROVIDER.authenticate(item, {}, SOURCES[source], now.timestamp())
+
+
+def folded(event: dict[str, Any], into: str, name: str, spaced: bool = False) -> dict[str, Any]:
+    """`event` with field `name` folded into the value of `into`: it signs alike."""
+    tampered = dict(event)
+    separator = ", " if spaced else ","
+    tampered[into] = f"{tampered[into]}{separator}{name}={tampered.pop(name)}"
+    return tampered
+
+
+@pytest.mark.parametrize("source", sorted(SIGNED_SOURCES))
+@pytest.mark.parametrize(
+    ("into", "name", "spaced"),
+    [
+        ("talkDuration", "talkingTime", False),  # answered becomes rejected
+        ("caller", "callerPresent", False),
+        ("talkDuration", "talkingTime", True),  # the signed string removes the space
+    ],
+)
+@pytest.mark.parametrize("form", ["json", "form"])
+def test_a_signed_body_with_a_field_folded_into_a_value_is_refused(
+    source: str, into: str, name: str, spaced: bool, form: str
+) -> None:
+    now = datetime.now(UTC)
+    event = signed(source, HUAWEI_EVENT, now)
+    tampered = folded(event, into, name, spaced)
+    encode, content_type = {"json": (dumps, JSON), "form": (form_bytes, FORM)}[form]
+    assert authenticate(source, encode(event), content_type, now) in (None, 0)
+    with pytest.raises(Unauthenticated, match="ambiguous"):
+        authenticate(source, encode(tampered), content_type, now)
+
+
+def form_bytes(fields: dict[str, Any]) -> bytes:
+    return urlencode(fields).encode()
+
+
+@pytest.mark.parametrize("source", sorted(SIGNED_SOURCES))
+def test_a_folded_map_rendering_is_read_and_stored_as_the_genuine_fields(source: str) -> None:
+    # The `{k=v}` text of the folded event is the genuine one's: its deterministic reading
+    # splits at the documented name again, verifies first, and is what the worker stores.
+    now = datetime.now(UTC)
+    tampered = folded(signed(source, HUAWEI_EVENT, now), "talkDuration", "talkingTime")
+    body = render_map(tampered).encode()
+    assert authenticate(source, body, "", now) in (None, 0)
+    (payload,) = HUAWEI_PROVIDER.parse(envelope(Sample(source, "", "POST", body)), SOURCES[source])
+    assert (payload["talkDuration"], payload["talkingTime"]) == ("6", HUAWEI_EVENT["talkingTime"])
+
+
+@pytest.mark.parametrize("source", sorted(SIGNED_SOURCES))
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"callData": "a,callSerialNo=x"},  # a documented name, not in the body's own keys...
+        {"callData": "a,locationId=0"},  # ... nor in the body at all
+        {"callData": "a,custom=1", "custom": "2"},  # a name of the body's own
+        {"callData": "{a=1, caller=2}"},  # nested: the signed string does not see braces
+    ],
+)
+def test_a_signed_value_holding_a_field_boundary_is_refused(
+    source: str, extra: dict[str, str]
+) -> None:
+    now = datetime.now(UTC)
+    event = signed(source, {**HUAWEI_EVENT, **extra}, now)
+    with pytest.raises(Unauthenticated, match="ambiguous"):
+        authenticate(source, dumps(event), JSON, now)
+
+
+@pytest.mark.parametrize("source", sorted(SIGNED_SOURCES))
+@pytest.mark.parametrize("name", ["talk Duration", "a=b", "a,b", "{a", "a}", ""])
+def test_a_signed_body_with_a_name_the_rendering_would_change_is_refused(
+    source: str, name: str
+) -> None:
+    now = datetime.now(UTC)
+    event = signed(source, {**HUAWEI_EVENT, name: "1"}, now)
+    with pytest.raises(Unauthenticated, match="field name"):
+        authenticate(source, dumps(event), JSON, now)
+
+
+@pytest.mark.parametrize("source", sorted(SIGNED_SOURCES))
+@pytest.mark.parametrize("value", ["x, y=1", "a,b", "k=v", "Y:/a,b=c/d.wav", "x,Caller=1"])
+def test_a_signed_value_with_commas_but_no_field_boundary_still_verifies(
+    source: str, value: str
+) -> None:
+    now = datetime.now(UTC)
+    event = signed(source, {**HUAWEI_EVENT, "callData": value}, now)
+    assert authenticate(source, dumps(event), JSON, now) in (None, 0)
