@@ -138,7 +138,7 @@ class HuaweiAiccRelease:
             status = Status.UNKNOWN
         else:  # "xxx: other exceptions occur": any code not in the table is a failure
             status = _REASON_STATUS.get(reason, Status.FAILED)
-        return CallRecord(
+        record = CallRecord(
             source=source.name,
             tenant=source.tenant,
             provider="huawei",
@@ -164,6 +164,7 @@ class HuaweiAiccRelease:
             agent_id=f.text("serviceNo"),
             extra=f.extra(),
         )
+        return f.settled(record)
 
     def simulate(
         self, rng: random.Random, now: datetime, source: Source, external_id: str | None = None

@@ -97,7 +97,7 @@ class NXCloudVoiceDR(UnsignedTextProvider):
         hangup_by, disposition_status = disposition or (None, None)
         cycle = f.integer("cycle", low=1)
         cycles = f.peek_int("size")
-        return CallRecord(
+        record = CallRecord(
             source=source.name,
             tenant=source.tenant,
             provider="nxcloud",
@@ -124,6 +124,7 @@ class NXCloudVoiceDR(UnsignedTextProvider):
             user_data=f.text("ext"),
             extra=f.extra(),
         )
+        return f.settled(record)
 
     def simulate(
         self, rng: random.Random, now: datetime, source: Source, external_id: str | None = None

@@ -21,8 +21,10 @@ from schemas.providers import Unauthenticated
 from schemas.providers.huawei_aicc_release import PROVIDER as HUAWEI_PROVIDER
 from schemas.providers.huawei_aicc_release import render_map, sign
 from schemas.record import CallRecord, Ledger, published_body
+from schemas.sources import parse_sources
 from tests.support.samples import Sample, envelope
-from tests.unit.test_hostile_input import FORM, SOURCES, T0, one_record, run
+from tests.support.sources import SOURCES_TOML, TOKENS
+from tests.unit.test_hostile_input import FORM, REGISTRY, SOURCES, T0, one_record, run
 
 JSON = "application/json"
 
@@ -433,3 +435,87 @@ def test_a_signed_value_with_commas_but_no_field_boundary_still_verifies(
     now = datetime.now(UTC)
     event = signed(source, {**HUAWEI_EVENT, "callData": value}, now)
     assert authenticate(source, dumps(event), JSON, now) in (None, 0)
+
+
+# --- a local time daylight saving repeats or skips --------------------------------------
+
+NEW_YORK = parse_sources(
+    SOURCES_TOML.replace(
+        f'token = "{TOKENS["nx-cc"]}"\ntimezone = "+08:00"',
+        f'token = "{TOKENS["nx-cc"]}"\ntimezone = "America/New_York"',
+    ),
+    origin="tests",
+    environ={},
+    providers=REGISTRY,
+    resolve_secrets=False,
+)
+
+
+def new_york_record(**times: str) -> Any:
+    body = dumps({"callSessionId": "dst-1", **times})
+    return one_record(Sample("nx-cc", "dst-1", "POST", body, JSON), NEW_YORK)
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def test_a_repeated_hour_is_read_so_that_the_call_ends_after_it_starts() -> None:
+    # 01:00-02:00 happens twice on 2023-11-05: 05:00-06:00Z (EDT), then 06:00-07:00Z (EST).
+    record = new_york_record(callStartTime="2023-11-05 01:30:00", callEndTime="2023-11-05 01:10:00")
+    assert record.started_at == utc("2023-11-05 05:30:00")  # the first 01:30 (EDT)
+    assert record.ended_at == utc("2023-11-05 06:10:00")  # the second 01:10 (EST)
+    assert record.extra["time_ambiguous"] == ["callEndTime", "callStartTime"]
+    assert "time_nonexistent" not in record.extra
+
+
+def test_an_answer_inside_a_repeated_hour_is_read_between_start_and_end() -> None:
+    record = new_york_record(
+        callStartTime="2023-11-05 01:50:00",  # in the repeated hour too
+        answerTime="2023-11-05 01:05:00",
+        callEndTime="2023-11-05 02:10:00",  # after the repeat: one reading, EST
+    )
+    assert record.started_at == utc("2023-11-05 05:50:00")
+    assert record.answered_at == utc("2023-11-05 06:05:00")
+    assert record.ended_at == utc("2023-11-05 07:10:00")
+    assert record.started_at <= record.answered_at <= record.ended_at
+    assert record.extra["time_ambiguous"] == ["answerTime", "callStartTime"]
+
+
+def test_ambiguous_times_already_in_order_keep_the_first_reading_and_are_flagged() -> None:
+    record = new_york_record(callStartTime="2023-11-05 01:10:00", callEndTime="2023-11-05 01:30:00")
+    assert (record.started_at, record.ended_at) == (
+        utc("2023-11-05 05:10:00"),
+        utc("2023-11-05 05:30:00"),
+    )
+    assert record.extra["time_ambiguous"] == ["callEndTime", "callStartTime"]
+
+
+def test_a_skipped_hour_is_flagged() -> None:
+    # 02:00-03:00 does not exist on 2023-03-12: the clock goes from 01:59:59 EST to 03:00 EDT.
+    record = new_york_record(callStartTime="2023-03-12 02:30:00", callEndTime="2023-03-12 03:10:00")
+    assert record.extra["time_nonexistent"] == ["callStartTime"]
+    assert "time_ambiguous" not in record.extra
+    assert record.started_at is not None
+    assert record.ended_at is not None
+    assert record.started_at <= record.ended_at
+    assert record.ended_at == utc("2023-03-12 07:10:00")
+
+
+def test_an_order_no_reading_can_keep_keeps_the_first_readings_and_is_flagged() -> None:
+    record = new_york_record(callStartTime="2023-11-05 01:30:00", callEndTime="2023-11-05 00:10:00")
+    assert record.started_at == utc("2023-11-05 05:30:00")
+    assert record.extra["time_ambiguous"] == ["callStartTime"]
+
+
+def test_an_ordinary_time_in_a_zone_with_daylight_saving_is_not_flagged() -> None:
+    record = new_york_record(callStartTime="2023-07-01 01:30:00", callEndTime="2023-07-01 01:40:00")
+    assert record.started_at == utc("2023-07-01 05:30:00")
+    assert "time_ambiguous" not in record.extra
+    assert "time_nonexistent" not in record.extra
+
+
+def test_a_time_with_its_own_offset_is_never_doubtful() -> None:
+    record = new_york_record(callStartTime="2023-11-05T01:30:00-04:00")
+    assert record.started_at == utc("2023-11-05 05:30:00")
+    assert "time_ambiguous" not in record.extra
