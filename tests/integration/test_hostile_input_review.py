@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import random
 import zlib
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 from aio_pika.abc import AbstractChannel
 
@@ -17,10 +19,13 @@ from cdrflow.settings import Settings
 from schemas.jsoncodec import loads
 from schemas.sources import Sources
 from tests.integration.test_edge import exchange, statuses, unroutable
-from tests.support.broker import queue_depth, take_envelopes
+from tests.support.broker import queue_depth, record_tap, take_envelopes
 from tests.support.ingress import IngressClient, ingress_client
-from tests.support.samples import sample
+from tests.support.samples import Sample, envelope, sample
 from tests.support.sources import TOKENS, callback_path
+from tests.support.workers import publish_envelopes, running_worker
+
+JSON = "application/json"
 
 
 @pytest.fixture
@@ -170,3 +175,48 @@ async def test_an_encoded_token_on_a_path_that_does_not_route_is_not_logged(
     assert "[redacted]" in event["first_bytes"]
     for leak in (token, percent(token), percent(token).upper(), percent(token[:8])):
         assert leak not in logged
+
+
+# --- stored as answered: NUL in a multipart part, -0, keys that collide -------------------
+
+
+async def test_what_got_through_is_stored_and_published_as_the_row_says(
+    settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
+) -> None:
+    boundary = "----cdrflowNUL"
+    dr = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="messageid"\r\n\r\nnul-dr\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="phone"\r\n'
+        f"Content-Transfer-Encoding: base64\r\n\r\nODYAMTM4\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="ext"\r\n'
+        f"Content-Transfer-Encoding: quoted-printable\r\n\r\na=00b\r\n"
+        f"--{boundary}--\r\n"
+    ).encode()
+    items = [
+        Sample("nx-dr", "nul-dr", "POST", dr, f"multipart/form-data; boundary={boundary}"),
+        Sample("nx-cc", "zero-cc", "POST", b'{"callSessionId":"zero-cc","cost":"-0"}', JSON),
+        Sample(
+            "nx-voice",
+            "keys-voice",
+            "POST",
+            b'{"voiceId":"keys-voice","x\\u0000":"nul","x\\ufffd":"replacement","rate":-0.0}',
+            JSON,
+        ),
+    ]
+    async with record_tap(channel, settings) as tap:
+        await publish_envelopes(channel, settings, [envelope(item) for item in items])
+        async with running_worker(settings, sources):
+            await tap.wait_for(3)
+    assert await db.fetchval("SELECT count(*) FROM rejected_callbacks") == 0
+    rows = {
+        r["external_id"]: r
+        for r in await db.fetch(
+            "SELECT external_id, callee, user_data, cost::text, rate::text, extra::text"
+            " FROM call_records"
+        )
+    }
+    assert (rows["nul-dr"]["callee"], rows["nul-dr"]["user_data"]) == ("86\ufffd138", "a\ufffdb")
+    assert json.loads(rows["keys-voice"]["extra"]) == {"x\ufffd": "replacement", "x\ufffd~1": "nul"}
+    published = {loads(m.body)["external_id"]: loads(m.body) for m in tap.messages}
+    assert published["zero-cc"]["cost"] == rows["zero-cc"]["cost"] == "0"
+    assert published["keys-voice"]["rate"] == rows["keys-voice"]["rate"] == "0.0"
