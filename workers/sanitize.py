@@ -7,8 +7,8 @@ import re
 from collections.abc import Container
 from typing import Any
 
+from schemas.keys import free_key
 from schemas.providers import Reason, Reject
-from schemas.providers.keys import free_key
 from schemas.record import CallRecord
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -28,7 +28,7 @@ def sanitize(value: Any) -> Any:
 
 def _sanitize_mapping(value: dict[Any, Any]) -> dict[Any, Any]:
     """`sanitize` over keys and values. A key that changes and then equals another key
-    (`x\\x00` beside `x\\ufffd`) takes a suffixed name (`schemas.providers.keys`): both
+    (`x\\x00` beside `x\\ufffd`) takes a suffixed name (`schemas.keys`): both
     values are kept."""
     if not any(isinstance(k, str) and _UNSTORABLE.search(k) for k in value):
         return {k: sanitize(v) for k, v in value.items()}

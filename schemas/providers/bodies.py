@@ -22,9 +22,9 @@ from urllib.parse import unquote_plus
 
 from schemas.envelope import RawEnvelope
 from schemas.jsoncodec import JSONError, loads_exact
+from schemas.keys import put_keeping
 from schemas.providers import map_rendering
 from schemas.providers.errors import Reason, Reject
-from schemas.providers.keys import put_keeping
 from schemas.sources import Source
 
 DEFAULT_CHARSET = "utf-8"
@@ -88,7 +88,7 @@ def parse_json(text: str) -> Any:
 
 def parse_form(text: str, charsets: str | tuple[str, ...] = DEFAULT_CHARSET) -> dict[str, Any]:
     """`a=1&b=2` (form body or query string). A repeated key keeps its last value, and each
-    earlier one under a suffixed name (`schemas.providers.keys`); a field that cannot be
+    earlier one under a suffixed name (`schemas.keys`); a field that cannot be
     decoded is kept undecoded (see the module doc)."""
     tried = (charsets,) if isinstance(charsets, str) else charsets
     for charset in tried:

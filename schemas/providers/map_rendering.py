@@ -21,8 +21,8 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
+from schemas.keys import put_keeping
 from schemas.providers.errors import Reason, Reject
-from schemas.providers.keys import put_keeping
 
 _BOUNDARY = re.compile(r",(\s*)([A-Za-z_][A-Za-z0-9_.]*)(\s*)=")
 _OPENING, _CLOSING = "{[", "}]"

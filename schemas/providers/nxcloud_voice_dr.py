@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from schemas.envelope import RawEnvelope
+from schemas.keys import put_keeping
 from schemas.providers.bodies import (
     body_text,
     charsets_to_try,
@@ -28,7 +29,6 @@ from schemas.providers.bodies import (
 )
 from schemas.providers.errors import Reason, Reject
 from schemas.providers.fields import Fields
-from schemas.providers.keys import put_keeping
 from schemas.providers.protocol import SimulatedCallback, UnsignedTextProvider
 from schemas.record import CallRecord, CallType, Direction, HangupBy, Status
 from schemas.sources import Source

@@ -519,3 +519,29 @@ def test_a_time_with_its_own_offset_is_never_doubtful() -> None:
     record = new_york_record(callStartTime="2023-11-05T01:30:00-04:00")
     assert record.started_at == utc("2023-11-05 05:30:00")
     assert "time_ambiguous" not in record.extra
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"callSessionId":"k-7","remark":"first","remark":"second"}',
+        b'{"callSessionId":"k-7","remark" : "first",\n "remark"\t:"second"}',
+        b'{"callSessionId":"k-7","remark":"first","cost":"1.5","remark":"second"}',  # hooks path
+    ],
+)
+def test_a_json_key_sent_twice_keeps_both_values(body: bytes) -> None:
+    record = one_record(Sample("nx-cc", "k-7", "POST", body, JSON))
+    assert (record.extra["remark"], record.extra["remark~1"]) == ("second", "first")
+
+
+def test_a_json_key_sent_twice_in_a_batch_item_keeps_both_values() -> None:
+    body = b'[{"voiceId":"k-8","x":1,"x":2},{"voiceId":"k-9","y":"a:b","y":"c"}]'
+    result = run(Sample("nx-voice", "k-8", "POST", body, JSON))
+    extras = {d.record.external_id: d.record.extra for d in result.deliveries}
+    assert extras == {"k-8": {"x": 2, "x~1": 1}, "k-9": {"y": "c", "y~1": "a:b"}}
+
+
+def test_colons_in_values_alone_change_nothing() -> None:
+    body = b'{"callSessionId":"k-10","remark":"a\\":b","note":"13:42:30"}'
+    record = one_record(Sample("nx-cc", "k-10", "POST", body, JSON))
+    assert record.extra == {"remark": 'a":b', "note": "13:42:30"}
