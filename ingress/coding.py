@@ -56,6 +56,8 @@ def decode(body: bytes, codings: list[str], limit: int, hold: Hold) -> bytes:
 
 
 def _inflate(data: bytes, coding: str, limit: int) -> bytes:
+    if not data:  # an outer layer held nothing: no stream of this one
+        raise BadCoding(f"empty {coding} stream")
     wbits = _DECODED[coding]
     if coding == "deflate" and data[0] & 0x0F != 8:
         wbits = -zlib.MAX_WBITS  # raw deflate, without the zlib header: as aiohttp reads it

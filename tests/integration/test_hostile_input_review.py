@@ -60,6 +60,7 @@ BROKEN = {
     "inner layer cut": (gzip.compress(COMPRESSED[:-4]), "gzip, gzip"),
     "deflate cut": (zlib.compress(long_report())[:-6], "deflate"),
     "brotli": (b"\x1b\x03\x00\xf8\xa5", "br"),
+    "empty inner layer": (gzip.compress(b""), "deflate, gzip"),
 }
 
 
