@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timezone, tzinfo
 from decimal import Decimal
 from typing import Any, NamedTuple, TypeVar
 
+from schemas.keys import put_keeping
 from schemas.providers.errors import Reason, Reject
 from schemas.providers.values import (
     EMPTY,
@@ -207,7 +208,10 @@ class Fields:
         flags: dict[str, list[str]] = {}
         for key, doubt in sorted(self._doubts.items()):
             flags.setdefault(doubt.kind, []).append(key)
-        changes["extra"] = {**record.extra, **flags}
+        extra = dict(record.extra)
+        for kind, keys in flags.items():
+            put_keeping(extra, kind, keys)  # a provider's own field of that name stays too
+        changes["extra"] = extra
         return dataclasses.replace(record, **changes)
 
     def labels(self, key: str) -> tuple[str, ...]:

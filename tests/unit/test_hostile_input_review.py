@@ -545,3 +545,9 @@ def test_colons_in_values_alone_change_nothing() -> None:
     body = b'{"callSessionId":"k-10","remark":"a\\":b","note":"13:42:30"}'
     record = one_record(Sample("nx-cc", "k-10", "POST", body, JSON))
     assert record.extra == {"remark": 'a":b', "note": "13:42:30"}
+
+
+def test_a_provider_field_named_like_the_flag_is_kept_beside_it() -> None:
+    record = new_york_record(callStartTime="2023-11-05 01:30:00", time_ambiguous="mine")
+    assert record.extra["time_ambiguous"] == ["callStartTime"]
+    assert record.extra["time_ambiguous~1"] == "mine"
