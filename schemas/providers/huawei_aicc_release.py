@@ -15,7 +15,9 @@ as a TreeMap with every space removed; string to sign = appSecret_timestamp_nonc
 signature = Base64(SHA-256(string)) per the prose, or Base64(HMAC-SHA256(appSecret, string))
 per the reference code: `signing = "sha256" | "hmac-sha256"`, per source. Whether the
 rendering keeps the TreeMap braces is not settled by the document: both are accepted.
-`timestamp` may be seconds or milliseconds.
+`timestamp` may be seconds or milliseconds. Nothing in that string is escaped, so a body
+whose value holds `,name=` signs exactly like another body: it is refused
+(`refuse_ambiguous`).
 
 Times are `yyyy/MM/dd,HH:mm:ss:SSS` with no zone: read in the source's zone (default
 UTC+8). The documented example puts a timestamp into `agentTalkDuration`: a duration
