@@ -29,7 +29,7 @@ from ingress.body import TooLarge, read_body
 from ingress.client_address import client_address
 from ingress.coding import BadCoding, codings_of, decode, decodes
 from ingress.drainer import start_drainer
-from ingress.edge import body_error_reason, scrub_token
+from ingress.edge import FIRST_BYTES_LOGGED, body_error_reason, scrub_token
 from ingress.inflight import Hold, InflightBytes, Overloaded
 from ingress.metrics import NO_SOURCE, NOT_FOUND, IngressMetrics
 from ingress.publisher import CoalescingPublisher, NotDurable
@@ -243,11 +243,12 @@ async def handle_unrouted(request: web.Request) -> web.Response:
     provider pointed at a wrong URL shows up in /metrics and the log."""
     ingress = request.app[INGRESS]
     ingress.metrics.unroutable.labels("no_route").inc()
+    line = scrub_token(f"{request.method} {request.raw_path}".encode())
     log.info(
         "request_unroutable",
         reason="no_route",
         client=client_address(request, ingress.settings.trusted_proxies),
-        first_bytes=scrub_token(f"{request.method} {request.raw_path}".encode()),
+        first_bytes=line[:FIRST_BYTES_LOGGED],
     )
     raise web.HTTPNotFound()
 

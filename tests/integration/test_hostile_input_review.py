@@ -221,3 +221,21 @@ async def test_what_got_through_is_stored_and_published_as_the_row_says(
     published = {loads(m.body)["external_id"]: loads(m.body) for m in tap.messages}
     assert published["zero-cc"]["cost"] == rows["zero-cc"]["cost"] == "0"
     assert published["keys-voice"]["rate"] == rows["keys-voice"]["rate"] == "0.0"
+
+
+@pytest.mark.parametrize("refused", [True, False])
+async def test_a_token_that_straddles_the_logged_bytes_is_not_logged_in_part(
+    client: IngressClient, log_output: io.StringIO, refused: bool
+) -> None:
+    # The line is cut to its first 160 characters for the log: a token across the cut
+    # must not leave its first half there.
+    token = TOKENS["nx-cc"]
+    padding = "p" * (160 - len("POST /nowhere/") - len(token) // 2)
+    head = b"Host: x\r\nBad Header: 1\r\n" if refused else b"Host: x\r\n"
+    request = f"POST /nowhere/{padding}{token}/more HTTP/1.1\r\n".encode() + head + b"\r\n"
+    answer = await exchange(client, request)
+    assert statuses(answer) == ([400] if refused else [404])
+    logged = log_output.getvalue()
+    [event] = [e for e in map(loads, logged.splitlines()) if e["event"] == "request_unroutable"]
+    assert event["first_bytes"].startswith(f"POST /nowhere/{padding}")
+    assert token[:6] not in logged
