@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Container
 from typing import Any
 
 from schemas.keys import free_key
@@ -39,19 +38,9 @@ def _sanitize_mapping(value: dict[Any, Any]) -> dict[Any, Any]:
         if key not in unchanged:
             name = sanitize(key)
             if name in unchanged or name in result:
-                name = free_key(name, _Taken(unchanged, result))
+                name = free_key(name, unchanged | result.keys())
         result[name] = sanitize(item)
     return result
-
-
-class _Taken:
-    """Names in use: those kept as they are, and those given so far."""
-
-    def __init__(self, *groups: Container[Any]) -> None:
-        self.groups = groups
-
-    def __contains__(self, name: object) -> bool:
-        return any(name in group for group in self.groups)
 
 
 def sanitize_record(record: CallRecord) -> CallRecord:
