@@ -27,7 +27,7 @@ from cdrflow.logs import REDACTOR, get_logger
 from cdrflow.settings import Settings
 from ingress.body import TooLarge, read_body
 from ingress.client_address import client_address
-from ingress.coding import BadCoding, codings_of, decode, decodes
+from ingress.coding import BadCoding, codings_of, decode, decodes, undo_transfer_codings
 from ingress.drainer import start_drainer
 from ingress.edge import FIRST_BYTES_LOGGED, body_error_reason, scrub_token
 from ingress.inflight import Hold, InflightBytes, Overloaded
@@ -189,8 +189,12 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
 
 
 async def _read_decoded(request: web.Request, settings: Settings, hold: Hold) -> tuple[bytes, bool]:
-    """The body with its Content-Encoding undone (`ingress.coding`), and whether it was."""
+    """The body with its transfer codings and Content-Encoding undone (`ingress.coding`),
+    and whether a Content-Encoding was."""
     body = await read_body(request, settings.max_body_bytes, settings.body_timeout, hold)
+    transfer = request.headers.getall(hdrs.TRANSFER_ENCODING, ())
+    if transfer:
+        body = undo_transfer_codings(body, transfer, settings.max_body_bytes, hold)
     codings = codings_of(request.headers.getall(hdrs.CONTENT_ENCODING, ()))
     if not decodes(codings):
         return body, False

@@ -12,7 +12,12 @@ end where a complete one must (truncated, bad CRC, trailing garbage) is refused:
 - one of them is br or zstd, which the ingress does not decode: refused (400);
 - a coding the ingress does not know (`compress`, or a charset a careless client puts
   there, `UTF-8`): the body is kept as sent and the envelope keeps the header, as for any
-  body that may not parse (the worker keeps it in `rejected_callbacks` if it does not)."""
+  body that may not parse (the worker keeps it in `rejected_callbacks` if it does not).
+
+A `Transfer-Encoding` may list codings before `chunked` (`gzip, chunked`): aiohttp undoes
+the chunking alone and would pass the gzip stream on as the body. Those codings are undone
+first (they were applied last), by the same rules, except that one the ingress does not
+know is refused (400): nothing in the envelope could say the body still carries it."""
 
 from __future__ import annotations
 
@@ -38,6 +43,15 @@ def codings_of(values: Iterable[str]) -> list[str]:
 def decodes(codings: list[str]) -> bool:
     """Whether the ingress undoes these codings (or refuses the body): see the module doc."""
     return bool(codings) and all(c in _DECODED or c in _REFUSED or c == "identity" for c in codings)
+
+
+def undo_transfer_codings(body: bytes, values: Iterable[str], limit: int, hold: Hold) -> bytes:
+    """`body` with the `Transfer-Encoding` codings (`values`) other than chunked undone."""
+    codings = [c for c in codings_of(values) if c != "chunked"]
+    for coding in codings:
+        if coding not in _DECODED and coding != "identity":
+            raise BadCoding(f"transfer-coding {coding[:40]!r} is not decoded here")
+    return decode(body, codings, limit, hold)
 
 
 def decode(body: bytes, codings: list[str], limit: int, hold: Hold) -> bytes:

@@ -239,3 +239,58 @@ async def test_a_token_that_straddles_the_logged_bytes_is_not_logged_in_part(
     [event] = [e for e in map(loads, logged.splitlines()) if e["event"] == "request_unroutable"]
     assert event["first_bytes"].startswith(f"POST /nowhere/{padding}")
     assert token[:6] not in logged
+
+
+def chunked_request(body: bytes, transfer: str, encoding: str = "") -> bytes:
+    content_encoding = f"Content-Encoding: {encoding}\r\n" if encoding else ""
+    return (
+        f"POST {callback_path('nx-cc')} HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Type: application/json\r\n{content_encoding}"
+        f"Transfer-Encoding: {transfer}\r\nConnection: close\r\n\r\n"
+    ).encode() + (f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+
+
+@pytest.mark.parametrize(
+    ("body", "transfer", "encoding"),
+    [
+        (gzip.compress(long_report()), "gzip, chunked", ""),
+        (gzip.compress(long_report()), "GZIP,chunked", ""),
+        (zlib.compress(long_report()), "deflate, chunked", ""),
+        (gzip.compress(gzip.compress(long_report())), "gzip, chunked", "gzip"),
+        (long_report(), "identity, chunked", ""),
+    ],
+)
+async def test_a_transfer_coding_before_chunked_is_undone_too(
+    client: IngressClient,
+    settings: Settings,
+    channel: AbstractChannel,
+    body: bytes,
+    transfer: str,
+    encoding: str,
+) -> None:
+    answer = await exchange(client, chunked_request(body, transfer, encoding))
+    assert statuses(answer) == [200], answer
+    [envelope] = await take_envelopes(channel, settings.raw_queue, count=1)
+    assert envelope.body == long_report()
+    assert "content-encoding" not in envelope.headers
+
+
+@pytest.mark.parametrize(
+    ("body", "transfer"),
+    [
+        (COMPRESSED[: len(COMPRESSED) // 2], "gzip, chunked"),
+        (long_report(), "compress, chunked"),  # the ingress cannot say it is still there
+        (b"\x1b\x03\x00\xf8\xa5", "br, chunked"),
+    ],
+)
+async def test_a_transfer_coding_that_cannot_be_undone_is_refused(
+    client: IngressClient,
+    settings: Settings,
+    channel: AbstractChannel,
+    body: bytes,
+    transfer: str,
+) -> None:
+    answer = await exchange(client, chunked_request(body, transfer))
+    assert statuses(answer) == [400], answer
+    assert unroutable(client, "bad_content_encoding") == 1
+    assert await queue_depth(channel, settings.raw_queue) == 0
