@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hmac
 import random
+import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from functools import partial
@@ -215,22 +216,30 @@ def refuse_ambiguous(params: Mapping[str, Any]) -> None:
     so a value holding `,name=` signs exactly like a body in which `name` is a field of its
     own: `talkDuration="6,talkingTime=..."` without `talkingTime` signs like the genuine
     event. A signature that cannot tell two bodies apart proves nothing about the one that
-    differs: such a body is refused, for every name the body could have carried (the
-    document's and its own). So is a name the rendering would change or split (a space,
-    which is removed, or `=`, `,`, braces); no genuine event has one."""
+    differs: such a body is refused when the name is one the body could have carried (the
+    document's or its own), or any name that sorts between the field holding it and the
+    next field (where a folded field of any name would have been). So is a field name the
+    rendering would change or split (a space, which is removed, or `=`, `,`, braces); no
+    genuine event has one."""
     names = DOCUMENTED_FIELDS | params.keys()
+    signed = sorted(key for key in params if key not in SIGNATURE_FIELDS)
+    following = dict(zip(signed, [*signed[1:], None], strict=True))
     for key, value in params.items():
         if not key or any(char in key for char in _NOT_IN_A_SIGNED_NAME):
             raise Unauthenticated(f"signed body has a field name {key[:40]!r} it cannot sign")
         rendered = _render(value).replace(" ", "")
-        if "," in rendered and "=" in rendered:
-            for name in names:
-                if f",{name}=" in rendered:
-                    raise Unauthenticated(
-                        f"signed body is ambiguous: {key[:40]!r} holds ',{name[:40]}='"
-                    )
+        if "," not in rendered or "=" not in rendered:
+            continue
+        after = following.get(key)
+        for name in _NAMES_IN_VALUE.findall(rendered):
+            if name in names or (key < name and (after is None or name < after)):
+                raise Unauthenticated(
+                    f"signed body is ambiguous: {key[:40]!r} holds ',{name[:40]}='"
+                )
 
 
+# `,name=` inside a value, each one (they may follow one another: `a,b=1,c=2`).
+_NAMES_IN_VALUE = re.compile(r",(?=([^,=]+)=)")
 _NOT_IN_A_SIGNED_NAME = frozenset(" =,{}")
 
 

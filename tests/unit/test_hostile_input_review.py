@@ -551,3 +551,21 @@ def test_a_provider_field_named_like_the_flag_is_kept_beside_it() -> None:
     record = new_york_record(callStartTime="2023-11-05 01:30:00", time_ambiguous="mine")
     assert record.extra["time_ambiguous"] == ["callStartTime"]
     assert record.extra["time_ambiguous~1"] == "mine"
+
+
+@pytest.mark.parametrize("source", sorted(SIGNED_SOURCES))
+@pytest.mark.parametrize(
+    ("into", "name"),
+    [
+        ("caller", "callerA"),  # a field the document does not name, between two it does
+        ("talkingTime", "zz"),  # after the last field
+    ],
+)
+def test_a_signed_body_with_an_undocumented_field_folded_is_refused(
+    source: str, into: str, name: str
+) -> None:
+    now = datetime.now(UTC)
+    event = signed(source, {**HUAWEI_EVENT, name: "x"}, now)
+    assert authenticate(source, dumps(event), JSON, now) in (None, 0)
+    with pytest.raises(Unauthenticated, match="ambiguous"):
+        authenticate(source, dumps(folded(event, into, name)), JSON, now)
