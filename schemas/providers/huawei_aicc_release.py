@@ -5,7 +5,8 @@ rendering, `{key=value, key=value}` with `null` for nulls; JSON and form bodies 
 too. The answer is HTTP 200 `{"retCode":"0","retMsg":"success"}`; any other retCode fails.
 
 The `{k=v}` rendering is ambiguous (a value may hold `, name=` or braces): it is read with
-the document's field names as anchors and balanced braces (`map_rendering`); for a signed
+the document's field names as anchors, balanced braces and, for a body whose keys are
+sorted as the document's example (a TreeMap), the key order (`map_rendering`); for a signed
 source the ingress accepts the first reading whose signature verifies, and the worker,
 which holds no secret, stores the deterministic reading (the first one tried).
 
