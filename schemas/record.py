@@ -152,6 +152,11 @@ class CallRecord:
                 object.__setattr__(self, name, None)
             kept = {name: _as_extra(value) for name, value in misfits.items()}
             object.__setattr__(self, "extra", {**kept, **self.extra})
+        for name in MONEY_COLUMNS:
+            amount = getattr(self, name)
+            if amount is not None and amount.is_zero() and amount.is_signed():
+                # numeric has no negative zero: the row says 0 (0.00), so must every message.
+                object.__setattr__(self, name, amount.copy_abs())
 
     @property
     def record_id(self) -> uuid.UUID:

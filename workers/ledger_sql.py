@@ -100,7 +100,7 @@ WHERE c.source = s.source AND c.external_id = s.external_id
 OUTBOX = """
 INSERT INTO outbox (record_id, revision, routing_key, body)
 SELECT * FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::bytea[])
-RETURNING outbox_id, record_id, revision
+RETURNING outbox_id, slot, record_id, revision
 """
 
 REJECT = """
