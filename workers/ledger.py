@@ -281,14 +281,16 @@ async def _add_to_outbox(connection: Connection, entries: list[OutboxEntry]) -> 
         [e.routing_key for e in entries],
         [e.body for e in entries],
     )
-    ids = {(row["record_id"], row["revision"]): row["outbox_id"] for row in rows}
+    written = {(row["record_id"], row["revision"]): row for row in rows}
     for index, entry in enumerate(entries):
+        row = written[(entry.record_id, entry.revision)]
         entries[index] = OutboxEntry(
-            ids[(entry.record_id, entry.revision)],
+            row["outbox_id"],
             entry.record_id,
             entry.revision,
             entry.routing_key,
             entry.body,
+            row["slot"],
         )
 
 

@@ -108,7 +108,7 @@ WHERE d.ingest_id = u.ingest_id AND d.item = u.item
 OUTBOX = """
 INSERT INTO outbox (record_id, revision, routing_key, body)
 SELECT * FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::bytea[])
-RETURNING outbox_id, record_id, revision
+RETURNING outbox_id, slot, record_id, revision
 """
 
 REJECT = """
