@@ -96,6 +96,7 @@ def record_message(entry: OutboxEntry) -> aio_pika.Message:
         content_type=outgoing.content_type,
         timestamp=datetime.fromtimestamp(outgoing.timestamp, UTC),
         headers=dict(outgoing.headers),
+        type=outgoing.message_type,
     )
 
 

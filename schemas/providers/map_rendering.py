@@ -26,6 +26,7 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
+from schemas.keys import put_keeping
 from schemas.providers.errors import Reason, Reject
 
 _BOUNDARY = re.compile(r",(\s*)([A-Za-z_][A-Za-z0-9_.]*)(\s*)=")
@@ -227,7 +228,7 @@ def _fields(inner: str, cuts: list[int]) -> dict[str, Any]:
         return fields
     for start, end in zip([-1, *cuts], [*cuts, len(inner)], strict=True):
         key, value = _pair(inner[start + 1 : end])
-        fields[key] = None if value == "null" else value
+        put_keeping(fields, key, None if value == "null" else value)
     return fields
 
 

@@ -98,7 +98,7 @@ class NXCloudCallCenterReport(UnsignedTextProvider):
         talk_seconds = f.integer("callDuration")
         sip_code = f.integer("hangupCode", low=100, high=699)
         reason = f.peek_int("hangupReason")
-        return CallRecord(
+        record = CallRecord(
             source=source.name,
             tenant=source.tenant,
             provider="nxcloud",
@@ -130,6 +130,7 @@ class NXCloudCallCenterReport(UnsignedTextProvider):
             labels=f.labels("labels"),
             extra=f.extra(),
         )
+        return f.settled(record)
 
     def simulate(
         self, rng: random.Random, now: datetime, source: Source, external_id: str | None = None
