@@ -332,3 +332,82 @@ async def test_two_reconcilers_on_one_account_never_exceed_its_rate(
     sources = await db.fetch("SELECT DISTINCT source FROM reconciliation_runs ORDER BY source")
     assert [r["source"] for r in sources] == ["books-dr", "books-dr-2"]
     assert 'cdrflow_reconcile_provider_records_total{source="books-dr"}' in metrics
+
+
+async def test_a_window_older_than_the_provider_keeps_is_reported_not_asked_for(
+    books: Books, settings: Settings, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC)
+    since, until = now - timedelta(days=8), now - timedelta(days=7) + timedelta(hours=1)
+    toml = sources_toml(books.fake.url, "books-dr")
+    code, out, err = await reconcile(
+        settings, tmp_path, toml, "--since", since.isoformat(), "--until", until.isoformat()
+    )
+    assert code == 0, out + err
+    runs = await db.fetch(
+        "SELECT status, provider_records FROM reconciliation_runs ORDER BY run_id"
+    )
+    assert [(r["status"], r["provider_records"]) for r in runs] == [
+        ("beyond_horizon", 0),
+        ("ok", 0),
+    ]
+    assert "beyond_horizon" in out
+    assert "older than the provider keeps (7 days)" in out
+    assert books.fake.refusals.horizon == 0  # never asked the provider what it no longer has
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (("--source", "hw"), "source 'hw': no reconciliation (huawei.aicc_release has no"),
+        (("--source", "nope"), "no source 'nope' in"),
+        (("--since", "2026-12-02", "--until", "2026-12-01"), "--since (2026-12-02 00:00:00+00:00)"),
+    ],
+)
+async def test_what_cannot_be_reconciled_is_a_usage_error(
+    books: Books, settings: Settings, tmp_path: Path, args: tuple[str, ...], line: str
+) -> None:
+    toml = sources_toml(books.fake.url, "books-dr") + (
+        '\n[sources.hw]\nprovider = "huawei.aicc_release"\ntoken = "tok-hw-0123456789abc"\n'
+    )
+    code, _, err = await reconcile(settings, tmp_path, toml, *args)
+    assert code == 2
+    assert err.strip().startswith("cdrflow: reconcile: ")
+    assert line in err
+    assert len(err.strip().splitlines()) == 1
+    assert books.fake.answered == 0
+
+
+async def test_a_reconciler_with_nothing_to_reconcile_says_so_and_idles_until_sigterm(
+    settings: Settings, tmp_path: Path
+) -> None:
+    path = tmp_path / "plain.toml"
+    path.write_text(
+        '[sources.hw]\nprovider = "huawei.aicc_release"\ntoken = "tok-hw-0123456789abc"\n'
+    )
+    port = free_port()
+    env = {
+        **settings_env(settings),
+        "CDRFLOW_SOURCES": str(path),
+        "CDRFLOW_RECONCILER_PORT": str(port),
+        "CDRFLOW_LOG_FORMAT": "json",
+    }
+    process = await start_cdrflow(
+        "reconciler", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+
+    async def ready() -> bool:
+        try:
+            url = f"http://127.0.0.1:{port}/readyz"
+            async with aiohttp.ClientSession() as session, session.get(url) as response:
+                return response.status == 200
+        except aiohttp.ClientError:
+            return False
+
+    try:
+        assert await eventually(ready, timeout=15)
+    finally:
+        process.send_signal(signal.SIGTERM)
+    output, _ = await asyncio.wait_for(process.communicate(), 15)
+    assert process.returncode == 0
+    assert '"event":"reconciler_idle"' in output.decode()
