@@ -60,6 +60,12 @@ format: install
 bench: install tools
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
+# `cdrflow reconcile` over a day of 100,000 records in a local NXCloud voice-record query
+# (docs/reconciliation.md): its own time, CPU and peak RSS against the provider's rate.
+.PHONY: bench-reconcile
+bench-reconcile: install
+	$(BIN)/python -m tests.bench.reconcile $(BENCH_ARGS)
+
 # Where one process's CPU goes under the bench's load (py-spy, README "Benchmarks"): a worker
 # draining a backlog, or PROFILE_ARGS=ingress; the collapsed stacks are left in profile.raw.
 profile: install tools
