@@ -94,16 +94,17 @@ async def books() -> AsyncIterator[Books]:
     midnight = (local_now - timedelta(hours=2)).replace(hour=0, minute=0, second=0, microsecond=0)
     hour = timedelta(hours=1)
     pushed = [
-        row(f"{uuid7().hex[:29]}", midnight - 2 * hour, 30),
+        row(f"{uuid7().hex[:29]}", midnight + hour / 2, 30),
         row(f"{uuid7().hex[:29]}", midnight + hour, 0),
-        row(f"{uuid7().hex[:29]}", midnight - hour, 70),  # its books price differs
+        row(f"{uuid7().hex[:29]}", midnight + 1.5 * hour, 70),  # its books price differs
     ]
     never_pushed = [
         row(784522, midnight - 3 * hour + timedelta(minutes=1), 19),  # a numeric messageid
         row(f"{uuid7().hex[:29]}", midnight - timedelta(seconds=10), 20),  # across midnight
         row(f"{uuid7().hex[:29]}", midnight + 2 * hour, 45),
     ]
-    # Page 1 of the group calls holds two calls never pushed (page size 2).
+    # The books list by time: page 1 of the group calls holds two calls never pushed
+    # (page size 2).
     for call in [never_pushed[0], never_pushed[1], pushed[0], pushed[2]]:
         fake.add(0, {**call, "customer_price": 0.05} if call is pushed[2] else call)
     for call in [pushed[1], never_pushed[2]]:
@@ -338,7 +339,7 @@ async def test_a_window_older_than_the_provider_keeps_is_reported_not_asked_for(
     books: Books, settings: Settings, db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     now = datetime.now(UTC)
-    since, until = now - timedelta(days=8), now - timedelta(days=7) + timedelta(hours=1)
+    since, until = now - timedelta(days=7, hours=2), now - timedelta(days=7) + timedelta(hours=1)
     toml = sources_toml(books.fake.url, "books-dr")
     code, out, err = await reconcile(
         settings, tmp_path, toml, "--since", since.isoformat(), "--until", until.isoformat()

@@ -10,16 +10,28 @@ from types import TracebackType
 
 import aiohttp
 import asyncpg
+from tenacity import RetryCallState
 
 from cdrflow.amqp import BrokerLink
+from cdrflow.backoff import is_loud, retry_fields, retrying
+from cdrflow.logs import get_logger
 from cdrflow.settings import Settings
 from schemas.providers import Provider
 from schemas.sources import Source
-from workers.db import create_pool
+from workers.db import create_pool, is_transient
 from workers.reconcile import ledger
 from workers.reconcile.books_client import BooksClient
 from workers.reconcile.metrics import ReconcileMetrics
 from workers.reconcile.passes import SourcePass, WindowOutcome, lock_source
+
+log = get_logger("cdrflow.reconcile")
+
+DATABASE_WAIT_MAX = 30.0
+
+
+def _log_wait(state: RetryCallState) -> None:
+    level = log.warning if is_loud(state) else log.debug
+    level("reconcile_database_unavailable", **retry_fields(state))
 
 
 def reconciled(sources: Mapping[str, Source]) -> dict[str, Source]:
@@ -38,6 +50,7 @@ class Reconciliation:
         dry_run: bool = False,
         name: str = "cdrflow-reconcile",
         pool_size: int = 3,
+        wait_for_database: bool = False,
     ) -> None:
         self.settings = settings
         self.providers = providers
@@ -46,18 +59,14 @@ class Reconciliation:
         self.dry_run = dry_run
         self.name = name
         self.pool_size = pool_size  # a pass holds one connection for its lock, one to work
+        self.wait_for_database = wait_for_database  # a long-running process waits; a command not
         self.pool: asyncpg.Pool | None = None
         self.session: aiohttp.ClientSession | None = None
         self.link: BrokerLink | None = None
         self.client: BooksClient | None = None
 
     async def __aenter__(self) -> Reconciliation:
-        self.pool = await create_pool(self.settings.database_url, self.pool_size, name=self.name)
-        self.session = aiohttp.ClientSession()
-        self.client = BooksClient(self.session, self.pool, self.stopping)
-        if not self.dry_run:
-            self.link = BrokerLink(self.settings.amqp_url, self.settings.topology(), name=self.name)
-            await self.link.start()
+        await self.open()
         return self
 
     async def __aexit__(
@@ -66,6 +75,30 @@ class Reconciliation:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        self.pool = await self._open_pool()
+        self.session = aiohttp.ClientSession()
+        self.client = BooksClient(self.session, self.pool, self.stopping)
+        if not self.dry_run:
+            self.link = BrokerLink(self.settings.amqp_url, self.settings.topology(), name=self.name)
+            await self.link.start()
+
+    async def _open_pool(self) -> asyncpg.Pool:
+        if not self.wait_for_database:
+            return await create_pool(self.settings.database_url, self.pool_size, name=self.name)
+        async for attempt in retrying(
+            stop=self.stopping,
+            max_wait=DATABASE_WAIT_MAX,
+            on_retry=_log_wait,
+            retry_on=is_transient,
+        ):
+            with attempt:
+                return await create_pool(self.settings.database_url, self.pool_size, name=self.name)
+        raise AssertionError("unreachable: tenacity returns or raises")
+
+    async def close(self) -> None:
         if self.link is not None:
             await self.link.close()
         if self.session is not None:

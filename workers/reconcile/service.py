@@ -64,11 +64,20 @@ class Reconciler:
                 self.metrics,
                 name="cdrflow-reconciler",
                 pool_size=2 * len(self.sources) + 1,
+                wait_for_database=True,
             )
-            async with reconciliation:
+            try:
+                await reconciliation.open()
+            except Exception:
+                if self.stopping.is_set():  # stopped while waiting for the database
+                    return
+                raise
+            try:
                 self._reconciliation = reconciliation
                 log.info("reconciler_started", sources=sorted(self.sources))
                 await asyncio.gather(*(self._loop(source) for source in self.sources.values()))
+            finally:
+                await reconciliation.close()
         log.info("reconciler_stopped")
 
     async def _loop(self, source: Source) -> None:
