@@ -187,9 +187,12 @@ class SourcePass:
         return outcome
 
     async def _list(self, window: Window, outcome: WindowOutcome) -> None:
-        seen: set[str] = set()
         for kind in self.reconcile.books.kinds():
             page, listed = 1, 0
+            # A row the provider moves across a page boundary while the pages are read (a
+            # call listed meanwhile) comes twice: the previous page's ids are enough to
+            # count it once, and keep a day of 100,000 ids out of memory.
+            previous: set[str] = set()
             while True:
                 request = self.books.request(
                     self.reconcile.books,
@@ -202,7 +205,7 @@ class SourcePass:
                 )
                 answer = await self.client.page(self.books, self.account, request)
                 listed += len(answer.rows)
-                await self._take(answer.rows, kind, seen, outcome)
+                previous = await self._take(answer.rows, kind, previous, outcome)
                 self.on_rows(len(answer.rows))
                 if not answer.rows or listed >= answer.total:
                     break
@@ -212,17 +215,16 @@ class SourcePass:
         self,
         rows: Sequence[Mapping[str, Any]],
         kind: str,
-        seen: set[str],
+        previous: set[str],
         outcome: WindowOutcome,
-    ) -> None:
-        """Compare one page with what is stored; backfill what is not."""
+    ) -> set[str]:
+        """Compare one page with what is stored; backfill what is not. Returns its ids."""
         listed: dict[str, Backfill] = {}
         for row in rows:
             external_id = self.books.external_id(row)
             if not external_id:
                 log.warning("reconcile_row_without_id", source=self.source.name)
-            elif external_id not in seen:
-                seen.add(external_id)
+            elif external_id not in previous:
                 listed[external_id] = self.books.backfill(row, kind)
         counts = outcome.counts
         counts.provider_records += len(listed)
@@ -243,6 +245,7 @@ class SourcePass:
             await self._send(missing)
             counts.backfilled += len(missing)
             self.metrics.backfilled.labels(self.source.name).inc(len(missing))
+        return set(listed)
 
     def _compare(
         self, stored: Mapping[str, Any], listed: Mapping[str, Backfill]
