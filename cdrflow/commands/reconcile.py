@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -81,7 +82,13 @@ def run_reconcile(settings: Settings, args: argparse.Namespace) -> int:
         return 0
 
     async def start(stopping: asyncio.Event) -> int:
-        return await _reconcile(settings, chosen, args, stopping)
+        import asyncpg
+
+        try:
+            return await _reconcile(settings, chosen, args, stopping)
+        except (OSError, asyncpg.PostgresError) as exc:  # no database: nothing was listed
+            print(f"cdrflow: reconcile: PostgreSQL: {exc}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
 
     return run_until_signalled(start)
 
