@@ -40,10 +40,10 @@ ENVELOPES_PER_MESSAGE = 100
 # by its own clock, a little later than ours, and a long pass takes time.
 HORIZON_MARGIN = timedelta(minutes=10)
 LOCK_POLL_SECONDS = 2.0
-# Added to the provider's interval between two requests: between the reservation of a turn
-# and the request's arrival at the provider lie a scheduler and a network, which may bring
-# one request a little late and the next on time.
-SPACING_MARGIN = 0.05
+# The provider's interval between two requests, stretched by 5% (50 ms at one a second):
+# between the reservation of a turn and the request's arrival at the provider lie a
+# scheduler and a network, which may bring one request a little late and the next on time.
+SPACING_MARGIN = 1.05
 
 
 class BackfillFailed(Exception):
@@ -117,7 +117,7 @@ class SourcePass:
         self.metrics = metrics
         self.dry_run = dry_run
         self.on_rows = on_rows
-        spacing = 1.0 / self.reconcile.requests_per_second + SPACING_MARGIN
+        spacing = SPACING_MARGIN / self.reconcile.requests_per_second
         self.account = Account(self.reconcile.books.account(), spacing)
 
     async def run(
