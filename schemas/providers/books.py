@@ -123,8 +123,9 @@ class Books(Protocol):
     def external_id(self, row: Mapping[str, Any]) -> str:
         """The row's id as text, as the push carries it; "" when it has none."""
 
-    def backfill(self, row: Mapping[str, Any], kind: str) -> Backfill:
-        """The callback the provider would have pushed for this row."""
+    def backfill(self, row: Mapping[str, Any], kind: str, zone: tzinfo) -> Backfill:
+        """The callback the provider would have pushed for this row (of the listing
+        `kind`; its zone-less times are in `zone`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
@@ -39,6 +39,10 @@ VOICE_TYPES = (0, 1)  # group call; verification or notification
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 FORM = "application/x-www-form-urlencoded"
 _ONE_SECOND = timedelta(seconds=1)
+# A DR's and a row's `result` for a connected call, lower-cased, in English or Chinese.
+CONNECTED_RESULTS = frozenset(
+    {"successful connection", "success", "connected", "成功接通", "接通", "成功"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +127,7 @@ class NXCloudVoiceBooks:
     def external_id(self, row: Mapping[str, Any]) -> str:
         return _text(row.get("messageid"))
 
-    def backfill(self, row: Mapping[str, Any], kind: str) -> Backfill:
+    def backfill(self, row: Mapping[str, Any], kind: str, zone: tzinfo) -> Backfill:
         fields = {key: _text(value) for key, value in row.items() if value is not None}
         if "duration" not in fields and "second" in fields:
             fields["duration"] = fields["second"]
@@ -168,3 +172,77 @@ def _message(document: Mapping[str, Any]) -> str:
 
 
 BOOKS = NXCloudVoiceBooks()
+
+
+class NXCloudVoiceReportBooks(NXCloudVoiceBooks):
+    """The same books for a voice-report source, on one condition the source states: NXCloud
+    does not say that a report's `voiceId` is the record's `messageid`, so a reconcile table
+    of a voice-report source must set `same_ids_as_dr = true`, which its operator sets only
+    after seeing the two match. A wrong `true` would backfill every report a second time
+    under another id.
+
+    A row becomes the report NXCloud would have pushed: `voiceId` the row's `messageid`,
+    `type` 1 (group call) or 2 (verification code) after the listing, millisecond epochs of
+    the row's zone-less times (`time` submitted, `start_time` called, `end_time` hung up),
+    and for a connected call an `answerTime` its `second` before the hang-up: a report's
+    answer time, which a row does not carry, is what makes the record answered. No `cost`:
+    a row has none."""
+
+    def configure(self, settings: SourceSettings) -> VoiceBooksConfig:
+        if settings.value("same_ids_as_dr") is not True:
+            raise settings.fail(
+                "same_ids_as_dr",
+                "must be true: NXCloud does not document that a voice report's voiceId is the"
+                " voice record's messageid; set it only once you have seen them match",
+            )
+        return super().configure(settings)
+
+    def backfill(self, row: Mapping[str, Any], kind: str, zone: tzinfo) -> Backfill:
+        message_id = self.external_id(row)
+        report: dict[str, Any] = {"voiceId": message_id, "type": _REPORT_TYPES.get(kind, 1)}
+        for field_name, value in (
+            ("callee", row.get("phone")),
+            ("displayNum", row.get("show_phone")),
+            ("code", row.get("countryCode")),
+            ("rate", row.get("customer_price")),
+            ("baseCost", row.get("basic_price")),
+            ("feedbackValue", row.get("ivr_result")),
+        ):
+            if value is not None:
+                report[field_name] = _text(value)
+        for field_name, source_field in _REPORT_TIMES:
+            moment = _epoch_millis(row.get(source_field), zone)
+            if moment is not None:
+                report[field_name] = moment
+        second, cycle, size = (_integer(_text(row.get(k))) for k in ("second", "cycle", "size"))
+        if second is not None:
+            report["callDuration"] = second
+        if cycle is not None and size is not None:
+            report["chargedDuration"] = cycle * size
+            report["billPeriod"] = f"{cycle}+{cycle}"
+        if second and "hangupTime" in report and _connected(row):
+            report["answerTime"] = report["hangupTime"] - second * 1000
+        body = json.dumps(report, ensure_ascii=False).encode()
+        return Backfill(message_id, "POST", "application/json;charset=UTF-8", body)
+
+
+_REPORT_TYPES = {"0": 1, "1": 2}  # voiceType: group call; verification code
+_REPORT_TIMES = (("submitTime", "time"), ("callTime", "start_time"), ("hangupTime", "end_time"))
+_CONNECTED = frozenset(
+    {"successful connection", "success", "connected", "成功接通", "接通", "成功"}
+)
+
+
+def _connected(row: Mapping[str, Any]) -> bool:
+    return _text(row.get("result")).lower() in _CONNECTED
+
+
+def _epoch_millis(value: Any, zone: tzinfo) -> int | None:
+    try:
+        local = datetime.strptime(_text(value), TIME_FORMAT)
+    except ValueError:
+        return None
+    return int(local.replace(tzinfo=zone).timestamp() * 1000)
+
+
+REPORT_BOOKS = NXCloudVoiceReportBooks()

@@ -30,16 +30,14 @@ from schemas.providers.bodies import (
 )
 from schemas.providers.errors import Reason, Reject
 from schemas.providers.fields import Fields
-from schemas.providers.nxcloud_voice_books import BOOKS
+from schemas.providers.nxcloud_voice_books import BOOKS, CONNECTED_RESULTS
 from schemas.providers.protocol import SimulatedCallback, UnsignedTextProvider
 from schemas.record import CallRecord, CallType, Direction, HangupBy, Status
 from schemas.sources import Source
 
 TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S")
 _CALL_TYPES = {0: CallType.GROUP_CALL, 1: CallType.NOTIFICATION}
-_CONNECTED = frozenset(
-    {"successful connection", "success", "connected", "成功接通", "接通", "成功"}
-)
+_CONNECTED = CONNECTED_RESULTS
 _NOT_CONNECTED = frozenset({"unsuccessful connection", "failed", "failure", "未接通", "失败"})
 # FreeSWITCH hangup causes (and their Q.850 numbers) that say why a call did not connect.
 _CAUSE_STATUS = {

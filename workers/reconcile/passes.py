@@ -228,7 +228,7 @@ class SourcePass:
             if not external_id:
                 log.warning("reconcile_row_without_id", source=self.source.name)
             elif external_id not in previous:
-                listed[external_id] = self.books.backfill(row, kind)
+                listed[external_id] = self.books.backfill(row, kind, self.source.timezone)
         counts = outcome.counts
         counts.provider_records += len(listed)
         async with self.pool.acquire() as connection:

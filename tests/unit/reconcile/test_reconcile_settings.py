@@ -114,13 +114,19 @@ def test_a_wrong_reconcile_table_is_one_line_naming_source_and_field(
     assert "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize(
-    "provider", ["huawei.aicc_release", "nxcloud.call_center_report", "nxcloud.voice_report"]
-)
+@pytest.mark.parametrize("provider", ["huawei.aicc_release", "nxcloud.call_center_report"])
 def test_a_provider_without_books_refuses_a_reconcile_table(provider: str) -> None:
     text = SPEC_EXAMPLE.replace("nxcloud.voice_dr", provider)
     with pytest.raises(SourcesError, match=rf"field 'reconcile': provider {provider} has no books"):
         parse(text)
+
+
+def test_a_voice_report_source_is_reconciled_only_when_it_states_its_ids_are_the_drs() -> None:
+    text = SPEC_EXAMPLE.replace("nxcloud.voice_dr", "nxcloud.voice_report")
+    with pytest.raises(SourcesError, match=r"field 'reconcile.same_ids_as_dr': must be true"):
+        parse(text)
+    stated = text.replace("page_size = 100", "page_size = 100\nsame_ids_as_dr = true")
+    assert parse(stated)["nx-dr"].reconcile is not None
 
 
 def test_check_says_how_each_source_is_reconciled() -> None:

@@ -14,7 +14,7 @@ import pytest
 from schemas.envelope import BACKFILL, RawEnvelope, uuid7
 from schemas.providers import default_registry
 from schemas.providers.books import BooksRefused, Window
-from schemas.providers.nxcloud_voice_books import BOOKS, VoiceBooksConfig
+from schemas.providers.nxcloud_voice_books import BOOKS, REPORT_BOOKS, VoiceBooksConfig
 from schemas.record import CallRecord, CallType, Status
 from schemas.sources import Source, parse_zone
 from tests.support.sources import load_test_sources
@@ -42,7 +42,7 @@ def dr_source() -> Source:
 
 
 def read_back(row: dict[str, Any], kind: str = "0") -> tuple[dict[str, str], CallRecord]:
-    backfill = BOOKS.backfill(row, kind)
+    backfill = BOOKS.backfill(row, kind, parse_zone("+08:00"))
     envelope = RawEnvelope(
         uuid7(), "nx-dr", "globex", "nxcloud.voice_dr", datetime.now(UTC), backfill.method,
         "/v1/callbacks/nx-dr", "", backfill.content_type, backfill.body, origin=BACKFILL,
@@ -168,3 +168,27 @@ def test_an_unconnected_row_is_not_answered() -> None:
     _, record = read_back(row)
     assert record.status is not Status.ANSWERED
     assert record.billed_seconds == 0
+
+
+def test_a_row_reads_as_the_voice_report_it_stands_for_where_the_ids_are_the_same() -> None:
+    row = json.loads(GROUP_CALL_ROW, parse_float=Decimal)
+    backfill = REPORT_BOOKS.backfill(row, "0", parse_zone("+08:00"))
+    source = load_test_sources()["nx-voice"]
+    report_provider = default_registry()["nxcloud.voice_report"]
+    envelope = RawEnvelope(
+        uuid7(), "nx-voice", "acme", "nxcloud.voice_report", datetime.now(UTC), "POST",
+        "/v1/callbacks/nx-voice", "", backfill.content_type, backfill.body, origin=BACKFILL,
+    )  # fmt: skip
+    [payload] = report_provider.parse(envelope, source)
+    record = report_provider.normalize(payload, source)
+    assert record.external_id == backfill.external_id == "784522"
+    assert record.call_type is CallType.GROUP_CALL
+    assert record.status is Status.ANSWERED
+    assert record.talk_seconds == 19
+    assert record.billed_seconds == 20
+    assert record.rate == Decimal("0.05")
+    assert record.base_cost == Decimal("0.005")
+    assert record.cost is None  # a row has no cost
+    assert record.started_at == datetime(2019, 9, 9, 1, 0, 1, tzinfo=UTC)  # +08:00
+    assert record.ended_at == datetime(2019, 9, 9, 1, 0, 20, tzinfo=UTC)
+    assert record.answered_at == datetime(2019, 9, 9, 1, 0, 1, tzinfo=UTC)  # 19 s before the end
