@@ -412,3 +412,24 @@ async def test_a_reconciler_with_nothing_to_reconcile_says_so_and_idles_until_si
     output, _ = await asyncio.wait_for(process.communicate(), 15)
     assert process.returncode == 0
     assert '"event":"reconciler_idle"' in output.decode()
+
+
+async def test_a_voice_report_source_that_states_its_ids_are_the_drs_is_backfilled_as_reports(
+    books: Books, settings: Settings, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    toml = sources_toml(books.fake.url, "books-dr", same_ids_as_dr="true").replace(
+        "nxcloud.voice_dr", "nxcloud.voice_report"
+    )
+    async with running_worker(settings, parse(toml)):
+        code, out, err = await reconcile(settings, tmp_path, toml, *bounds(books))
+        assert code == 0, out + err
+        assert await eventually(lambda: count_is(db, 6))
+    records = await stored(db)
+    numeric = records["784522"]
+    assert numeric["event"] == "voice_report"
+    assert numeric["status"] == "answered"
+    assert numeric["talk_seconds"] == 19
+    assert numeric["ended_at"] - numeric["started_at"] == timedelta(seconds=24)
+    unanswered = records[str(books.pushed[1]["messageid"])]
+    assert unanswered["status"] != "answered"
+    assert unanswered["call_type"] == "verification"
