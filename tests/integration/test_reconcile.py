@@ -333,6 +333,10 @@ async def test_two_reconcilers_on_one_account_never_exceed_its_rate(
     sources = await db.fetch("SELECT DISTINCT source FROM reconciliation_runs ORDER BY source")
     assert [r["source"] for r in sources] == ["books-dr", "books-dr-2"]
     assert 'cdrflow_reconcile_provider_records_total{source="books-dr"}' in metrics
+    # SIGTERM stopped them between two requests: a window in hand is recorded, never left
+    # running (it stays due as failed when it was not listed whole).
+    statuses = await db.fetch("SELECT DISTINCT status FROM reconciliation_runs")
+    assert {r["status"] for r in statuses} <= {"ok", "failed"}
 
 
 async def test_a_window_older_than_the_provider_keeps_is_reported_not_asked_for(
