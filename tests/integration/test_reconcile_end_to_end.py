@@ -1,14 +1,10 @@
 """Completeness end to end: the ingress is down while NXCloud pushes N voice DRs into the
 void (NXCloud pushes a DR once); `cdrflow reconcile` finds them in the provider's books and
 they are stored and published as backfills; a second pass changes nothing; a late push of
-one of them becomes its revision 2, a push again.
-
-It needs the ledger's origin rules (a record's `origin`, stored and published); until those
-are in the tree the test says so and is skipped."""
+one of them becomes its revision 2, a push again."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +16,6 @@ import pytest
 from aio_pika.abc import AbstractChannel
 
 from cdrflow.settings import Settings
-from schemas.record import CallRecord
 from tests.integration.test_reconcile import (
     BOOKS_ENV,
     ZONE,
@@ -35,13 +30,7 @@ from tests.support.processes import free_port, ingress_process
 from tests.support.waiting import eventually
 from tests.support.workers import running_worker
 
-pytestmark = [
-    pytest.mark.timeout(120),
-    pytest.mark.skipif(
-        "origin" not in {f.name for f in dataclasses.fields(CallRecord)},
-        reason="needs the ledger's origin rules (CallRecord.origin, stored and published)",
-    ),
-]
+pytestmark = pytest.mark.timeout(120)
 
 N = 5
 TOKEN = "tok-books-dr-0123456789abcdef"
