@@ -24,14 +24,16 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
-# Migrate, then run the ingress and WORKERS workers (two: what a 2-core host with RabbitMQ
-# and PostgreSQL beside it does best, README "Operate and scale") until Ctrl-C; all stop
-# gracefully.
+# Migrate, then run the ingress, WORKERS workers (two: what a 2-core host with RabbitMQ
+# and PostgreSQL beside it does best, README "Operate and scale") and the reconciler until
+# Ctrl-C; all stop gracefully. The reconciler reconciles the sources that have a reconcile
+# table (docs/reconciliation.md); with none, as in deploy/sources.dev.toml, it says so and idles.
 WORKERS ?= 2
 run: install
 	$(BIN)/cdrflow migrate
 	@pids=; trap 'kill -TERM $$pids 2>/dev/null; wait' INT TERM EXIT; \
 	for _ in $$(seq $(WORKERS)); do $(BIN)/cdrflow worker & pids="$$pids $$!"; done; \
+	$(BIN)/cdrflow reconciler & pids="$$pids $$!"; \
 	$(BIN)/cdrflow ingress --host $(HOST) --port $(PORT) & pids="$$pids $$!"; \
 	wait
 
@@ -57,6 +59,12 @@ format: install
 # Benchmarks): 8 to 13 minutes; BENCH_ARGS=--full adds a 1,000,000-message backlog (12 to 20).
 bench: install tools
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
+
+# `cdrflow reconcile` over a day of 100,000 records in a local NXCloud voice-record query
+# (docs/reconciliation.md): its own time, CPU and peak RSS against the provider's rate.
+.PHONY: bench-reconcile
+bench-reconcile: install
+	$(BIN)/python -m tests.bench.reconcile $(BENCH_ARGS)
 
 # Where one process's CPU goes under the bench's load (py-spy, README "Benchmarks"): a worker
 # draining a backlog, or PROFILE_ARGS=ingress; the collapsed stacks are left in profile.raw.
