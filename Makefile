@@ -24,17 +24,20 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
-# Migrate, then run the ingress and WORKERS workers (two: what a 2-core host with RabbitMQ
-# and PostgreSQL beside it does best, docs/operations.md "Scaling") until Ctrl-C; all stop
-# gracefully. A process that fails (a wrong sources file, a port in use) stops the others
-# and `make run` with its exit status; each exits 0 only when told to stop (130, 143: by
-# Ctrl-C or SIGTERM, as is `make run` itself). bash: `wait -n`.
+# Migrate, then run the ingress, WORKERS workers (two: what a 2-core host with RabbitMQ
+# and PostgreSQL beside it does best, docs/operations.md "Scaling") and the reconciler until
+# Ctrl-C; all stop gracefully. The reconciler reconciles the sources that have a reconcile
+# table (docs/reconciliation.md); with none, as in deploy/sources.dev.toml, it says so and
+# idles. A process that fails (a wrong sources file, a port in use) stops the others and
+# `make run` with its exit status; each exits 0 only when told to stop (130, 143: by Ctrl-C
+# or SIGTERM, as is `make run` itself). bash: `wait -n`.
 WORKERS ?= 2
 run: SHELL := /bin/bash
 run: install
 	$(BIN)/cdrflow migrate
 	@pids=; trap 'kill -TERM $$pids 2>/dev/null; wait' INT TERM; \
 	for _ in $$(seq $(WORKERS)); do $(BIN)/cdrflow worker & pids="$$pids $$!"; done; \
+	$(BIN)/cdrflow reconciler & pids="$$pids $$!"; \
 	$(BIN)/cdrflow ingress --host $(HOST) --port $(PORT) & pids="$$pids $$!"; \
 	wait -n; status=$$?; kill -TERM $$pids 2>/dev/null; wait; \
 	if [ $$status -ne 0 ] && [ $$status -ne 130 ] && [ $$status -ne 143 ]; then \
@@ -63,6 +66,12 @@ format: install
 # 8 to 13 minutes; BENCH_ARGS=--full adds a 1,000,000-message backlog (12 to 20).
 bench: install tools
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
+
+# `cdrflow reconcile` over a day of 100,000 records in a local NXCloud voice-record query
+# (docs/reconciliation.md): its own time, CPU and peak RSS against the provider's rate.
+.PHONY: bench-reconcile
+bench-reconcile: install
+	$(BIN)/python -m tests.bench.reconcile $(BENCH_ARGS)
 
 # Where one process's CPU goes under the bench's load (py-spy, docs/benchmarks.md): a worker
 # draining a backlog, or PROFILE_ARGS=ingress; the collapsed stacks are left in profile.raw.

@@ -80,6 +80,9 @@ class Settings:
     delivery_retention_days: int = 35
     worker_port: int = 0  # /healthz, /readyz, /metrics of a worker; 0: not served
 
+    # Reconciler (`cdrflow reconciler`).
+    reconciler_port: int = 0  # its /healthz, /readyz, /metrics; 0: not served
+
     log_level: str = "info"
     log_format: str = "auto"  # auto: console on a terminal, JSON otherwise
 
@@ -198,6 +201,7 @@ RULES: dict[str, Check] = {
     "outbox_interval_seconds": above(0),
     "delivery_retention_days": at_least(1),
     "worker_port": between(0, 65535),
+    "reconciler_port": between(0, 65535),
     "log_level": one_of(*LOG_LEVELS, ignore_case=True),
     "log_format": one_of(*LOG_FORMATS),
 }
@@ -251,6 +255,7 @@ def load_sources(
     registry: Registry | None = None,
     environ: Mapping[str, str] | None = None,
     resolve_secrets: bool = True,
+    reconcile_secrets: bool = False,
 ) -> Sources:
     if not settings.sources:
         raise SourcesError("CDRFLOW_SOURCES is not set: it names the sources TOML file")
@@ -265,4 +270,5 @@ def load_sources(
         environ=os.environ if environ is None else environ,
         providers=registry or default_registry(),
         resolve_secrets=resolve_secrets,
+        reconcile_secrets=reconcile_secrets,
     )

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 if TYPE_CHECKING:
+    from schemas.providers.books import ReconcileSettings
     from schemas.providers.protocol import Provider, ProviderConfig
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -31,7 +32,17 @@ _OFFSET = re.compile(r"([+-])(\d{2}):?(\d{2})")
 _CURRENCY = re.compile(r"[A-Z]{3}")  # ISO 4217
 # Every source has these; any other key is its provider's to read (`Provider.configure`).
 COMMON_KEYS = frozenset(
-    {"provider", "tenant", "token", "token_env", "timezone", "allow_cidrs", "charset", "currency"}
+    {
+        "provider",
+        "tenant",
+        "token",
+        "token_env",
+        "timezone",
+        "allow_cidrs",
+        "charset",
+        "currency",
+        "reconcile",
+    }
 )
 
 
@@ -72,6 +83,9 @@ class Source:
     # The currency of every money column of this source's records; None: the provider's
     # rule (USD, or EUR for an NXCloud voice report with `costEur` and no `cost`).
     currency: str | None = None
+    # How the source is reconciled with its provider's books (`schemas.providers.books`);
+    # None: it is not (no `reconcile` table, or a provider without books).
+    reconcile: ReconcileSettings | None = field(default=None, repr=False)
 
     @property
     def signing(self) -> str:
@@ -109,7 +123,13 @@ class Sources(Mapping[str, Source]):
     def secrets(self) -> list[str]:
         """Every token and signing secret, for log redaction."""
         found = [s.token for s in self._sources.values() if s.token]
-        return found + [secret for s in self._sources.values() for secret in s.config.secrets()]
+        found += [secret for s in self._sources.values() for secret in s.config.secrets()]
+        return found + [
+            secret
+            for s in self._sources.values()
+            if s.reconcile is not None
+            for secret in s.reconcile.secrets()
+        ]
 
 
 def parse_sources(
@@ -119,9 +139,11 @@ def parse_sources(
     environ: Mapping[str, str],
     providers: Mapping[str, Provider],
     resolve_secrets: bool = True,
+    reconcile_secrets: bool = False,
 ) -> Sources:
     """Parse and check a sources document. With `resolve_secrets=False` (workers, which
-    never authenticate anything) tokens and secrets are not looked up."""
+    never authenticate anything) tokens and secrets are not looked up; the credentials of
+    the providers' books only with `reconcile_secrets` (the processes that reconcile)."""
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -142,7 +164,9 @@ def parse_sources(
             raise SourcesError(f"{where}: name must be letters, digits, '-' or '_' (a URL slug)")
         if not isinstance(entry, dict):
             raise SourcesError(f"{where}: must be a table")
-        parsed[name] = _parse_source(name, entry, where, environ, providers, resolve_secrets)
+        parsed[name] = _parse_source(
+            name, entry, where, environ, providers, (resolve_secrets, reconcile_secrets)
+        )
     return Sources(parsed, origin)
 
 
@@ -152,17 +176,38 @@ class SourceSettings:
     A problem is raised as `fail(key, problem)`: one line naming source and field."""
 
     def __init__(
-        self, provider: str, entry: dict[str, Any], where: str, environ: Mapping[str, str]
+        self,
+        provider: str,
+        entry: dict[str, Any],
+        where: str,
+        environ: Mapping[str, str],
+        *,
+        table: str = "",
+        common: frozenset[str] = COMMON_KEYS,
     ) -> None:
         self.provider = provider
         self._entry = entry
         self._where = where
         self._environ = environ
+        self._table = table  # a sub-table's name ("reconcile"), prefixed to its fields
         self.resolve_secrets = True
-        self._read = set(COMMON_KEYS)
+        self._read = set(common)
 
     def fail(self, key: str, problem: str) -> SourcesError:
-        return SourcesError(f"{self._where}: field {key!r}: {problem}")
+        name = f"{self._table}.{key}" if self._table else key
+        return SourcesError(f"{self._where}: field {name!r}: {problem}")
+
+    def table(self, key: str, common: frozenset[str]) -> SourceSettings | None:
+        """A sub-table (`[sources.NAME.key]`) read like the entry: one-line errors naming
+        `key.field`; `common` are the keys its reader takes besides its provider's."""
+        value = self.value(key)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise self.fail(key, "must be a table")
+        return SourceSettings(
+            self.provider, value, self._where, self._environ, table=key, common=common
+        )
 
     def has(self, key: str) -> bool:
         return key in self._entry
@@ -224,10 +269,10 @@ def _parse_source(
     where: str,
     environ: Mapping[str, str],
     providers: Mapping[str, Provider],
-    resolve_secrets: bool,
+    secrets: tuple[bool, bool],
 ) -> Source:
     settings = SourceSettings(str(entry.get("provider", "")), entry, where, environ)
-    settings.resolve_secrets = resolve_secrets
+    settings.resolve_secrets = secrets[0]
     provider = _provider(settings, providers)
     tenant = _tenant(settings)
     zone_name = settings.string("timezone") or provider.default_timezone
@@ -239,6 +284,7 @@ def _parse_source(
     config = provider.configure(settings)
     networks = _networks(settings)
     charset, currency = _charset(settings), _currency(settings)
+    reconcile = _reconcile(settings, provider, resolve_secrets=secrets[1])
     settings.refuse_unread()
     return Source(
         name=name,
@@ -251,7 +297,28 @@ def _parse_source(
         allow_cidrs=networks,
         charset=charset,
         currency=currency,
+        reconcile=reconcile,
     )
+
+
+def _reconcile(
+    settings: SourceSettings, provider: Provider, *, resolve_secrets: bool
+) -> ReconcileSettings | None:
+    from schemas.providers.books import COMMON_RECONCILE_KEYS, read_reconcile
+
+    table = settings.table("reconcile", COMMON_RECONCILE_KEYS)
+    if table is None:
+        return None
+    books = getattr(provider, "books", None)
+    if books is None:
+        raise settings.fail(
+            "reconcile",
+            f"provider {provider.name} has no books to reconcile with (docs/reconciliation.md)",
+        )
+    table.resolve_secrets = resolve_secrets
+    reconcile = read_reconcile(table, books)
+    table.refuse_unread()
+    return reconcile
 
 
 def _charset(settings: SourceSettings) -> str | None:

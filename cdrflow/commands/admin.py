@@ -42,13 +42,15 @@ def run_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_check(settings: Settings, args: argparse.Namespace) -> int:
+    from cdrflow.commands.reconcile import reconciliation_state
     from cdrflow.services import check_services
 
-    sources = sources_of(settings)
+    sources = sources_of(settings, books=True)
     for name, source in sources.items():
         print(
             f"{name}: {source.provider} tenant={source.tenant}"
             f" timezone={source.timezone_name} signing={source.signing}"
+            f"; {reconciliation_state(source)}"
         )
     answers = asyncio.run(check_services(settings))
     for answer in answers:

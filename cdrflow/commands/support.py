@@ -22,9 +22,10 @@ EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 1  # `check`: the broker or the database did not answer
 
 
-def sources_of(settings: Settings, *, secrets: bool = True) -> Sources:
-    """The sources file; its secrets never reach a log line."""
-    sources = load_sources(settings, resolve_secrets=secrets)
+def sources_of(settings: Settings, *, secrets: bool = True, books: bool = False) -> Sources:
+    """The sources file; its secrets never reach a log line. With `books`, the credentials
+    of the providers' books too (only the processes that reconcile need them)."""
+    sources = load_sources(settings, resolve_secrets=secrets, reconcile_secrets=books)
     logs.REDACTOR.add(sources.secrets())
     return sources
 

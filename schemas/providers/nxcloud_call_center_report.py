@@ -4,7 +4,13 @@ The platform pushes again every 30 minutes, up to 3 times, when it thinks a push
 so re-pushes of the same `callSessionId` are normal (the ledger counts them).
 Times are `yyyy-MM-dd HH:mm:ss` with no zone: read in the source's zone (default UTC+8,
 which the sample ids suggest); the original strings stay in `raw`.
-`agentAccount`, `baseCost` and `cost` are missing from some copies of the document."""
+`agentAccount`, `baseCost` and `cost` are missing from some copies of the document.
+
+No books: NXCloud's call-record query (`cdr/page`) lists rows by `callId`, which the push
+sets only for calls made through the calling API, and no documented field of a row or of
+the query matches the push's unique `callSessionId`. Reconciling on a guessed key could
+backfill calls that were pushed (as new records) or miss calls that were not, so a
+call-center source has no `reconcile` table until a key is documented."""
 
 from __future__ import annotations
 

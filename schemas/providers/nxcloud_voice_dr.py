@@ -7,7 +7,9 @@ The platform pushes a DR **once**: the ingress answers `success` only when it is
 `error` otherwise.
 `result` comes in English or Chinese; `hangup_cause` is a FreeSWITCH cause name (or its
 Q.850 number); `start_time`/`end_time` are zone-less, read in the source's zone.
-`voice_type` 1 is "verification/notification": recorded as `notification`."""
+`voice_type` 1 is "verification/notification": recorded as `notification`.
+Its books are NXCloud's voice-record query (`nxcloud_voice_books`): a source with a
+`reconcile` table is reconciled with them."""
 
 from __future__ import annotations
 
@@ -29,15 +31,14 @@ from schemas.providers.bodies import (
 )
 from schemas.providers.errors import Reason, Reject
 from schemas.providers.fields import Fields
+from schemas.providers.nxcloud_voice_books import BOOKS, CONNECTED_RESULTS
 from schemas.providers.protocol import SimulatedCallback, UnsignedTextProvider
 from schemas.record import CallRecord, CallType, Direction, HangupBy, Status
 from schemas.sources import Source
 
 TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S")
 _CALL_TYPES = {0: CallType.GROUP_CALL, 1: CallType.NOTIFICATION}
-_CONNECTED = frozenset(
-    {"successful connection", "success", "connected", "成功接通", "接通", "成功"}
-)
+_CONNECTED = CONNECTED_RESULTS
 _NOT_CONNECTED = frozenset({"unsuccessful connection", "failed", "failure", "未接通", "失败"})
 # FreeSWITCH hangup causes (and their Q.850 numbers) that say why a call did not connect.
 _CAUSE_STATUS = {
@@ -79,6 +80,7 @@ class NXCloudVoiceDR(UnsignedTextProvider):
     name = "nxcloud.voice_dr"
     methods = frozenset({"POST", "GET"})
     default_timezone = "+08:00"
+    books = BOOKS  # NXCloud's voice-record query lists the calls behind the DRs
 
     def parse(self, envelope: RawEnvelope, source: Source) -> list[Any]:
         charsets = charsets_to_try(envelope, source)

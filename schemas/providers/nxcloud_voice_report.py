@@ -25,6 +25,7 @@ from schemas.providers.bodies import json_body
 from schemas.providers.call_status import is_connected, status_from_sip
 from schemas.providers.errors import Reason, Reject
 from schemas.providers.fields import Fields
+from schemas.providers.nxcloud_voice_books import REPORT_BOOKS
 from schemas.providers.protocol import (
     SimulatedCallback,
     UnsignedTextProvider,
@@ -81,6 +82,9 @@ class NXCloudVoiceReport(UnsignedTextProvider):
     name = "nxcloud.voice_report"
     methods = frozenset({"POST"})
     default_timezone = "+08:00"  # unused: every time in this report is an epoch
+    # NXCloud's voice-record query, only for a source that states the ids match
+    # (`nxcloud_voice_books.NXCloudVoiceReportBooks`).
+    books = REPORT_BOOKS
 
     def parse(self, envelope: RawEnvelope, source: Source) -> list[Any]:
         document = json_body(envelope, source)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from schemas.envelope import RawEnvelope
 from schemas.jsoncodec import dumps
 from schemas.providers.answers import Answer, Outcome, text_answers
+from schemas.providers.books import Books
 from schemas.providers.signing import SigningConfig, read_signing
 from schemas.record import CallRecord
 from schemas.sources import Source, SourceSettings
@@ -75,6 +76,11 @@ class Provider(Protocol):
     def signing_modes(self) -> frozenset[str]:
         """What a source's `signing` may be besides "none"; empty: it signs nothing."""
 
+    @property
+    def books(self) -> Books | None:
+        """The provider's own books, to reconcile a source with (`schemas.providers.books`);
+        None: it has no documented books, and its sources are not reconciled."""
+
     def configure(self, settings: SourceSettings) -> ProviderConfig:
         """Read and check the keys of a source's entry that are this provider's (its
         signing, say); raise `settings.fail(key, problem)`. Keys it leaves are refused."""
@@ -119,6 +125,7 @@ class UnsignedTextProvider:
 
     signing_modes: frozenset[str] = frozenset()
     volatile_fields: frozenset[str] = frozenset()
+    books: Books | None = None
     _answer = staticmethod(text_answers())
 
     def configure(self, settings: SourceSettings) -> SigningConfig:

@@ -67,6 +67,7 @@ class Ping:
     default_timezone = "UTC"
     signing_modes = frozenset({"hmac-sha256-header"})
     volatile_fields: frozenset[str] = frozenset()
+    books = None
     _answer = staticmethod(text_answers("pong", "nope"))
 
     def configure(self, settings: SourceSettings) -> PingConfig:

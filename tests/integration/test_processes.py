@@ -97,6 +97,10 @@ def test_check_lists_the_sources(tmp_path: Path, settings: Settings) -> None:
         "nx-cc: nxcloud.call_center_report tenant=acme timezone=+08:00 signing=none"
         in result.stdout
     )
+    assert (
+        "hw: huawei.aicc_release tenant=acme timezone=Asia/Shanghai signing=none;"
+        " no reconciliation (huawei.aicc_release has no documented books)" in result.stdout
+    )
     assert "tok-" not in result.stdout  # never the tokens
 
 

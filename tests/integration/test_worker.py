@@ -400,6 +400,7 @@ class Broken:
         self.methods = inner.methods
         self.default_timezone = inner.default_timezone
         self.signing_modes = inner.signing_modes
+        self.books = inner.books
         self.configure = inner.configure
         self.volatile_fields = inner.volatile_fields
         self.answer = inner.answer

@@ -41,3 +41,11 @@ CREATE TABLE reconciliation_discrepancies (
     PRIMARY KEY (source, external_id, field)
 );
 CREATE INDEX reconciliation_discrepancies_record_idx ON reconciliation_discrepancies (record_id);
+
+-- The shared rate limit of each provider account the reconcilers call: the next moment a
+-- request may be sent. Every process reserves its turn with one upsert, whose row lock
+-- orders them, so the provider's limit holds across processes and hosts.
+CREATE TABLE reconciliation_rate_limits (
+    account  text PRIMARY KEY,
+    next_at  timestamptz NOT NULL
+);

@@ -20,5 +20,14 @@ GRANT SELECT, UPDATE, DELETE, TRUNCATE ON outbox_0, outbox_1, outbox_2, outbox_3
 GRANT USAGE, SELECT ON SEQUENCE outbox_slot_seq TO cdrflow_worker;
 GRANT SELECT ON cdrflow_migrations TO cdrflow_worker;
 
--- Downstream readers: the records and their revisions, nothing of the pipeline's bookkeeping.
-GRANT SELECT ON call_records, record_revisions, record_history TO cdrflow_reader;
+-- The reconciler (`cdrflow reconcile`, `cdrflow reconciler`) connects as cdrflow_worker: it
+-- reads call_records (above), keeps each window's run and each discrepancy (a discrepancy
+-- that is gone is deleted), and reserves its turn of a provider account's rate limit.
+GRANT SELECT, INSERT, UPDATE ON reconciliation_runs TO cdrflow_worker;
+GRANT SELECT, INSERT, UPDATE, DELETE ON reconciliation_discrepancies TO cdrflow_worker;
+GRANT SELECT, INSERT, UPDATE ON reconciliation_rate_limits TO cdrflow_worker;
+
+-- Downstream readers: the records, their revisions and what the providers' books say
+-- otherwise about them; nothing of the pipeline's bookkeeping.
+GRANT SELECT ON call_records, record_revisions, record_history, reconciliation_discrepancies
+    TO cdrflow_reader;
