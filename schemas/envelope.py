@@ -20,8 +20,10 @@ requests that arrive together into one AMQP message, so a message body is a batc
           "client": "203.0.113.7",
           "body": "eyJjYWxs...",               # base64 of the body bytes, exactly as received
           "replay": false,                      # true when sent again by `cdrflow replay`
-          "reading": 1                          # only when not 0: which reading of an
+          "reading": 1,                         # only when not 0: which reading of an
                                                 # ambiguous body the signature verified
+          "origin": "backfill"                  # only when not "push": found in the provider's
+                                                # books by `cdrflow reconcile`, never pushed
         }
       ]
     }
@@ -56,6 +58,9 @@ from schemas.jsoncodec import dumps
 FORMAT = "cdrflow.raw/1"
 FORMAT_HEADER = "cdrflow-format"
 COUNT_HEADER = "cdrflow-envelopes"
+PUSH = "push"
+BACKFILL = "backfill"
+ORIGINS = (PUSH, BACKFILL)
 
 # Headers worth keeping for diagnosis and replay. Never Authorization, Cookie or the like.
 KEPT_HEADERS = frozenset(
@@ -117,6 +122,9 @@ class RawEnvelope:
     # Which reading of an ambiguous body (Huawei's {k=v} rendering) the signature verified
     # at the ingress; 0, the deterministic reading, when there was no choice to make.
     reading: int = 0
+    # "push" (the provider pushed it) or "backfill" (`cdrflow reconcile` found it in the
+    # provider's books and sent it on the same path).
+    origin: str = PUSH
 
     def to_wire(self) -> dict[str, Any]:
         wire = {
@@ -136,6 +144,8 @@ class RawEnvelope:
         }
         if self.reading:
             wire["reading"] = self.reading  # absent when 0: older workers read it as before
+        if self.origin != PUSH:
+            wire["origin"] = self.origin  # absent for a push, the usual case
         return wire
 
     def encode(self) -> bytes:
@@ -164,6 +174,7 @@ class RawEnvelope:
                 {str(k): str(v) for k, v in headers.items()},
                 bool(data.get("replay", False)),
                 _reading(data.get("reading", 0)),
+                _origin(data.get("origin", PUSH)),
             )
         except (ValueError, binascii.Error) as exc:
             if isinstance(exc, EnvelopeError):
@@ -184,6 +195,12 @@ def _reading(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1024:
         raise EnvelopeError("reading is not a small non-negative integer")
     return value
+
+
+def _origin(value: Any) -> str:
+    if value not in ORIGINS:
+        raise EnvelopeError(f"origin is not one of {', '.join(ORIGINS)}")
+    return str(value)
 
 
 def _text(data: dict[str, Any], key: str, *, required: bool = True) -> str:

@@ -20,7 +20,15 @@ from tests.support.env import AMQP_URL, POSTGRES_URL, RUN_ID, drop_database, uni
 from tests.support.sources import load_test_sources
 from workers.migrate import migrate
 
-TABLES = ("call_records", "record_revisions", "deliveries", "rejected_callbacks", "outbox")
+TABLES = (
+    "call_records",
+    "record_revisions",
+    "deliveries",
+    "rejected_callbacks",
+    "outbox",
+    "reconciliation_runs",
+    "reconciliation_discrepancies",
+)
 INTEGRATION = Path(__file__).parent / "integration"
 # Every fixture that reaches RabbitMQ or PostgreSQL needs one of these (db and settings
 # build on database_url).

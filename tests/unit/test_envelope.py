@@ -75,3 +75,23 @@ def test_bad_base64_is_refused() -> None:
     wire["body"] = "***"
     with pytest.raises(EnvelopeError):
         RawEnvelope.from_wire(wire)
+
+
+def test_a_backfill_says_so_on_the_wire_and_a_push_says_nothing() -> None:
+    pushed, backfilled = make(), make(origin="backfill")
+    wire = loads(encode_batch([pushed.encode(), backfilled.encode()]))
+    assert "origin" not in wire["envelopes"][0]
+    assert wire["envelopes"][1]["origin"] == "backfill"
+    raw_batch_validator().validate(wire)
+    assert [
+        e.origin for e in decode_batch(encode_batch([pushed.encode(), backfilled.encode()]))
+    ] == [
+        "push",
+        "backfill",
+    ]
+
+
+def test_an_unknown_origin_is_refused() -> None:
+    wire = make().to_wire() | {"origin": "guess"}
+    with pytest.raises(EnvelopeError, match="origin"):
+        RawEnvelope.from_wire(wire)
