@@ -7,7 +7,16 @@ import argparse
 import sys
 
 from cdrflow import logs
-from cdrflow.commands import admin, dead, processes, records, replay, simulate, status
+from cdrflow.commands import (
+    admin,
+    console,
+    dead,
+    processes,
+    records,
+    replay,
+    simulate,
+    status,
+)
 from cdrflow.commands.support import EXIT_CONFIG, Command
 from cdrflow.health import version
 from cdrflow.settings import Settings, SettingsError
@@ -17,7 +26,7 @@ from schemas.sources import SourcesError
 log = logs.get_logger("cdrflow")
 
 # In the order `cdrflow --help` lists them.
-COMMAND_GROUPS = (processes, admin, status, replay, dead, records, simulate)
+COMMAND_GROUPS = (processes, admin, status, replay, dead, records, simulate, console)
 
 
 def _parser() -> argparse.ArgumentParser:
