@@ -6,11 +6,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from cdrflow.commands.support import EXIT_CONFIG, Subcommands
+from cdrflow.commands.support import EXIT_CONFIG, Subcommands, sources_of
 from cdrflow.settings import Settings
 
 
 def add_commands(commands: Subcommands) -> None:
+    console = commands.add_parser("console", help="serve the web console")
+    console.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    console.add_argument("--port", type=int, default=8081, help="port to listen on (8081)")
+    console.set_defaults(run=run_console)
+
     user = commands.add_parser("console-user", help="add or remove a console user")
     actions = user.add_subparsers(dest="action", required=True, metavar="ACTION")
     add = actions.add_parser("add", help="add a user, or set one's role and password")
@@ -26,6 +31,19 @@ def add_commands(commands: Subcommands) -> None:
     remove = actions.add_parser("remove", help="remove a user")
     remove.add_argument("name")
     remove.set_defaults(run=run_user_remove)
+
+
+def run_console(settings: Settings, args: argparse.Namespace) -> int:
+    from console.server import serve
+    from console.users import UsersError
+
+    configured = list(sources_of(settings, secrets=False)) if settings.sources else []
+    try:
+        serve(settings, configured, args.host, args.port)
+    except UsersError as exc:
+        print(f"cdrflow console: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
 
 
 def run_user_add(settings: Settings, args: argparse.Namespace) -> int:
