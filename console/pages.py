@@ -4,6 +4,7 @@ dead letters (requeue). Reading is for every user; acting is for operators."""
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -55,8 +56,9 @@ def add_routes(app: web.Application) -> None:
 
 
 def _next(target: str) -> str:
-    """Only a path of this console: never another site."""
-    return target if target.startswith("/") and not target.startswith("//") else "/"
+    """Only a path of this console: never another site (browsers read `//host` and
+    `/\\host` as another site)."""
+    return target if re.fullmatch(r"/(?![/\\])[^\s]*", target) else "/"
 
 
 async def login_page(request: web.Request) -> web.Response:

@@ -4,11 +4,15 @@ contents from records that went through the real ingress and worker."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aio_pika
+import aiohttp
 import asyncpg
 import pytest
 from aio_pika.abc import AbstractChannel
@@ -20,8 +24,15 @@ from console.session import COOKIE
 from schemas.record import record_id_for
 from schemas.sources import Sources
 from tests.support.broker import queue_depth
-from tests.support.console import console_client, console_server
+from tests.support.console import (
+    PASSWORDS,
+    SECRET,
+    console_client,
+    console_server,
+    write_test_users,
+)
 from tests.support.ingress import ingress_client, push_all
+from tests.support.processes import command_env, free_port, start_cdrflow
 from tests.support.samples import envelope, sample
 from tests.support.waiting import eventually, one
 from tests.support.workers import publish_envelopes, running_worker
@@ -249,3 +260,44 @@ async def test_the_overview_shows_each_source_and_the_pipeline(
     assert '<a href="/search?source=nx-dr">nx-dr</a>' in page
     assert "<td>answered 2</td>\n    <td>2</td>" in page  # last hour; stored
     assert "Nothing needs a human." in page
+
+
+async def test_cdrflow_console_serves_until_sigterm_and_never_logs_a_password(
+    settings: Settings, tmp_path: Path
+) -> None:
+    users = write_test_users(tmp_path / "console-users")
+    port = free_port()
+    log = tmp_path / "console.log"
+    env = command_env(
+        settings, tmp_path, CDRFLOW_CONSOLE_USERS=str(users), CDRFLOW_CONSOLE_SECRET=SECRET
+    )
+    with log.open("ab") as output:
+        process = await start_cdrflow(
+            "console", "--port", str(port), env=env, stdout=output, stderr=subprocess.STDOUT
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+
+        async def ready() -> bool:
+            try:
+                async with console_client(base) as client:
+                    return (await client.get("/readyz"))[0] == 200
+            except aiohttp.ClientError:
+                return False
+
+        assert await eventually(ready, timeout=15), log.read_text()
+        async with console_client(base) as client:
+            await client.login("olga")
+            status, page = await client.get("/search")
+            assert status == 200
+            assert "No record matches." in page
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    logged = log.read_text()
+    assert '"event":"console_login"' in logged
+    assert PASSWORDS["olga"] not in logged
+    assert SECRET not in logged

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from console.masking import HIDDEN, Viewer, hide_secrets, mask_number
+from console.pages import _next
 from console.queries import Search, SearchError, number_prefixes
 from console.session import LoginLimiter, Session, SessionSigner
 
@@ -80,3 +81,17 @@ def test_an_external_id_without_a_source_probes_each_known_source() -> None:
     assert args == [["a", "b"], "abc"]
     with pytest.raises(SearchError, match="is not a UUID"):
         Search(record_id="nope").where()
+
+
+@pytest.mark.parametrize(
+    ("target", "kept"),
+    [
+        ("/search?number=86", True),
+        ("//evil.example", False),
+        ("/\\evil.example", False),
+        ("https://evil.example/", False),
+        ("", False),
+    ],
+)
+def test_after_login_only_a_path_of_the_console_is_followed(target: str, kept: bool) -> None:
+    assert _next(target) == (target if kept else "/")
