@@ -263,7 +263,7 @@ async def test_the_overview_shows_each_source_and_the_pipeline(
 
 
 async def test_cdrflow_console_serves_until_sigterm_and_never_logs_a_password(
-    settings: Settings, tmp_path: Path
+    settings: Settings, db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     users = write_test_users(tmp_path / "console-users")
     port = free_port()
