@@ -286,10 +286,14 @@ async def replay_selection(request: web.Request) -> web.Response:
 
 async def dead(request: web.Request) -> web.Response:
     console = request.app[CONSOLE]
-    listing = await list_dead(console.settings, DEAD_SHOWN)
+    try:
+        listing = await list_dead(console.settings, DEAD_SHOWN)
+    except Exception as exc:  # whatever ails the broker, the page says so
+        error = f"RabbitMQ did not answer: {type(exc).__name__}"
+        return render(request, "dead.html", status=503, letters=[], depth=0, error=error)
     show = viewer_of(request)
     letters = [(letter, show.text(letter.first_bytes)) for letter in listing.letters]
-    return render(request, "dead.html", letters=letters, depth=listing.depth)
+    return render(request, "dead.html", letters=letters, depth=listing.depth, error="")
 
 
 async def requeue(request: web.Request) -> web.Response:

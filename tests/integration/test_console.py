@@ -301,3 +301,17 @@ async def test_cdrflow_console_serves_until_sigterm_and_never_logs_a_password(
     assert '"event":"console_login"' in logged
     assert PASSWORDS["olga"] not in logged
     assert SECRET not in logged
+
+
+async def test_the_dead_letters_page_says_when_rabbitmq_does_not_answer(
+    settings: Settings, sources: Sources, tmp_path: Path, database_url: str
+) -> None:
+    unreachable = settings.with_(amqp_url=f"amqp://guest:guest@127.0.0.1:{free_port()}/")
+    async with (
+        console_server(unreachable, tmp_path, list(sources)) as base,
+        console_client(base) as client,
+    ):
+        await client.login("olga")
+        status, page = await client.get("/dead")
+    assert status == 503
+    assert "RabbitMQ did not answer: " in page
