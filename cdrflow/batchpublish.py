@@ -1,15 +1,16 @@
 """Publishing many messages in one write on an aiormq channel, each confirmed by the broker.
 
-aio-pika publishes one message per call (a Message object, a task, a lock round and a
-write each): about 135 µs of a worker's CPU per record on `cdr.records` (issue 9). Here a
-batch takes the channel's lock once, takes one delivery tag per message as aiormq's
-`Channel.basic_publish` does, and writes every frame at once. Where aiormq keeps a future
-per tag (`channel.confirmations`), the batch keeps a small `_Confirmation` that records the
-outcome by tag, and one future for the whole batch, so aiormq's frame reader settles them
-(a `multiple` ack settles many; a nack fails its message; a basic.return fails a mandatory
-message, matched by message_id) without a future per message. It reaches into aiormq's
-channel state, so aiormq is pinned in constraints.txt and tests/integration/test_batchpublish.py
-checks confirms, returns, nacks and timeouts against a real broker."""
+aio-pika publishes one message per call (a Message object, a task, a lock round and a write
+each), which made publishing one of a worker's largest costs per record (figures in the
+benchmarks docs). Here a batch takes the channel's lock once, takes one delivery tag per
+message as aiormq's `Channel.basic_publish` does, and writes every frame at once. Where
+aiormq keeps a future per tag (`channel.confirmations`), the batch keeps a small
+`_Confirmation` that records the outcome by tag, and one future for the whole batch, so
+aiormq's frame reader settles them (a `multiple` ack settles many; a nack fails its message;
+a basic.return fails a mandatory message, matched by message_id) without a future per
+message. It reaches into aiormq's channel state, so aiormq is pinned in constraints.txt and
+tests/integration/test_batchpublish.py checks confirms, returns, nacks and timeouts against a
+real broker."""
 
 from __future__ import annotations
 

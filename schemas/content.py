@@ -11,7 +11,10 @@ over `extra`, after writing every value that can be spelled several ways in one 
   its ISO (`T` or space) or Huawei (`yyyy/MM/dd,HH:mm:ss:SSS`) spelling, fraction zeros
   dropped, an offset turned into UTC;
 - the provider's volatile fields (signature, nonce, timestamp) are not content;
-- `raw` is not content: it keeps what the first delivery of this content sent.
+- `raw` is not content: it keeps what the first delivery of this content sent;
+- `origin` is content only when it is not "push": a push and a backfill with equal fields
+  are two contents (a push for a backfilled id is its next revision), and every push's
+  hash is what it was before records had an origin.
 
 Pure: no I/O."""
 
@@ -25,6 +28,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from schemas.envelope import PUSH
 from schemas.jsoncodec import MAX_EXPANSION, MAX_NUMBER_TEXT, canonical_json, plain_length
 from schemas.record import CONTENT_COLUMNS, CallRecord, CallType, Direction, HangupBy, Status
 
@@ -35,7 +39,7 @@ _ISO_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2
 _SLASHED_TIME = re.compile(
     r"([0-9]{4})/([0-9]{2})/([0-9]{2}),([0-9]{2}):([0-9]{2}):([0-9]{2})(?::([0-9]{1,3}))?"
 )
-_COMPARED_COLUMNS = tuple(c for c in CONTENT_COLUMNS if c not in ("raw", "extra"))
+_COMPARED_COLUMNS = tuple(c for c in CONTENT_COLUMNS if c not in ("raw", "extra", "origin"))
 _compared_values = operator.attrgetter(*_COMPARED_COLUMNS)
 _NUMBER_OR_TIME_START = frozenset("-0123456789")
 _SHORT_INTEGER = 10**18
@@ -63,6 +67,8 @@ def canonical_content(record: CallRecord, volatile: frozenset[str]) -> dict[str,
         for key, value in record.extra.items()
         if key not in volatile
     }
+    if record.origin != PUSH:
+        content["origin"] = record.origin
     return content
 
 

@@ -15,6 +15,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from schemas.envelope import PUSH
 from schemas.jsoncodec import dumps
 
 # Bumped whenever the record format (columns or their meaning) changes.
@@ -130,6 +131,9 @@ class CallRecord:
     agent_group: str | None = None
     labels: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # "push" or "backfill": set from the envelope by the worker (`workers.normalize`),
+    # never by a provider module: where the report came from is not the provider's to say.
+    origin: str = PUSH
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:

@@ -2,9 +2,11 @@
 
 A revision is one distinct content the record has had (`record_revisions`): its hash, the
 delivery that brought it (ingest id, item, received time), how many deliveries carried it,
-and what changed from the revision before. The deliveries themselves (one row per request
-item, from the `deliveries` ledger) are listed while the ledger keeps them
-(`delivery_retention_days`)."""
+and what changed from the revision before, and where it came from (`origin`: pushed by
+the provider, or a backfill `cdrflow reconcile` found in the provider's books). The
+deliveries themselves (one row per request item, from the `deliveries` ledger) are listed
+while the ledger keeps them (`delivery_retention_days`). Then what the provider's books say
+differently about the record (`reconciliation_discrepancies`): kept, never applied."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from typing import Any
 
 import asyncpg
 
+from schemas.envelope import PUSH
 from schemas.jsoncodec import dumps, loads_exact
 
 REVISIONS = """
@@ -30,6 +33,10 @@ ORDER BY h.revision
 DELIVERIES = """
 SELECT ingest_id, item, received_at FROM deliveries WHERE record_id = $1
 ORDER BY received_at, ingest_id, item
+"""
+DISCREPANCIES = """
+SELECT field, ours, theirs, found_at FROM reconciliation_discrepancies WHERE record_id = $1
+ORDER BY field
 """
 _RECORD_ID = "SELECT record_id FROM call_records WHERE source = $1 AND external_id = $2"
 
@@ -46,6 +53,7 @@ class Revision:
     delivery_count: int
     shown: bool  # the revision `call_records` shows
     changed: dict[str, tuple[Any, Any]]  # column -> (before, after); empty for the first
+    origin: str  # "push" or "backfill"
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -59,6 +67,7 @@ class Revision:
             "last_seen_at": self.last_seen_at,
             "delivery_count": self.delivery_count,
             "shown": self.shown,
+            "origin": self.origin,
             "changed": {k: {"from": a, "to": b} for k, (a, b) in self.changed.items()},
         }
 
@@ -79,30 +88,56 @@ class Delivery:
 
 
 @dataclass(frozen=True, slots=True)
+class Discrepancy:
+    """What the provider's books say differently on one field that bills."""
+
+    field: str
+    ours: str | None
+    theirs: str | None
+    found_at: datetime
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "kind": "discrepancy",
+            "field": self.field,
+            "ours": self.ours,
+            "theirs": self.theirs,
+            "found_at": self.found_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class RecordHistory:
     record_id: uuid.UUID
     source: str
     external_id: str
     revisions: list[Revision]
     deliveries: list[Delivery]
+    discrepancies: list[Discrepancy]
 
     def json_lines(self) -> Iterator[str]:
         head = {"record_id": str(self.record_id), "source": self.source}
-        entries: list[Revision | Delivery] = [*self.revisions, *self.deliveries]
+        entries: list[Revision | Delivery | Discrepancy] = [
+            *self.revisions,
+            *self.deliveries,
+            *self.discrepancies,
+        ]
         for entry in entries:
             yield dumps({**head, "external_id": self.external_id, **entry.as_json()}).decode()
 
     def text_lines(self) -> Iterator[str]:
-        shown = next((r.revision for r in self.revisions if r.shown), None)
+        shown = next((r for r in self.revisions if r.shown), None)
         total = sum(r.delivery_count for r in self.revisions)
         yield (
             f"{self.source} {self.external_id} (record {self.record_id}):"
-            f" {len(self.revisions)} revision(s), {total} delivery(ies), showing {shown}"
+            f" {len(self.revisions)} revision(s), {total} delivery(ies),"
+            f" showing {shown.revision if shown else None}"
+            f" ({shown.origin if shown else 'none'})"
         )
         for r in self.revisions:
             mark = "  <- shown" if r.shown else ""
             yield (
-                f"revision {r.revision}  hash {r.content_hash.hex()[:16]}"
+                f"revision {r.revision}  {r.origin}  hash {r.content_hash.hex()[:16]}"
                 f"  brought by {r.ingest_id}#{r.item} at {_when(r.received_at)}"
                 f"  deliveries {r.delivery_count}"
                 f" (first {_when(r.first_seen_at)}, last {_when(r.last_seen_at)}){mark}"
@@ -115,6 +150,13 @@ class RecordHistory:
             yield f"deliveries kept in the ledger ({len(self.deliveries)}):"
         for d in self.deliveries:
             yield f"    {_when(d.received_at)}  {d.ingest_id}#{d.item}"
+        if self.discrepancies:
+            yield (f"the provider's books differ ({len(self.discrepancies)}), kept, not applied:")
+        for x in self.discrepancies:
+            yield (
+                f"    {x.field}: ours {_or_none(x.ours)}, theirs {_or_none(x.theirs)}"
+                f"  (found {_when(x.found_at)})"
+            )
 
 
 async def find_record(
@@ -134,6 +176,8 @@ async def load_history(
     previous: dict[str, Any] | None = None
     for row in rows:
         content = loads_exact(row["content"])
+        # A revision stored before records had an origin was pushed.
+        content.setdefault("origin", PUSH)
         revisions.append(
             Revision(
                 revision=row["revision"],
@@ -146,6 +190,7 @@ async def load_history(
                 delivery_count=row["delivery_count"],
                 shown=row["shown"],
                 changed=_changes(previous, content),
+                origin=content["origin"],
             )
         )
         previous = content
@@ -153,8 +198,12 @@ async def load_history(
         Delivery(row["ingest_id"], row["item"], row["received_at"])
         for row in await connection.fetch(DELIVERIES, record_id)
     ]
+    discrepancies = [
+        Discrepancy(row["field"], row["ours"], row["theirs"], row["found_at"])
+        for row in await connection.fetch(DISCREPANCIES, record_id)
+    ]
     return RecordHistory(
-        record_id, rows[0]["source"], rows[0]["external_id"], revisions, deliveries
+        record_id, rows[0]["source"], rows[0]["external_id"], revisions, deliveries, discrepancies
     )
 
 
@@ -170,6 +219,10 @@ def _changes(before: dict[str, Any] | None, after: dict[str, Any]) -> dict[str, 
 
 def _when(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
+
+
+def _or_none(value: str | None) -> str:
+    return "none" if value is None else value
 
 
 def _text(value: Any) -> str:

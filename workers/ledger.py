@@ -2,17 +2,20 @@
 
 1. Claim the batch's deliveries in `deliveries` (ON CONFLICT DO NOTHING): a delivery seen
    before (a raw message delivered twice) counts once, however often it comes back.
-2. Group the fresh deliveries per record and per content (`workers.versions`).
+2. Set aside the backfills a push of the batch or another backfill makes redundant, then
+   group the fresh deliveries per record and per content (`workers.versions`).
 3. COPY the contents into the staging table; then a fixed number of set-based statements,
    whatever the batch holds (no round per version):
    - upsert `call_records`, one row per record: a new record is inserted with its newest
      content; an existing one has its counters moved, and is locked for what follows;
+     a backfill of an existing one changes nothing (it is locked, not returned);
    - look up which contents are earlier revisions (`record_revisions`, by content hash):
      those count as deliveries of that revision and change nothing else;
    - every other content becomes a new revision (numbered in order of its newest report);
      if it is newer than the content shown, it replaces the record's fields, and the
      newest of them is what `call_records` shows; a late one (older than the content
-     shown) is kept in the history only.
+     shown) is kept in the history only. Pushed content always wins: a push for a record
+     whose shown content is a backfill replaces it, whenever either was received.
 4. Each new revision that `call_records` moved to gets an `outbox` row: the message.
 5. Rejections go to `rejected_callbacks`; replays that now succeed resolve theirs.
 
@@ -31,6 +34,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from cdrflow.logs import get_logger
+from schemas.envelope import BACKFILL
 from schemas.jsoncodec import dumps
 from schemas.record import LEDGER_COLUMNS, RECORD_COLUMNS, Ledger, published_body, routing_key
 from workers import ledger_sql as sql
@@ -38,7 +42,13 @@ from workers.db import STAGE_ONLY_COLUMNS, STAGE_TABLE
 from workers.normalize import WHOLE_REQUEST, Normalized, Rejection, as_request
 from workers.outbox import OutboxEntry
 from workers.sanitize import sanitize
-from workers.versions import Content, Delivery, RecordVersions, plan_versions
+from workers.versions import (
+    Content,
+    Delivery,
+    RecordVersions,
+    plan_versions,
+    set_aside_backfills,
+)
 
 log = get_logger("cdrflow.worker.store")
 
@@ -51,22 +61,31 @@ class BatchResult:
     fresh: int  # deliveries not seen before (the rest were redelivered messages)
     versions: int  # distinct contents of records in the batch
     rejected: list[Rejection]
+    # Backfills of records stored already, or pushed in the same batch: they change nothing
+    # (not a delivery, not a revision).
+    ignored_backfills: int = 0
 
 
 async def write_batch(connection: Connection, normalized: Normalized) -> BatchResult:
     """Store one batch in one transaction. Raises what the database raises."""
     async with connection.transaction():
         fresh = await _claim(connection, normalized.deliveries)
-        records = plan_versions(fresh)
-        published = await _store_versions(connection, records) if records else []
+        planned, ignored = set_aside_backfills(fresh)
+        records = plan_versions(planned)
+        published: list[OutboxEntry] = []
+        if records:
+            published, ignored_stored = await _store_versions(connection, records)
+            ignored += ignored_stored
         if published:
             await _add_to_outbox(connection, published)
         rejections = _unique_rejections(normalized.rejections)
         if rejections:
             await connection.execute(sql.REJECT, *_rejection_columns(rejections))
         await _resolve_replays(connection, fresh, normalized)
+    if ignored:
+        log.info("backfills_ignored", count=ignored)
     contents = sum(len(r.contents) for r in records)
-    return BatchResult(published, len(fresh), contents, rejections)
+    return BatchResult(published, len(fresh), contents, rejections, ignored)
 
 
 async def _claim(connection: Connection, deliveries: list[Delivery]) -> list[Delivery]:
@@ -140,7 +159,8 @@ class _Writes:
 
 async def _store_versions(
     connection: Connection, records: list[RecordVersions]
-) -> list[OutboxEntry]:
+) -> tuple[list[OutboxEntry], int]:
+    """The entries to publish, and how many backfill deliveries found their record stored."""
     await connection.copy_records_to_table(
         STAGE_TABLE,
         records=[_stage_row(c) for r in records for c in r.contents],
@@ -150,14 +170,17 @@ async def _store_versions(
     stored_before = [rid for rid, row in upserted.items() if not row["created"]]
     known, last = await _known_revisions(connection, stored_before)
     writes = _Writes()
+    ignored = 0
     for versions in records:
-        row = upserted[versions.record_id]
-        if row["created"]:
+        row = upserted.get(versions.record_id)
+        if row is None:  # a backfill, and the record is stored: the upsert left it alone
+            ignored += versions.deliveries
+        elif row["created"]:
             _plan_new_record(versions, row, writes)
         else:
             _plan_stored_record(versions, row, known, last.get(versions.record_id), writes)
     await _apply(connection, writes)
-    return writes.published
+    return writes.published, ignored
 
 
 async def _known_revisions(
@@ -206,6 +229,9 @@ def _plan_stored_record(
     the record's shown content when it is newer than the one shown."""
     record_id = versions.record_id
     last = max(last_revision or 0, row["revision"])
+    # Only pushes come here (a backfill of a stored record is not returned by the upsert):
+    # over a backfill, every new content is newer, whatever its receipt time says.
+    over_backfill = row["origin"] == BACKFILL
     counted = row["delivery_count"] - versions.deliveries
     moved: list[tuple[Content, int, int]] = []
     for content in versions.contents:
@@ -217,7 +243,7 @@ def _plan_stored_record(
             continue
         last += 1
         writes.new_revisions.append((record_id, content.ordinal, last))
-        if content.last_received_at >= row["content_received_at"]:
+        if over_backfill or content.last_received_at >= row["content_received_at"]:
             moved.append((content, last, counted))
     for content, revision, counted_then in moved[:-1]:
         as_then = {"delivery_count": counted_then, "last_seen_at": content.last_received_at}

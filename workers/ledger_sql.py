@@ -14,7 +14,11 @@ ON CONFLICT DO NOTHING
 RETURNING ingest_id, item
 """
 
-# One row per record: its newest content, and the batch's counts.
+# One row per record: its newest content, and the batch's counts. A backfill (the
+# provider's books) of a record stored already changes nothing: its row is locked, so that
+# a push and a backfill of one id in two transactions are decided here, in one order, but
+# neither updated nor returned. A push for a stored record returns the row as stored
+# (`origin` among it: a backfilled record's next push replaces its content).
 UPSERT = f"""
 INSERT INTO call_records AS c (
     {", ".join(RECORD_COLUMNS)}, received_at, first_seen_at, last_seen_at, delivery_count,
@@ -33,8 +37,9 @@ ON CONFLICT (source, external_id) DO UPDATE SET
     received_at = least(c.received_at, excluded.received_at),
     first_seen_at = least(c.first_seen_at, excluded.first_seen_at),
     last_seen_at = greatest(c.last_seen_at, excluded.last_seen_at)
-RETURNING record_id, xmax = 0 AS created, revision, content_received_at, received_at,
-    stored_at, first_seen_at, last_seen_at, delivery_count
+WHERE excluded.origin = 'push'
+RETURNING record_id, xmax = 0 AS created, revision, origin, content_received_at,
+    received_at, stored_at, first_seen_at, last_seen_at, delivery_count
 """  # noqa: S608 (identifiers are constants; values are parameters)
 
 # For the contents of records stored before (and locked by the upsert): the revision each

@@ -14,7 +14,9 @@ from prometheus_client import Counter, Gauge, Histogram, generate_latest
 from cdrflow.health import process_registry
 from schemas.providers.errors import Reason
 
-DELIVERY_OUTCOMES = ("new_record", "revision", "duplicate", "seen_before")
+# backfill_ignored: a backfill of a record stored already (or pushed in the same batch),
+# which changes nothing.
+DELIVERY_OUTCOMES = ("new_record", "revision", "duplicate", "seen_before", "backfill_ignored")
 # From a healthy 10 ms up to the hour: the alert on a stalled backlog compares the median
 # with 600 s, which a histogram ending at 60 s could never report.
 LAG_BUCKETS = (

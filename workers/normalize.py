@@ -3,6 +3,7 @@ rejections (one per request or report that cannot become a record). Pure: no I/O
 
 from __future__ import annotations
 
+import dataclasses
 import traceback
 import uuid
 from collections.abc import Mapping
@@ -78,6 +79,9 @@ def normalize_envelope(
     for item, payload in enumerate(payloads):
         try:
             record = provider.normalize(payload, source)
+            if record.origin != envelope.origin:
+                # Where the report came from is the envelope's to say, not the provider's.
+                record = dataclasses.replace(record, origin=envelope.origin)
             if scrub:  # after the id is read: an id holding NUL is refused, not rewritten
                 record = sanitize_record(record)
             if len(record.external_id) > MAX_EXTERNAL_ID:

@@ -116,6 +116,7 @@ class Pipeline:
             versions=result.versions,
             to_publish=len(result.published),
             rejected=len(result.rejected),
+            ignored_backfills=result.ignored_backfills,
             ms=round(elapsed * 1000, 1),
         )
         metrics = self.metrics
@@ -124,7 +125,9 @@ class Pipeline:
         revisions = sum(1 for e in result.published if e.revision > 1)
         metrics.deliveries.labels("new_record").inc(len(result.published) - revisions)
         metrics.deliveries.labels("revision").inc(revisions)
-        metrics.deliveries.labels("duplicate").inc(result.fresh - len(result.published))
+        metrics.deliveries.labels("backfill_ignored").inc(result.ignored_backfills)
+        duplicates = result.fresh - len(result.published) - result.ignored_backfills
+        metrics.deliveries.labels("duplicate").inc(duplicates)
         metrics.deliveries.labels("seen_before").inc(len(normalized.deliveries) - result.fresh)
         for rejection in result.rejected:
             metrics.rejected.labels(str(rejection.reason)).inc()

@@ -17,7 +17,11 @@ from schemas.providers import Registry, default_registry
 from schemas.record import CallRecord
 
 CHUNK = 1_000
-_FIELDS = tuple(name for name in CallRecord.__dataclass_fields__ if name not in ("raw", "extra"))
+# Without `origin`: this runs in migration 3, before migration 4 adds the column (every
+# record then was pushed, and a push's hash does not cover its origin).
+_FIELDS = tuple(
+    name for name in CallRecord.__dataclass_fields__ if name not in ("raw", "extra", "origin")
+)
 _READ = f"SELECT record_id, revision, raw, extra, {', '.join(_FIELDS)} FROM call_records"  # noqa: S608
 _WRITE_RECORDS = """
 UPDATE call_records c SET content_hash = u.content_hash

@@ -48,6 +48,7 @@ class Store:
             sum(r.fresh for r in results),
             sum(r.versions for r in results),
             [j for r in results for j in r.rejected],
+            sum(r.ignored_backfills for r in results),
         )
 
     async def _refuse(self, unit: Delivery | Rejection, error: BatchDataError) -> BatchResult:

@@ -7,6 +7,10 @@ its distinct contents, each with the deliveries that carried it. Pure: no I/O.
   the contents of a record are ordered by their newest report, so the last one is what
   the newest request said.
 
+A backfill (a report `cdrflow reconcile` found in the provider's books) never competes with
+a push: `set_aside_backfills` runs first, so that a record's contents in a batch are all
+pushed or one backfill.
+
 One pass to group and one sort per record: the cost follows the batch's size, whatever
 the batch holds (10,000 versions of one call cost what 10,000 calls do)."""
 
@@ -17,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from schemas.envelope import RawEnvelope
+from schemas.envelope import PUSH, RawEnvelope
 from schemas.record import CallRecord
 
 
@@ -90,6 +94,35 @@ class _Tally:
     brought_by: Delivery
     newest: Delivery
     deliveries: int
+
+
+def set_aside_backfills(deliveries: list[Delivery]) -> tuple[list[Delivery], int]:
+    """The deliveries the store plans, and how many backfills it sets aside. Pushed content
+    always wins: a backfill of a record that a push of this batch reports is set aside. Of
+    a record only backfills report, the first request's is kept: it creates the record if
+    none is stored, and any later one could only revise it, which a backfill never does."""
+    if all(d.record.origin == PUSH for d in deliveries):
+        return deliveries, 0  # the usual batch
+    pushed = {_key(d) for d in deliveries if d.record.origin == PUSH}
+    first: dict[tuple[str, str], Delivery] = {}
+    for delivery in deliveries:
+        key = _key(delivery)
+        if delivery.record.origin == PUSH or key in pushed:
+            continue
+        chosen = first.get(key)
+        if chosen is None or delivery.order[:2] < chosen.order[:2]:
+            first[key] = delivery
+    first_request = {key: delivery.ingest_id for key, delivery in first.items()}
+    kept = [
+        d
+        for d in deliveries
+        if d.record.origin == PUSH or first_request.get(_key(d)) == d.ingest_id
+    ]
+    return kept, len(deliveries) - len(kept)
+
+
+def _key(delivery: Delivery) -> tuple[str, str]:
+    return (delivery.record.source, delivery.record.external_id)
 
 
 def plan_versions(deliveries: Iterable[Delivery]) -> list[RecordVersions]:

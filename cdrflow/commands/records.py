@@ -25,7 +25,9 @@ def add_commands(commands: Subcommands) -> None:
     tail.add_argument("--count", type=int, help="exit after this many records")
     tail.set_defaults(run=run_tail)
 
-    history = commands.add_parser("history", help="print every revision and delivery of a record")
+    history = commands.add_parser(
+        "history", help="print every revision, delivery and discrepancy of a record"
+    )
     history.add_argument("source", nargs="?", help="the record's source")
     history.add_argument("external_id", nargs="?", help="the provider's id of the call")
     history.add_argument("--record-id", type=uuid.UUID, help="the record, by record_id")

@@ -20,8 +20,12 @@ KEDA_MODELS = {
     "TriggerAuthentication": keda.TriggerAuthentication,
 }
 WORKLOADS = ("Deployment", "StatefulSet", "Job")
+AUTOSCALERS = ("HorizontalPodAutoscaler", "ScaledObject")
 # The only Secret keys a worker or the migration Job may see (README: "Secrets").
 DATABASE_AND_BROKER = {"CDRFLOW_AMQP_URL", "CDRFLOW_DATABASE_URL"}
+# The provider API credentials of the reconciler (its sources' appkey_env, secretkey_env):
+# its own Secret, which no other workload may see.
+RECONCILER_SECRET = "cdrflow-reconciler"  # noqa: S105 (a Secret's name, not its value)
 
 Doc = dict[str, Any]
 
@@ -84,29 +88,33 @@ def dropped_keys(given: Any, kept: Any, path: str = "") -> Iterator[str]:
 def policy_problems(docs: list[Doc]) -> Iterator[str]:
     secrets = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "Secret"}
     policies = [doc for doc in docs if doc["kind"] == "NetworkPolicy"]
+    scaled = {doc["spec"]["scaleTargetRef"]["name"] for doc in docs if doc["kind"] in AUTOSCALERS}
     for doc in docs:
         if doc["kind"] in WORKLOADS:
             name = f"{doc['kind']}/{doc['metadata']['name']}"
-            yield from (f"{name}: {p}" for p in workload_problems(doc, secrets, policies))
+            problems = workload_problems(doc, secrets, policies, scaled)
+            yield from (f"{name}: {p}" for p in problems)
     if not any(p["spec"]["podSelector"] == {} for p in policies):
         yield "no default-deny NetworkPolicy"
 
 
-def workload_problems(doc: Doc, secrets: dict[str, Doc], policies: list[Doc]) -> Iterator[str]:
+def workload_problems(
+    doc: Doc, secrets: dict[str, Doc], policies: list[Doc], scaled: set[str]
+) -> Iterator[str]:
     pod = pod_spec(doc)
     component = doc["metadata"].get("labels", {}).get("app.kubernetes.io/component", "")
     if pod.get("automountServiceAccountToken") is not False:
         yield "automountServiceAccountToken is not false"
     if pod.get("securityContext", {}).get("seccompProfile", {}).get("type") != "RuntimeDefault":
         yield "pod seccompProfile is not RuntimeDefault"
-    if doc["kind"] == "Deployment" and "replicas" in doc["spec"]:
+    if doc["metadata"]["name"] in scaled and "replicas" in doc["spec"]:
         yield "fixed replicas: the autoscaler owns the count"
     for container in pod.get("initContainers", []) + pod["containers"]:
         yield from (f"container {container['name']}: {p}" for p in container_problems(container))
         if doc["kind"] != "Job":
             yield from (f"container {container['name']}: {p}" for p in probe_problems(container))
         if component != "ingress":
-            yield from secret_problems(container, secrets)
+            yield from secret_problems(container, secrets, component)
     labels = pod_labels(doc)
     if not any(selects(p, labels) for p in policies if p["spec"]["podSelector"]):
         yield "no NetworkPolicy of its own"
@@ -146,10 +154,15 @@ def probe_problems(container: Doc) -> Iterator[str]:
         yield "livenessProbe is not /healthz"
 
 
-def secret_problems(container: Doc, secrets: dict[str, Doc]) -> Iterator[str]:
-    """Provider tokens and signing secrets reach the ingress only."""
+def secret_problems(container: Doc, secrets: dict[str, Doc], component: str) -> Iterator[str]:
+    """Provider tokens and signing secrets reach the ingress only; provider API
+    credentials reach the reconciler only."""
     for source in container.get("envFrom", []):
         name = source.get("secretRef", {}).get("name")
+        if name and _generated_from(name, RECONCILER_SECRET):
+            if component != "reconciler":
+                yield f"container {container['name']}: sees Secret {name}, the reconciler's"
+            continue
         secret = secrets.get(name) if name else None
         if secret is None:
             continue  # created outside git (prod): its keys are the operator's to keep right
@@ -157,6 +170,11 @@ def secret_problems(container: Doc, secrets: dict[str, Doc]) -> Iterator[str]:
         extra -= DATABASE_AND_BROKER
         if extra:
             yield f"container {container['name']}: Secret {name} carries {sorted(extra)}"
+
+
+def _generated_from(name: str, base: str) -> bool:
+    """The Secret is `base`, or kustomize's `base-<hash>` of it."""
+    return name == base or (name.startswith(f"{base}-") and "-" not in name[len(base) + 1 :])
 
 
 def pod_spec(doc: Doc) -> Doc:

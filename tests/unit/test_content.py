@@ -4,11 +4,14 @@ is the one earlier versions gave (fast paths included)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from schemas.content import canonical
+from schemas.content import canonical, canonical_content, content_hash
+from schemas.envelope import BACKFILL, PUSH
+from schemas.record import CallRecord, CallType, Direction, Status
 
 PLUS_8 = timezone(timedelta(hours=8))
 
@@ -50,3 +53,43 @@ PLUS_8 = timezone(timedelta(hours=8))
 )
 def test_canonical_spelling(value: Any, spelling: Any) -> None:
     assert canonical(value) == spelling
+
+
+def _record(**changes: Any) -> CallRecord:
+    fields: dict[str, Any] = {"extra": {"x": "15.0", "sign": "zz"}, **changes}
+    return CallRecord(
+        "nx-dr",
+        "acme",
+        "nxcloud",
+        "voice_dr",
+        "fixed-1",
+        raw={"a": 1},
+        status=Status.ANSWERED,
+        call_type=CallType.NOTIFICATION,
+        direction=Direction.OUTBOUND,
+        caller="8613800000000",
+        callee="+6281234",
+        started_at=datetime(2026, 1, 1, 2, 3, 4, tzinfo=UTC),
+        talk_seconds=13,
+        billed_seconds=20,
+        rate=Decimal("0.01350"),
+        cost=Decimal("0.0045"),
+        labels=("a", "b"),
+        **fields,
+    )
+
+
+def test_a_push_hashes_as_it_did_before_records_had_an_origin() -> None:
+    # Computed before `origin` existed: every stored hash of a push must stay valid.
+    before = "8e07ab973d45290f7e7ed91b93312e166f9138d2f028e16f971243b99a0c7e86"
+    assert content_hash(_record(), frozenset({"sign"})).hex() == before
+    assert content_hash(_record(origin=PUSH), frozenset({"sign"})).hex() == before
+    assert "origin" not in canonical_content(_record(), frozenset())
+
+
+def test_a_backfill_is_other_content_than_a_push_with_equal_fields() -> None:
+    pushed, backfilled = _record(), _record(origin=BACKFILL)
+    assert canonical_content(backfilled, frozenset())["origin"] == "backfill"
+    assert content_hash(pushed, frozenset()) != content_hash(backfilled, frozenset())
+    again = _record(origin=BACKFILL, extra={"x": "15", "sign": "other"})
+    assert content_hash(again, frozenset({"sign"})) == content_hash(backfilled, frozenset({"sign"}))

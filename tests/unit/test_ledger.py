@@ -1,19 +1,22 @@
-"""Grouping a batch's deliveries per record and content, and the published record."""
+"""Grouping a batch's deliveries per record and content, what backfills a batch sets
+aside, and the published record."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from schemas.envelope import BACKFILL, PUSH
 from schemas.jsoncodec import dumps, loads
 from schemas.providers import default_registry
 from schemas.record import CONTENT_COLUMNS, LEDGER_COLUMNS, RECORD_COLUMNS, Ledger, published_body
 from tests.support.samples import Sample, envelope, record_validator, sample
 from tests.support.sources import load_test_sources
 from workers.normalize import normalize_envelope
-from workers.versions import Delivery, plan_versions
+from workers.versions import Delivery, plan_versions, set_aside_backfills
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -78,5 +81,55 @@ def test_schema_and_columns_agree() -> None:
     schema_file = Path(__file__).resolve().parents[2] / "schemas" / "call_record.schema.json"
     schema = json.loads(schema_file.read_text())
     columns = {c for c in RECORD_COLUMNS if c != "raw"} | set(LEDGER_COLUMNS)
-    assert set(schema["required"]) == columns == set(schema["properties"])
+    assert columns == set(schema["properties"])
+    # A field added within a schema_version is optional: the records published before it
+    # (still in the stream) carry none, and must still validate.
+    assert set(schema["required"]) == columns - {"origin"}
     assert "raw" in CONTENT_COLUMNS
+
+
+def backfill(external_id: str, variant: int, seconds: int) -> Delivery:
+    item = envelope(sample("nx-cc", external_id, variant), at(seconds))
+    item = dataclasses.replace(item, origin=BACKFILL)
+    (found,) = normalize_envelope(item, load_test_sources(), default_registry()).deliveries
+    return found
+
+
+def test_a_batch_of_pushes_is_planned_whole() -> None:
+    batch = [delivery("a", 0, 1), delivery("a", 1, 2)]
+    assert set_aside_backfills(batch) == (batch, 0)
+
+
+def test_a_push_in_the_batch_wins_over_any_backfill_of_its_record() -> None:
+    pushed = delivery("a", 0, 5)
+    batch = [backfill("a", 0, 1), pushed, backfill("a", 1, 9), backfill("b", 0, 2)]
+    kept, set_aside = set_aside_backfills(batch)
+    assert set_aside == 2
+    assert kept == [pushed, batch[3]]
+    (a_versions, _) = plan_versions(kept)
+    assert [c.record.origin for c in a_versions.contents] == [PUSH]
+
+
+def test_of_backfills_alone_the_first_request_is_kept() -> None:
+    later, first, other = backfill("a", 1, 7), backfill("a", 0, 3), backfill("a", 2, 5)
+    kept, set_aside = set_aside_backfills([later, first, other])
+    assert (kept, set_aside) == ([first], 2)
+
+
+def test_the_published_body_says_the_records_origin() -> None:
+    ledger = Ledger(T0, T0, T0, T0, 1, 1)
+    made = {"push": delivery("k", 1, 0), "backfill": backfill("k", 1, 0)}
+    for origin, found in made.items():
+        body = loads(published_body(found.record, ledger))
+        record_validator().validate(body)
+        assert body["origin"] == origin
+
+
+def test_a_record_published_before_it_had_an_origin_still_validates() -> None:
+    record = backfill("k", 1, 0).record
+    body = loads(published_body(record, Ledger(T0, T0, T0, T0, 1, 1)))
+    assert body["origin"] == "backfill"
+    record_validator().validate(body)
+    del body["origin"]  # as published before the field was added, in the same version
+    record_validator().validate(body)
+    assert not record_validator().is_valid({**body, "origin": "guessed"})

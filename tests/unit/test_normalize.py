@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import pytest
 
+from schemas.envelope import BACKFILL, PUSH
 from schemas.jsoncodec import MAX_NESTING, JSONError, canonical_json, dumps, loads_exact
-from schemas.providers import default_registry
+from schemas.providers import Provider, default_registry
 from schemas.providers.values import to_decimal, to_int
-from tests.support.samples import Sample, envelope
+from schemas.record import CallRecord
+from schemas.sources import Source
+from tests.support.samples import Sample, envelope, sample
 from tests.support.sources import load_test_sources
 from workers.db import is_data_error, is_transient
 from workers.normalize import MAX_EXTERNAL_ID, normalize_envelope
@@ -152,3 +158,28 @@ def test_only_the_databases_state_is_retried_its_refusals_are_isolated(
 ) -> None:
     assert is_transient(error) is transient
     assert is_data_error(error) is (not transient)
+
+
+class _ClaimsABackfill:
+    """A provider module that (wrongly) says where its report came from."""
+
+    def __init__(self, inner: Provider) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def normalize(self, payload: Mapping[str, Any], source: Source) -> CallRecord:
+        return dataclasses.replace(self.inner.normalize(payload, source), origin=BACKFILL)
+
+
+@pytest.mark.parametrize("origin", [PUSH, BACKFILL])
+def test_a_record_says_the_origin_its_envelope_says(origin: str) -> None:
+    item = dataclasses.replace(envelope(sample("nx-dr", "o-1")), origin=origin)
+    (delivery,) = normalize_envelope(item, SOURCES, default_registry()).deliveries
+    assert delivery.record.origin == origin
+    providers: dict[str, Any] = dict(default_registry())
+    providers[item.provider] = _ClaimsABackfill(providers[item.provider])
+    (claimed,) = normalize_envelope(item, SOURCES, providers).deliveries
+    assert claimed.record.origin == origin  # the envelope's word, not the provider's
+    assert claimed.content_hash == delivery.content_hash
