@@ -182,7 +182,6 @@ async def record(request: web.Request) -> web.Response:
         if row is None:
             raise web.HTTPNotFound(text="no such record")
         history = await load_history(connection, record_id)
-        found = await queries.discrepancies(connection, record_id)
     show = viewer_of(request)
     columns = {k: _json_column(v) for k, v in dict(row).items() if k != "content_hash"}
     payload = columns.pop("raw")
@@ -210,7 +209,7 @@ async def record(request: web.Request) -> web.Response:
         fields=fields,
         changes=changes,
         deliveries=history.deliveries if history else [],
-        discrepancies=found,
+        discrepancies=history.discrepancies if history else [],
         raw=raw,
         routing_key=f"{row['tenant']}.{row['provider']}.{row['event']}.{row['status']}",
         message_id=f"{row['record_id']}:{row['revision']}",

@@ -134,10 +134,6 @@ async def search(connection: asyncpg.Connection, query: Search) -> list[asyncpg.
 
 
 _RECORD = "SELECT * FROM call_records WHERE record_id = $1"
-_DISCREPANCIES = """
-SELECT field, ours, theirs, found_at FROM reconciliation_discrepancies
-WHERE record_id = $1 ORDER BY field
-"""
 
 
 async def record(connection: asyncpg.Connection, record_id: uuid.UUID) -> asyncpg.Record | None:
@@ -147,12 +143,6 @@ async def record(connection: asyncpg.Connection, record_id: uuid.UUID) -> asyncp
 
 async def has_table(connection: asyncpg.Connection, name: str) -> bool:
     return bool(await connection.fetchval("SELECT to_regclass($1) IS NOT NULL", name))
-
-
-async def discrepancies(connection: asyncpg.Connection, record_id: uuid.UUID) -> list[Any]:
-    if not await has_table(connection, "reconciliation_discrepancies"):
-        return []
-    return list(await connection.fetch(_DISCREPANCIES, record_id))
 
 
 _LAST_HOUR_BY_OUTCOME = """

@@ -126,6 +126,12 @@ async def test_a_record_pushed_twice_is_found_by_number_with_what_changed(
         await push_all(ingress, [second])
         assert await eventually(lambda: _revision(db, 2))
     record_id = record_id_for("nx-cc", first.external_id)
+    await db.execute(
+        "INSERT INTO reconciliation_discrepancies (source, external_id, record_id, field, ours,"
+        " theirs) VALUES ('nx-cc', $1, $2, 'cost', '0.0135', '0.0200')",
+        first.external_id,
+        record_id,
+    )
 
     async with console_client(console) as operator:
         await operator.login("olga")
@@ -141,6 +147,8 @@ async def test_a_record_pushed_twice_is_found_by_number_with_what_changed(
             '<td class="changed-to">[&#34;Intended customers&#34;,&#34;High level&#34;]</td>'
         ) in page
         assert f"<code>{record_id}:2</code>" in page
+        assert ", origin <strong>push</strong>." in page
+        assert "<td>cost</td><td>0.0135</td><td>0.0200</td>" in page
         assert (
             "<code>acme.nxcloud.call_center_report.call_center_report.answered</code>" in (page)
             or ".answered</code>" in page
