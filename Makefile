@@ -65,6 +65,22 @@ bench: install tools
 profile: install tools
 	$(BIN)/python -m tests.bench.profile $(PROFILE_ARGS)
 
+# The pins with hashes, from pyproject.toml at the versions of constraints.txt:
+# requirements/runtime.txt (the image installs it with --require-hashes) and
+# requirements/dev.txt (the tools too). Run after adding a dependency to pyproject.toml and
+# constraints.txt; deploy-check fails until then. pip-tools asks PyPI for every file's hash.
+PIP_TOOLS := pip-tools==7.6.2
+PIN_ARGS := --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url \
+	--no-emit-find-links --constraint constraints.txt
+.PHONY: pins
+pins:
+	$(PYTHON) -m venv .venv-pins
+	.venv-pins/bin/python -m pip install --quiet $(PIP_TOOLS)
+	CUSTOM_COMPILE_COMMAND="make pins" .venv-pins/bin/pip-compile $(PIN_ARGS) \
+		--output-file requirements/runtime.txt pyproject.toml
+	CUSTOM_COMPILE_COMMAND="make pins" .venv-pins/bin/pip-compile $(PIN_ARGS) --extra dev \
+		--output-file requirements/dev.txt pyproject.toml
+
 # deploy/ without a container engine: overlays, compose, Dockerfile, alert rules, units.
 .PHONY: deploy-check
 deploy-check: install tools

@@ -37,6 +37,7 @@ class Outgoing(NamedTuple):
     content_type: str
     headers: Mapping[str, str | int]
     timestamp: int  # seconds since the epoch
+    message_type: str = ""  # the AMQP `type` property, sent when set
 
 
 async def publish_batch(
@@ -226,12 +227,13 @@ def _frames(channel: aiormq.Channel, exchange: str, message: Outgoing, *, mandat
         (
             _HEADER_HEAD,
             _U64.pack(len(body)),
-            _PROPERTY_FLAGS,
+            _TYPED_PROPERTY_FLAGS if message.message_type else _PROPERTY_FLAGS,
             _name(message.content_type),
             _table(message.headers),
             _PERSISTENT_PRIORITY_0,
             _short(message.message_id),
             _U64.pack(message.timestamp),
+            _name(message.message_type) if message.message_type else b"",
         )
     )
     parts = [
@@ -283,6 +285,8 @@ _U64 = struct.Struct(">Q")
 _PUBLISH_HEAD = struct.pack(">HHH", 60, 40, 0)  # basic.publish, reserved ticket
 _HEADER_HEAD = struct.pack(">HH", 60, 0)  # class basic, weight
 # The properties aio-pika sends, in this order on the wire: content_type, headers,
-# delivery_mode, priority (0), message_id, timestamp.
-_PROPERTY_FLAGS = struct.pack(">H", 1 << 15 | 1 << 13 | 1 << 12 | 1 << 11 | 1 << 7 | 1 << 6)
+# delivery_mode, priority (0), message_id, timestamp, and type when there is one.
+_FLAGS = 1 << 15 | 1 << 13 | 1 << 12 | 1 << 11 | 1 << 7 | 1 << 6
+_PROPERTY_FLAGS = struct.pack(">H", _FLAGS)
+_TYPED_PROPERTY_FLAGS = struct.pack(">H", _FLAGS | 1 << 5)
 _PERSISTENT_PRIORITY_0 = b"\x02\x00"

@@ -5,6 +5,7 @@ log, whatever code wrote the line (ours, aiohttp, aio-pika or asyncpg)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -14,7 +15,13 @@ from typing import Any, TextIO
 import orjson
 import structlog
 
-_CALLBACK_TOKEN = re.compile(r"(/v1/callbacks/[^/\s?#\"']+/)[^/\s?#\"']+")
+# A callback path, however spelled: repeated slashes, percent-encoded slashes, any case
+# (a path that does not route is logged as sent, and is where a token comes mangled).
+_SLASH = r"(?:/|%2[fF])+"
+_SEGMENT = r"(?:(?!%2[fF])[^/\s?#\"'])+"
+CALLBACK_PATH = re.compile(
+    rf"({_SLASH}v1{_SLASH}callbacks{_SLASH}{_SEGMENT}{_SLASH}){_SEGMENT}", re.IGNORECASE
+)
 _URL_PASSWORD = re.compile(r"([a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@", re.IGNORECASE)
 REDACTED = "[redacted]"
 _HANDLER_NAME = "cdrflow"
@@ -33,11 +40,13 @@ class Redactor:
         self.secrets = sorted(merged, key=len, reverse=True)
 
     def scrub(self, text: str) -> str:
-        text = _CALLBACK_TOKEN.sub(r"\1" + REDACTED, text)
+        text = CALLBACK_PATH.sub(r"\1" + REDACTED, text)
         text = _URL_PASSWORD.sub(r"\1" + REDACTED + "@", text)
         for secret in self.secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
+        if "%" in text and self.secrets:
+            text = _encoded_forms(tuple(self.secrets)).sub(REDACTED, text)
         return text
 
     def _clean(self, value: Any) -> Any:
@@ -59,6 +68,25 @@ class Redactor:
         for key, value in event.items():
             event[key] = self._clean(value)
         return event
+
+
+@functools.lru_cache(maxsize=4)  # one set of secrets per process, rebuilt when it changes
+def _encoded_forms(secrets: tuple[str, ...]) -> re.Pattern[str]:
+    """The secrets with any of their characters percent-encoded (hex in either case, the
+    `%` itself encoded once more or not): `%61bc`, `a%62%63`, `%2561bc` are `abc`."""
+    return re.compile("|".join(_encoded_form(secret) for secret in secrets))
+
+
+def _encoded_form(secret: str) -> str:
+    def one(char: str) -> str:
+        escapes = "".join(f"%(?:25)?{_hex(byte)}" for byte in char.encode())
+        return f"(?:{re.escape(char)}|{escapes})"
+
+    return "".join(one(char) for char in secret)
+
+
+def _hex(byte: int) -> str:
+    return "".join(f"[{d.lower()}{d.upper()}]" if d.isalpha() else d for d in f"{byte:02x}")
 
 
 REDACTOR = Redactor()

@@ -17,19 +17,20 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.web_protocol import RequestPayloadError
 from prometheus_client import Counter
 
 from cdrflow.amqp import BrokerLink
 from cdrflow.health import add_health_routes
-from cdrflow.logs import get_logger
+from cdrflow.logs import REDACTOR, get_logger
 from cdrflow.settings import Settings
 from ingress.body import TooLarge, read_body
 from ingress.client_address import client_address
+from ingress.coding import BadCoding, codings_of, decode, decodes, undo_transfer_codings
 from ingress.drainer import start_drainer
-from ingress.edge import body_error_reason, scrub_token
-from ingress.inflight import InflightBytes, Overloaded
+from ingress.edge import FIRST_BYTES_LOGGED, body_error_reason, scrub_token
+from ingress.inflight import Hold, InflightBytes, Overloaded
 from ingress.metrics import NO_SOURCE, NOT_FOUND, IngressMetrics
 from ingress.publisher import CoalescingPublisher, NotDurable
 from ingress.routing import add_callback_route
@@ -92,6 +93,9 @@ def create_app(
     settings: Settings, sources: Sources, registry: Registry | None = None
 ) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
+    # The ingress is where tokens arrive, in any spelling: whoever starts it, its log lines
+    # are scrubbed of them.
+    REDACTOR.add(sources.secrets())
     metrics = IngressMetrics(sources)
     inflight = InflightBytes(settings.max_inflight_bytes, metrics.inflight_bytes)
     app[INGRESS] = Ingress(settings, sources, registry or default_registry(), metrics, inflight)
@@ -109,6 +113,7 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = ingress.settings
     spool = await open_spool(settings, ingress.metrics)
     link = BrokerLink(settings.amqp_url, settings.topology(), name="cdrflow-ingress")
+    ingress.metrics.watch_link(link)
     await link.start()
     ingress.publisher = CoalescingPublisher(
         link,
@@ -159,19 +164,17 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
         return finish(Outcome.METHOD_NOT_ALLOWED, method=request.method)
     with ingress.inflight.hold() as hold:
         try:
-            body = await read_body(
-                request, ingress.settings.max_body_bytes, ingress.settings.body_timeout, hold
-            )
+            body, decoded = await _read_decoded(request, ingress.settings, hold)
         except TooLarge:
             return _close_after(finish(Outcome.TOO_LARGE))
         except TimeoutError:
             return _close_after(finish(Outcome.TIMEOUT))
         except Overloaded:
             return _close_after(finish(Outcome.UNAVAILABLE, reason="overloaded"))
-        except RequestPayloadError as exc:
+        except (RequestPayloadError, BadCoding) as exc:
             return _bad_body(request, provider, source, client, exc)
 
-        envelope = _envelope(request, source, provider, client, body)
+        envelope = _envelope(request, source, provider, client, body, decoded)
         try:
             envelope = _authenticated(provider, envelope, request, source)
         except Unauthenticated as exc:
@@ -184,6 +187,19 @@ async def handle_callback(request: web.Request) -> web.StreamResponse:
             return finish(Outcome.UNAVAILABLE, reason=str(exc), ingest_id=str(envelope.ingest_id))
     _log_accepted(source, envelope)
     return finish(Outcome.ACCEPTED)
+
+
+async def _read_decoded(request: web.Request, settings: Settings, hold: Hold) -> tuple[bytes, bool]:
+    """The body with its transfer codings and Content-Encoding undone (`ingress.coding`),
+    and whether a Content-Encoding was."""
+    body = await read_body(request, settings.max_body_bytes, settings.body_timeout, hold)
+    transfer = request.headers.getall(hdrs.TRANSFER_ENCODING, ())
+    if transfer:
+        body = undo_transfer_codings(body, transfer, settings.max_body_bytes, hold)
+    codings = codings_of(request.headers.getall(hdrs.CONTENT_ENCODING, ()))
+    if not decodes(codings):
+        return body, False
+    return decode(body, codings, settings.max_body_bytes, hold), True
 
 
 def _log_accepted(source: Source, envelope: RawEnvelope) -> None:
@@ -211,10 +227,11 @@ def _answer(
 def _bad_body(
     request: web.Request, provider: Provider, source: Source, client: str, exc: Exception
 ) -> web.Response:
-    """A body aiohttp could not decode (a bad chunk, a bad compressed stream): the provider's
-    failure answer and one warning, not a 500 with a traceback anyone can trigger."""
+    """A body that cannot be decoded (a bad chunk, a bad or truncated compressed stream):
+    the provider's failure answer and one warning, not a 500 with a traceback anyone can
+    trigger, and never a 200 for a body kept cut."""
     cause = exc.__cause__ or exc
-    reason = body_error_reason(cause)
+    reason = "bad_content_encoding" if isinstance(exc, BadCoding) else body_error_reason(cause)
     # Ends the body: aiohttp would otherwise read on after the answer, hit the same error
     # again and log it as an unhandled exception.
     request.content.feed_eof()
@@ -231,11 +248,12 @@ async def handle_unrouted(request: web.Request) -> web.Response:
     provider pointed at a wrong URL shows up in /metrics and the log."""
     ingress = request.app[INGRESS]
     ingress.metrics.unroutable.labels("no_route").inc()
+    line = scrub_token(f"{request.method} {request.raw_path}".encode())
     log.info(
         "request_unroutable",
         reason="no_route",
         client=client_address(request, ingress.settings.trusted_proxies),
-        first_bytes=scrub_token(f"{request.method} {request.raw_path}".encode()),
+        first_bytes=line[:FIRST_BYTES_LOGGED],
     )
     raise web.HTTPNotFound()
 
@@ -259,7 +277,12 @@ def _authorize(sources: Sources, request: web.Request) -> Source | None:
 
 
 def _envelope(
-    request: web.Request, source: Source, provider: Provider, client: str, body: bytes
+    request: web.Request,
+    source: Source,
+    provider: Provider,
+    client: str,
+    body: bytes,
+    decoded: bool,
 ) -> RawEnvelope:
     return RawEnvelope(
         ingest_id=uuid7(),
@@ -271,17 +294,21 @@ def _envelope(
         path=f"/v1/callbacks/{source.name}",
         query=request.rel_url.raw_query_string,
         content_type=request.headers.get("Content-Type", ""),
-        headers=_kept_headers(request, body),
+        headers=_kept_headers(request, body, decoded),
         client=client,
         body=body,
     )
 
 
-def _kept_headers(request: web.Request, body: bytes) -> dict[str, str]:
+def _kept_headers(request: web.Request, body: bytes, decoded: bool) -> dict[str, str]:
     headers = stored_headers(request.headers)
-    if headers.pop("content-encoding", None) is not None:
-        # aiohttp decompressed the body: the envelope describes the bytes it holds.
+    if decoded:
+        # The body was decoded (ingress/coding.py): the envelope describes the bytes it
+        # holds. A coding that was not decoded stays, with the bytes as sent.
+        headers.pop("content-encoding", None)
         headers["content-length"] = str(len(body))
+    elif hdrs.CONTENT_ENCODING in request.headers:  # every line of it, not the last alone
+        headers["content-encoding"] = ", ".join(request.headers.getall(hdrs.CONTENT_ENCODING))
     return headers
 
 

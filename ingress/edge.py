@@ -29,14 +29,16 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from aiohttp.web_request import BaseRequest
 
-from cdrflow.logs import get_logger
+from cdrflow.logs import CALLBACK_PATH, REDACTOR, get_logger
 from ingress.metrics import IngressMetrics
 from ingress.requestline import repair_request_line
 
 log = get_logger("cdrflow.ingress")
 
 FIRST_BYTES_LOGGED = 160
-_CALLBACK_TOKEN = re.compile(r"(/v1/callbacks/[^/\s?#'\"]+/)[^/\s?#'\"]*")
+# The request line is scrubbed whole before it is cut to FIRST_BYTES_LOGGED: a token cut
+# in two is recognised by neither the path pattern nor the known tokens.
+FIRST_BYTES_SCRUBBED = 8 * 1024
 
 
 MAX_HEAD_HELD = 64 * 1024  # past this without CRLFCRLF the parser decides alone
@@ -85,14 +87,14 @@ class EdgeRequestHandler(RequestHandler):
             return self._hold_head(data)
         clean = _CLEAN_LINE.match(data)
         if clean is not None:
-            self._first_bytes = data[: min(clean.end() - 2, FIRST_BYTES_LOGGED)]
+            self._first_bytes = data[: min(clean.end() - 2, FIRST_BYTES_SCRUBBED)]
             return self._take_framed(data, end + 4)
         line_end = data.find(b"\r\n")
         if line_end == 0:  # an empty line before a request is allowed (RFC 9112, 2.2)
             self._feed(b"\r\n")
             return data[2:]
         line = data[:line_end]
-        self._first_bytes = line[:FIRST_BYTES_LOGGED]
+        self._first_bytes = line[:FIRST_BYTES_SCRUBBED]
         repaired = repair_request_line(line)
         return self._take_framed(repaired + data[line_end:], end + 4 + len(repaired) - line_end)
 
@@ -191,7 +193,7 @@ class EdgeRequestHandler(RequestHandler):
             reason=reason,
             client=request.remote or "",
             error=scrub_token(str(exc.message))[:300],  # it may quote the request line
-            first_bytes=scrub_token(self._first_bytes),
+            first_bytes=scrub_token(self._first_bytes)[:FIRST_BYTES_LOGGED],
         )
         response = web.Response(status=400, text="bad request")
         response.force_close()
@@ -217,11 +219,12 @@ def body_error_reason(exc: BaseException) -> str:
 
 
 def scrub_token(text: str | bytes) -> str:
-    """Text for a log line, the URL token replaced (the log's redactor would catch it too,
-    but a request that fails to parse is the one place a token may come mangled)."""
+    """Text for a log line, the URL token replaced, whatever the path's spelling, and every
+    known token, literal or percent-encoded (the log's redactor does the same, but a
+    request that fails to parse is the one place a token may come mangled)."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "backslashreplace")
-    return _CALLBACK_TOKEN.sub(r"\1[redacted]", text)
+    return REDACTOR.scrub(CALLBACK_PATH.sub(r"\1[redacted]", text))
 
 
 class EdgeServer(web.Server):

@@ -15,6 +15,7 @@ from cdrflow.health import process_registry
 from schemas.providers.answers import Outcome
 
 if TYPE_CHECKING:
+    from cdrflow.amqp import BrokerLink
     from ingress.spool import Spool
 
 NO_SOURCE = "-"  # the source label of a request whose path names no source
@@ -70,6 +71,12 @@ class IngressMetrics:
         self.broker_ready = Gauge(
             "cdrflow_ingress_broker_ready",
             "1 while callbacks can be made durable on RabbitMQ",
+            registry=self.registry,
+        )
+        self.broker_connected = Gauge(
+            "cdrflow_ingress_broker_connected",
+            "1 while the ingress holds a confirmed channel to RabbitMQ (readiness stays up "
+            "without one while the spool has room)",
             registry=self.registry,
         )
         self.unroutable = Counter(
@@ -140,6 +147,9 @@ class IngressMetrics:
             lambda: 0 if spool.oldest_ms is None else max(0, time.time() - spool.oldest_ms / 1000)
         )
         self.spool_capacity.set(spool.max_bytes)
+
+    def watch_link(self, link: BrokerLink) -> None:
+        self.broker_connected.set_function(lambda: 1 if link.ready else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -40,6 +40,9 @@ def runner_options(settings: Settings) -> dict[str, Any]:
         # A provider hanging up must not cancel a request whose envelope is being made
         # durable; the publish is shielded anyway, but nothing gains from cancelling.
         "handler_cancellation": False,
+        # The ingress undoes Content-Encoding itself (ingress/coding.py): aiohttp accepts a
+        # gzip stream cut short, and passes `gzip, gzip` through undecoded.
+        "auto_decompress": False,
     }
 
 

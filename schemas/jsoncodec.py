@@ -13,11 +13,14 @@ nested deeper than `MAX_NESTING` is refused: nothing we write can then fail on d
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
 import orjson
+
+from schemas.keys import put_keeping
 
 
 class JSONError(ValueError):
@@ -135,18 +138,65 @@ def loads_exact(text: str | bytes) -> Any:
     document = _orjson_when_exact(text) if brackets <= MAX_NESTING else _INEXACT
     if document is _INEXACT:
         document = _loads_with_hooks(text)
+    if isinstance(document, dict | list) and _may_repeat_a_key(text, document):
+        document = _loads_with_hooks(text, object_pairs_hook=_keeping_every_value)
     if brackets > MAX_NESTING and isinstance(document, dict | list) and _too_deep(document):
         raise JSONError(f"nested deeper than {MAX_NESTING} levels")
     return document
 
 
-def _loads_with_hooks(text: str | bytes) -> Any:
+def _loads_with_hooks(text: str | bytes, **hooks: Any) -> Any:
     try:
         return json.loads(
-            text, parse_float=_parse_float, parse_int=_parse_int, parse_constant=_reject_constant
+            text,
+            parse_float=_parse_float,
+            parse_int=_parse_int,
+            parse_constant=_reject_constant,
+            **hooks,
         )
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise JSONError(str(exc) or type(exc).__name__) from exc
+
+
+# Every member of an object is a key's closing quote, maybe blanks, and a colon: the text
+# has at least as many of these as its objects have members (a string may add more).
+_MEMBER = re.compile(r'"[ \t\r\n]*:')
+_BLANK_AFTER_QUOTE = re.compile(r'"[ \t\r\n]')
+
+
+def _may_repeat_a_key(text: str | bytes, document: dict[str, Any] | list[Any]) -> bool:
+    """Whether an object of the text may hold a key twice, which every parser reads as its
+    last value alone: when the text has no more members than the document has keys, none
+    was repeated (the usual body, at the cost of a scan and a count in C)."""
+    if isinstance(text, bytes):
+        return True  # not a provider body (those are decoded first): the exact reading
+    # Without blanks before a colon, counting is enough.
+    blanks = _BLANK_AFTER_QUOTE.search(text)
+    members = len(_MEMBER.findall(text)) if blanks else text.count('":')
+    if type(document) is dict and members <= len(document):
+        return False  # a flat object: no deeper keys to count
+    return members > _keys_in(document)
+
+
+def _keys_in(document: dict[str, Any] | list[Any]) -> int:
+    count, stack = 0, [document]
+    while stack:
+        node = stack.pop()
+        if type(node) is dict:
+            count += len(node)
+            stack.extend(v for v in node.values() if type(v) is dict or type(v) is list)
+        else:
+            stack.extend(v for v in node if type(v) is dict or type(v) is list)
+    return count
+
+
+def _keeping_every_value(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose repeated key keeps its last value, and each earlier one under a
+    suffixed name (`schemas.keys`): nothing the provider sent vanishes."""
+    fields: dict[str, Any] = {}
+    for key, value in pairs:
+        put_keeping(fields, key, value)
+    return fields
 
 
 def _default(value: Any) -> Any:

@@ -20,6 +20,8 @@ from schemas.jsoncodec import dumps
 
 # Bumped whenever the record format (columns or their meaning) changes.
 SCHEMA_VERSION = 1
+# The AMQP `type` property of a record's message (schemas/asyncapi.yaml, messageType).
+MESSAGE_TYPE = "cdrflow.call_record"
 
 # record_id = uuid5(RECORD_NAMESPACE, "{source}\n{external_id}"): the same id on every re-push,
 # on every worker and on replay, with no lookup needed.
@@ -150,6 +152,11 @@ class CallRecord:
                 object.__setattr__(self, name, None)
             kept = {name: _as_extra(value) for name, value in misfits.items()}
             object.__setattr__(self, "extra", {**kept, **self.extra})
+        for name in MONEY_COLUMNS:
+            amount = getattr(self, name)
+            if amount is not None and amount.is_zero() and amount.is_signed():
+                # numeric has no negative zero: the row says 0 (0.00), so must every message.
+                object.__setattr__(self, name, amount.copy_abs())
 
     @property
     def record_id(self) -> uuid.UUID:

@@ -42,9 +42,12 @@ def prefetch_for(batch_size: int, prefetch_cap: int) -> int:
 
 
 def redeliveries(message: Delivered) -> int:
-    """How often RabbitMQ has handed this message out before (quorum queues count)."""
+    """How often RabbitMQ has handed this message out before (quorum queues count). From
+    RabbitMQ 4.3 a message returned because its consumer died is not counted, only flagged
+    `redelivered`: that flag counts as one, so the message is still handled alone."""
     count = (message.headers or {}).get("x-delivery-count", 0)
-    return count if isinstance(count, int) else 0
+    counted = count if isinstance(count, int) else 0
+    return max(counted, 1 if getattr(message, "redelivered", False) is True else 0)
 
 
 M = TypeVar("M", bound=Delivered)

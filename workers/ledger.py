@@ -3,7 +3,8 @@
 1. Claim the batch's deliveries in `deliveries` (ON CONFLICT DO NOTHING): a delivery seen
    before (a raw message delivered twice) counts once, however often it comes back.
 2. Set aside the backfills a push of the batch or another backfill makes redundant, then
-   group the fresh deliveries per record and per content (`workers.versions`).
+   group the fresh deliveries per record and per content (`workers.versions`). A backfill
+   that changes nothing (set aside, or of a stored record) is no delivery: its claim goes.
 3. COPY the contents into the staging table; then a fixed number of set-based statements,
    whatever the batch holds (no round per version):
    - upsert `call_records`, one row per record: a new record is inserted with its newest
@@ -62,7 +63,7 @@ class BatchResult:
     versions: int  # distinct contents of records in the batch
     rejected: list[Rejection]
     # Backfills of records stored already, or pushed in the same batch: they change nothing
-    # (not a delivery, not a revision).
+    # (not a delivery, not a revision). Counted in `fresh`, but no longer claimed.
     ignored_backfills: int = 0
 
 
@@ -74,8 +75,13 @@ async def write_batch(connection: Connection, normalized: Normalized) -> BatchRe
         records = plan_versions(planned)
         published: list[OutboxEntry] = []
         if records:
-            published, ignored_stored = await _store_versions(connection, records)
-            ignored += ignored_stored
+            published, left_alone = await _store_versions(connection, records)
+            if left_alone:
+                ignored += [d for d in planned if d.record.record_id in left_alone]
+        if ignored:
+            await connection.execute(
+                sql.UNCLAIM, [d.ingest_id for d in ignored], [d.item for d in ignored]
+            )
         if published:
             await _add_to_outbox(connection, published)
         rejections = _unique_rejections(normalized.rejections)
@@ -83,9 +89,9 @@ async def write_batch(connection: Connection, normalized: Normalized) -> BatchRe
             await connection.execute(sql.REJECT, *_rejection_columns(rejections))
         await _resolve_replays(connection, fresh, normalized)
     if ignored:
-        log.info("backfills_ignored", count=ignored)
+        log.info("backfills_ignored", count=len(ignored))
     contents = sum(len(r.contents) for r in records)
-    return BatchResult(published, len(fresh), contents, rejections, ignored)
+    return BatchResult(published, len(fresh), contents, rejections, len(ignored))
 
 
 async def _claim(connection: Connection, deliveries: list[Delivery]) -> list[Delivery]:
@@ -159,8 +165,8 @@ class _Writes:
 
 async def _store_versions(
     connection: Connection, records: list[RecordVersions]
-) -> tuple[list[OutboxEntry], int]:
-    """The entries to publish, and how many backfill deliveries found their record stored."""
+) -> tuple[list[OutboxEntry], set[uuid.UUID]]:
+    """The entries to publish, and the records a backfill found stored (left alone)."""
     await connection.copy_records_to_table(
         STAGE_TABLE,
         records=[_stage_row(c) for r in records for c in r.contents],
@@ -170,17 +176,17 @@ async def _store_versions(
     stored_before = [rid for rid, row in upserted.items() if not row["created"]]
     known, last = await _known_revisions(connection, stored_before)
     writes = _Writes()
-    ignored = 0
+    left_alone: set[uuid.UUID] = set()
     for versions in records:
         row = upserted.get(versions.record_id)
         if row is None:  # a backfill, and the record is stored: the upsert left it alone
-            ignored += versions.deliveries
+            left_alone.add(versions.record_id)
         elif row["created"]:
             _plan_new_record(versions, row, writes)
         else:
             _plan_stored_record(versions, row, known, last.get(versions.record_id), writes)
     await _apply(connection, writes)
-    return writes.published, ignored
+    return writes.published, left_alone
 
 
 async def _known_revisions(
@@ -275,14 +281,16 @@ async def _add_to_outbox(connection: Connection, entries: list[OutboxEntry]) -> 
         [e.routing_key for e in entries],
         [e.body for e in entries],
     )
-    ids = {(row["record_id"], row["revision"]): row["outbox_id"] for row in rows}
+    written = {(row["record_id"], row["revision"]): row for row in rows}
     for index, entry in enumerate(entries):
+        row = written[(entry.record_id, entry.revision)]
         entries[index] = OutboxEntry(
-            ids[(entry.record_id, entry.revision)],
+            row["outbox_id"],
             entry.record_id,
             entry.revision,
             entry.routing_key,
             entry.body,
+            row["slot"],
         )
 
 

@@ -97,10 +97,18 @@ JOIN unnest($1::uuid[], $2::integer[], $3::integer[]) AS u(record_id, ordinal, r
 WHERE c.source = s.source AND c.external_id = s.external_id
 """  # noqa: S608
 
+# A backfill that changed nothing is no delivery: its claim is taken back (a redelivery of
+# it would change nothing either).
+UNCLAIM = """
+DELETE FROM deliveries d
+USING unnest($1::uuid[], $2::integer[]) AS u(ingest_id, item)
+WHERE d.ingest_id = u.ingest_id AND d.item = u.item
+"""
+
 OUTBOX = """
 INSERT INTO outbox (record_id, revision, routing_key, body)
 SELECT * FROM unnest($1::uuid[], $2::integer[], $3::text[], $4::bytea[])
-RETURNING outbox_id, record_id, revision
+RETURNING outbox_id, slot, record_id, revision
 """
 
 REJECT = """

@@ -14,7 +14,7 @@ from cdrflow.logs import get_logger
 from schemas.content import content_hash
 from schemas.envelope import RawEnvelope
 from schemas.providers import Provider, Reason, Reject
-from schemas.providers.bodies import charset_of
+from schemas.providers.bodies import charset_of, is_multipart
 from schemas.sources import Source
 from workers.sanitize import sanitize_record
 from workers.versions import Delivery
@@ -104,7 +104,9 @@ def normalize_envelope(
 
 def _may_hold_unstorable_text(envelope: RawEnvelope) -> bool:
     """NUL and lone surrogates arrive as a NUL byte, a JSON \\u escape or a %00 in UTF-8;
-    any other charset (UTF-7, say) can hide them in ordinary bytes."""
+    any other charset (UTF-7, say) can hide them in ordinary bytes, and so can a multipart
+    part: its own charset, or its Content-Transfer-Encoding (base64, quoted-printable's
+    `=00`, uuencode) hides every byte."""
     body = envelope.body
     return (
         b"\x00" in body
@@ -112,6 +114,7 @@ def _may_hold_unstorable_text(envelope: RawEnvelope) -> bool:
         or b"%00" in body
         or "%00" in envelope.query
         or charset_of(envelope.content_type) not in _PLAIN_CHARSETS
+        or is_multipart(envelope.content_type)
     )
 
 

@@ -10,7 +10,13 @@ and a publisher takes only rows still there. So a row is published by one of the
 long the batch's transaction stayed open (the grace period only spares the relay rows the
 batch's publisher is about to take); it is published twice only when a process dies, or
 loses the database, between the broker's confirm and the delete's commit. `message_id` =
-`{record_id}:{revision}` tells a consumer that it is the same."""
+`{record_id}:{revision}` tells a consumer that it is the same.
+
+The outbox is a ring of partitions (migration 6), written in turn, 5,000 rows each, so that
+its deleted rows never pile up waiting for a vacuum: each relay round truncates every
+partition that is not being written to and holds no row left to publish
+(`reclaim_drained`). Publishers and relays name the partition they claim from, so that a
+partition nobody writes to is locked by nobody and its TRUNCATE never waits."""
 
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from datetime import UTC, datetime
 import aio_pika
 import asyncpg
 from aio_pika import DeliveryMode
+from asyncpg.pool import PoolConnectionProxy
 from tenacity import RetryCallState
 
 from cdrflow.amqp import BrokerLink
@@ -34,23 +41,29 @@ from workers.records_publisher import publish_records, record_outgoing
 
 log = get_logger("cdrflow.worker.outbox")
 
+Connection = asyncpg.Connection | PoolConnectionProxy
+
 RELAY_BATCH = 500
 PRUNE_EVERY = 60.0  # seconds between prunes of the deliveries ledger
 PRUNE_CHUNK = 10_000
 PRUNE_BUDGET = 10.0  # seconds a prune may keep deleting chunks before it yields
 
+# The outbox's partitions, by slot (workers/migrations/0006_outbox_ring.sql).
+PARTITIONS = tuple(f"outbox_{slot}" for slot in range(4))
 _CLAIM_STALE = """
-SELECT outbox_id, record_id, revision, routing_key, body FROM outbox
+SELECT outbox_id, slot, record_id, revision, routing_key, body FROM {partition}
 WHERE created_at < now() - make_interval(secs => $1)
 ORDER BY outbox_id LIMIT $2
 FOR UPDATE SKIP LOCKED
 """
 _CLAIM_OWN = """
-SELECT outbox_id FROM outbox WHERE outbox_id = ANY($1::bigint[])
+SELECT outbox_id FROM {partition} WHERE outbox_id = ANY($1::bigint[])
 ORDER BY outbox_id
 FOR UPDATE SKIP LOCKED
 """
-_DELETE = "DELETE FROM outbox WHERE outbox_id = ANY($1::bigint[])"
+_DELETE = "DELETE FROM {partition} WHERE outbox_id = ANY($1::bigint[])"
+_WRITTEN_TO = "SELECT outbox_slot_of(last_value) FROM outbox_slot_seq"
+_HAS_PAGES = "SELECT pg_relation_size($1::regclass) > 0"
 _PRUNE = """
 DELETE FROM deliveries WHERE (ingest_id, item) IN (
     SELECT ingest_id, item FROM deliveries
@@ -65,6 +78,7 @@ class OutboxEntry:
     revision: int
     routing_key: str
     body: bytes
+    slot: int = 0  # the outbox partition holding the row
 
     @property
     def message_id(self) -> str:
@@ -82,6 +96,7 @@ def record_message(entry: OutboxEntry) -> aio_pika.Message:
         content_type=outgoing.content_type,
         timestamp=datetime.fromtimestamp(outgoing.timestamp, UTC),
         headers=dict(outgoing.headers),
+        type=outgoing.message_type,
     )
 
 
@@ -114,15 +129,20 @@ class RecordPublisher:
         confirmed; the rest stay in the outbox for the relay."""
         if not entries:
             return 0
-        confirmed: list[int] = []
+        confirmed: list[OutboxEntry] = []
+        slots = sorted({e.slot for e in entries})
         try:
             async with self.pool.acquire() as connection, connection.transaction():
-                rows = await connection.fetch(_CLAIM_OWN, [e.outbox_id for e in entries])
-                claimed = {row["outbox_id"] for row in rows}
+                claimed: set[int] = set()
+                for slot in slots:
+                    rows = await connection.fetch(
+                        _CLAIM_OWN.format(partition=PARTITIONS[slot]),
+                        [e.outbox_id for e in entries if e.slot == slot],
+                    )
+                    claimed.update(row["outbox_id"] for row in rows)
                 # A row missing here was taken by a relay (published, or being published).
                 confirmed = await self._publish_all([e for e in entries if e.outbox_id in claimed])
-                if confirmed:
-                    await connection.execute(_DELETE, confirmed)
+                await _delete(connection, confirmed)
         except Exception as exc:
             if not is_transient(exc):
                 raise
@@ -131,7 +151,7 @@ class RecordPublisher:
             return 0
         return len(confirmed)
 
-    async def _publish_all(self, entries: Sequence[OutboxEntry]) -> list[int]:
+    async def _publish_all(self, entries: Sequence[OutboxEntry]) -> list[OutboxEntry]:
         results = await publish_records(
             self.link, entries, exchange=self.exchange, timeout=self.confirm_timeout
         )
@@ -143,25 +163,49 @@ class RecordPublisher:
                 error=f"{type(failures[0]).__name__}: {failures[0]}",
                 will_retry_in=self.grace_seconds,
             )
-        return [e.outbox_id for e, r in zip(entries, results, strict=True) if r is None]
+        return [e for e, r in zip(entries, results, strict=True) if r is None]
 
     async def relay_once(self) -> int:
-        """Publish outbox rows left behind (older than the grace period)."""
+        """Publish outbox rows left behind (older than the grace period), at most
+        `RELAY_BATCH` of each partition. Returns how many were confirmed."""
+        published = 0
+        for partition in PARTITIONS:
+            published += await self._relay_partition(partition)
+        return published
+
+    async def _relay_partition(self, partition: str) -> int:
+        claim = _CLAIM_STALE.format(partition=partition)
         async with self.pool.acquire() as connection, connection.transaction():
-            rows = await connection.fetch(_CLAIM_STALE, self.grace_seconds, RELAY_BATCH)
+            rows = await connection.fetch(claim, self.grace_seconds, RELAY_BATCH)
             if not rows:
                 return 0
             entries = [
                 OutboxEntry(
-                    r["outbox_id"], r["record_id"], r["revision"], r["routing_key"], r["body"]
+                    r["outbox_id"],
+                    r["record_id"],
+                    r["revision"],
+                    r["routing_key"],
+                    r["body"],
+                    r["slot"],
                 )
                 for r in rows
             ]
             confirmed = await self._publish_all(entries)
-            if confirmed:
-                await connection.execute(_DELETE, confirmed)
+            await _delete(connection, confirmed)
         log.info("outbox_relayed", published=len(confirmed), pending=len(entries) - len(confirmed))
         return len(confirmed)
+
+    async def reclaim_drained(self) -> int:
+        """TRUNCATE each outbox partition that is not being written to and holds no row
+        left to publish: the space of its deleted rows comes back now, not at the next
+        vacuum. Returns how many were truncated."""
+        truncated = 0
+        async with self.pool.acquire() as connection:
+            written_to = await connection.fetchval(_WRITTEN_TO)
+            for slot, partition in enumerate(PARTITIONS):
+                if slot != written_to and await _truncate_if_drained(connection, partition):
+                    truncated += 1
+        return truncated
 
     async def prune_deliveries(self) -> int:
         """Delete ledger rows past the retention, chunk after chunk until caught up or out
@@ -197,10 +241,13 @@ class RecordPublisher:
 
     async def _relay_round(self) -> None:
         if self.link.ready:
-            while await self.relay_once() == RELAY_BATCH:
+            while await self.relay_once() >= RELAY_BATCH:
                 pass
         else:
             await self.pool.fetchval("SELECT 1")
+        truncated = await self.reclaim_drained()
+        if truncated:
+            log.debug("outbox_partitions_truncated", count=truncated)
         loop = asyncio.get_running_loop()
         if loop.time() - self._last_prune > PRUNE_EVERY:
             pruned = await self.prune_deliveries()
@@ -212,3 +259,27 @@ class RecordPublisher:
         self.database_ok = False
         level = log.warning if is_loud(state) else log.debug
         level("outbox_relay_deferred", **retry_fields(state))
+
+
+async def _delete(connection: Connection, entries: Sequence[OutboxEntry]) -> None:
+    for slot in sorted({e.slot for e in entries}):
+        ids = [e.outbox_id for e in entries if e.slot == slot]
+        await connection.execute(_DELETE.format(partition=PARTITIONS[slot]), ids)
+
+
+async def _truncate_if_drained(connection: Connection, partition: str) -> bool:
+    """TRUNCATE `partition` if it has pages and no row. The exclusive lock comes first
+    (NOWAIT: a partition in use is left for the next round), so no transaction that wrote
+    to it or deletes from it is still open: under READ COMMITTED the check that follows
+    sees every row committed, and a row committed is never truncated unpublished."""
+    if not await connection.fetchval(_HAS_PAGES, partition):
+        return False  # empty since its last TRUNCATE: a new one would only churn files
+    try:
+        async with connection.transaction(isolation="read_committed"):
+            await connection.execute(f"LOCK TABLE {partition} IN ACCESS EXCLUSIVE MODE NOWAIT")
+            if await connection.fetchval(f"SELECT EXISTS (SELECT FROM {partition})"):  # noqa: S608
+                return False
+            await connection.execute(f"TRUNCATE {partition}")
+    except asyncpg.LockNotAvailableError:
+        return False
+    return True

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from cdrflow.amqp import BrokerLink
 from cdrflow.batchpublish import Outgoing
-from schemas.record import SCHEMA_VERSION
+from schemas.record import MESSAGE_TYPE, SCHEMA_VERSION
 
 if TYPE_CHECKING:  # workers.outbox imports this module
     from workers.outbox import OutboxEntry
@@ -30,6 +30,7 @@ def record_outgoing(entry: OutboxEntry, timestamp: int) -> Outgoing:
             "revision": entry.revision,
         },
         timestamp=timestamp,
+        message_type=MESSAGE_TYPE,
     )
 
 

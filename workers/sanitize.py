@@ -6,6 +6,7 @@ import dataclasses
 import re
 from typing import Any
 
+from schemas.keys import free_key
 from schemas.providers import Reason, Reject
 from schemas.record import CallRecord
 
@@ -18,10 +19,28 @@ def sanitize(value: Any) -> Any:
     if isinstance(value, str):
         return _UNSTORABLE.sub("\ufffd", value) if _UNSTORABLE.search(value) else value
     if isinstance(value, dict):
-        return {sanitize(k): sanitize(v) for k, v in value.items()}
+        return _sanitize_mapping(value)
     if isinstance(value, list | tuple):
         return [sanitize(v) for v in value]
     return value
+
+
+def _sanitize_mapping(value: dict[Any, Any]) -> dict[Any, Any]:
+    """`sanitize` over keys and values. A key that changes and then equals another key
+    (`x\\x00` beside `x\\ufffd`) takes a suffixed name (`schemas.keys`): both
+    values are kept."""
+    if not any(isinstance(k, str) and _UNSTORABLE.search(k) for k in value):
+        return {k: sanitize(v) for k, v in value.items()}
+    unchanged = {k for k in value if not (isinstance(k, str) and _UNSTORABLE.search(k))}
+    result: dict[Any, Any] = {}
+    for key, item in value.items():
+        name = key
+        if key not in unchanged:
+            name = sanitize(key)
+            if name in unchanged or name in result:
+                name = free_key(name, unchanged | result.keys())
+        result[name] = sanitize(item)
+    return result
 
 
 def sanitize_record(record: CallRecord) -> CallRecord:

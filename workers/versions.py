@@ -96,13 +96,13 @@ class _Tally:
     deliveries: int
 
 
-def set_aside_backfills(deliveries: list[Delivery]) -> tuple[list[Delivery], int]:
-    """The deliveries the store plans, and how many backfills it sets aside. Pushed content
+def set_aside_backfills(deliveries: list[Delivery]) -> tuple[list[Delivery], list[Delivery]]:
+    """The deliveries the store plans, and the backfills it sets aside. Pushed content
     always wins: a backfill of a record that a push of this batch reports is set aside. Of
     a record only backfills report, the first request's is kept: it creates the record if
     none is stored, and any later one could only revise it, which a backfill never does."""
     if all(d.record.origin == PUSH for d in deliveries):
-        return deliveries, 0  # the usual batch
+        return deliveries, []  # the usual batch
     pushed = {_key(d) for d in deliveries if d.record.origin == PUSH}
     first: dict[tuple[str, str], Delivery] = {}
     for delivery in deliveries:
@@ -113,12 +113,12 @@ def set_aside_backfills(deliveries: list[Delivery]) -> tuple[list[Delivery], int
         if chosen is None or delivery.order[:2] < chosen.order[:2]:
             first[key] = delivery
     first_request = {key: delivery.ingest_id for key, delivery in first.items()}
-    kept = [
-        d
-        for d in deliveries
-        if d.record.origin == PUSH or first_request.get(_key(d)) == d.ingest_id
-    ]
-    return kept, len(deliveries) - len(kept)
+    kept: list[Delivery] = []
+    set_aside: list[Delivery] = []
+    for d in deliveries:
+        planned = d.record.origin == PUSH or first_request.get(_key(d)) == d.ingest_id
+        (kept if planned else set_aside).append(d)
+    return kept, set_aside
 
 
 def _key(delivery: Delivery) -> tuple[str, str]:

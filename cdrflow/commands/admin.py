@@ -1,10 +1,12 @@
 """`cdrflow migrate` and `cdrflow check`: the database schema, and whether the settings,
-the sources file, RabbitMQ and PostgreSQL are fit to run."""
+the sources file, RabbitMQ and PostgreSQL are fit to run. `cdrflow drain-spool`: the spool
+an ingress left behind."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 
 from cdrflow.commands.support import EXIT_UNAVAILABLE, Subcommands, sources_of
 from cdrflow.settings import Settings
@@ -18,6 +20,17 @@ def add_commands(commands: Subcommands) -> None:
         help="check the settings and the sources file, and that RabbitMQ and PostgreSQL answer",
     )
     check.set_defaults(run=run_check)
+    drain = commands.add_parser(
+        "drain-spool",
+        help="send a spool no ingress runs on to cdr.raw (exit 1 if callbacks are left)",
+    )
+    drain.add_argument(
+        "--dir", help="the spool directory (default: CDRFLOW_SPOOL_DIR)", default=None
+    )
+    drain.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for the broker's confirms"
+    )
+    drain.set_defaults(run=run_drain_spool)
 
 
 def run_migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -41,3 +54,12 @@ def run_check(settings: Settings, args: argparse.Namespace) -> int:
     for answer in answers:
         print(answer)
     return 0 if all(answer.ok for answer in answers) else EXIT_UNAVAILABLE
+
+
+def run_drain_spool(settings: Settings, args: argparse.Namespace) -> int:
+    from ingress.spool_drain import drain_spool
+
+    directory = Path(args.dir or settings.spool_dir)
+    left = asyncio.run(drain_spool(settings, directory, args.timeout))
+    print(f"{directory}: " + (f"{left} callbacks left" if left else "drained"))
+    return EXIT_UNAVAILABLE if left else 0

@@ -1,12 +1,15 @@
 """Validate rendered Kubernetes manifests (`kubectl kustomize` output) against the
 Kubernetes schemas, KEDA's resources against KEDA's models, and the rules of
-deploy/README.md that no schema knows: image tags, hardening, secrets per component.
+deploy/README.md that no schema knows: image tags, hardening, secrets per component, names
+and label values the API server accepts (the schemas only say "string"), and a release
+label that matches the image tag.
 
 Usage: python manifests.py KUBERNETES_VERSION RENDERED.yaml [RENDERED.yaml ...]
 Runs in deploy/.tools (kubernetes-validate, cloudcoil.models.keda)."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -27,6 +30,17 @@ DATABASE_AND_BROKER = {"CDRFLOW_AMQP_URL", "CDRFLOW_DATABASE_URL"}
 # its own Secret, which no other workload may see.
 RECONCILER_SECRET = "cdrflow-reconciler"  # noqa: S105 (a Secret's name, not its value)
 
+# The API server's rules (apimachinery validation): most names are DNS-1123 subdomains;
+# a Service's is a DNS-1035 label; a workload's name goes into its pods' labels (job-name,
+# controller-revision-hash, ...), whose values are at most 63 characters.
+DNS_1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
+NAME_MAX = 253
+LABEL_MAX = 63
+NAME_IN_POD_LABELS = ("Job", "CronJob", "Deployment", "StatefulSet", "Service")
+RELEASE_LABEL = "app.kubernetes.io/version"
+
 Doc = dict[str, Any]
 
 
@@ -36,7 +50,11 @@ def main(argv: list[str]) -> int:
     for path in paths:
         with open(path, encoding="utf-8") as handle:
             docs = [doc for doc in yaml.safe_load_all(handle) if doc]
-        problems = [*schema_problems(docs, version), *policy_problems(docs)]
+        problems = [
+            *schema_problems(docs, version),
+            *name_problems(docs),
+            *policy_problems(docs),
+        ]
         for problem in problems:
             print(f"{path}: {problem}")
         failures += len(problems)
@@ -55,6 +73,27 @@ def schema_problems(docs: list[Doc], version: str) -> Iterator[str]:
             kubernetes_validate.validate(doc, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
             yield f"{name}: {'.'.join(map(str, exc.path))}: {exc.message}"
+
+
+def name_problems(docs: list[Doc]) -> Iterator[str]:
+    for doc in docs:
+        kind, name = doc["kind"], str(doc["metadata"].get("name", ""))
+        if not DNS_1123_SUBDOMAIN.fullmatch(name) or len(name) > NAME_MAX:
+            yield f"{kind}/{name}: name is not a DNS-1123 subdomain (lowercase, digits, '-', '.')"
+        if kind == "Service" and not DNS_1035_LABEL.fullmatch(name):
+            yield f"{kind}/{name}: not a DNS-1035 label (no '.', starts with a letter)"
+        if kind in NAME_IN_POD_LABELS and len(name) > LABEL_MAX:
+            yield f"{kind}/{name}: name is {len(name)} characters, over {LABEL_MAX}"
+        for key, value in label_values(doc):
+            if len(value) > LABEL_MAX or not LABEL_VALUE.fullmatch(value):
+                yield f"{kind}/{name}: label {key}={value!r} is not a valid label value"
+
+
+def label_values(doc: Doc) -> Iterator[tuple[str, str]]:
+    yield from doc["metadata"].get("labels", {}).items()
+    template = doc.get("spec", {}).get("template", {})
+    if isinstance(template, dict):
+        yield from template.get("metadata", {}).get("labels", {}).items()
 
 
 def keda_problems(doc: Doc) -> Iterator[str]:
@@ -96,6 +135,22 @@ def policy_problems(docs: list[Doc]) -> Iterator[str]:
             yield from (f"{name}: {p}" for p in problems)
     if not any(p["spec"]["podSelector"] == {} for p in policies):
         yield "no default-deny NetworkPolicy"
+    for doc in docs:
+        if doc["kind"] == "ScaledObject":
+            name = f"ScaledObject/{doc['metadata']['name']}"
+            yield from (f"{name}: {p}" for p in scaler_problems(doc))
+
+
+def scaler_problems(doc: Doc) -> Iterator[str]:
+    """A Prometheus trigger reads this installation's series only, and a broken trigger
+    leaves a fixed count rather than the last reading."""
+    namespace = doc["metadata"].get("namespace")
+    for trigger in doc["spec"]["triggers"]:
+        query = trigger["metadata"].get("query", "")
+        if trigger["type"] == "prometheus" and f'namespace="{namespace}"' not in query:
+            yield f"prometheus trigger not scoped to namespace {namespace}: {query}"
+    if "fallback" not in doc["spec"]:
+        yield "no fallback replicas"
 
 
 def workload_problems(
@@ -109,8 +164,13 @@ def workload_problems(
         yield "pod seccompProfile is not RuntimeDefault"
     if doc["metadata"]["name"] in scaled and "replicas" in doc["spec"]:
         yield "fixed replicas: the autoscaler owns the count"
+    release = doc["metadata"].get("labels", {}).get(RELEASE_LABEL)
     for container in pod.get("initContainers", []) + pod["containers"]:
         yield from (f"container {container['name']}: {p}" for p in container_problems(container))
+        if release is not None:
+            yield from (
+                f"container {container['name']}: {p}" for p in release_problems(container, release)
+            )
         if doc["kind"] != "Job":
             yield from (f"container {container['name']}: {p}" for p in probe_problems(container))
         if component != "ingress":
@@ -142,6 +202,17 @@ def container_problems(container: Doc) -> Iterator[str]:
     for kind in ("requests", "limits"):
         if not {"cpu", "memory"} <= set(resources.get(kind, {})):
             yield f"resources.{kind} lack cpu or memory"
+
+
+def release_problems(container: Doc, release: str) -> Iterator[str]:
+    """A cdrflow image's tag is the release the resources are labelled with (a digest
+    alone is fine: the label names the release then)."""
+    image = container["image"].partition("@")[0]
+    repository, _, tag = (
+        image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "")
+    )
+    if repository.rsplit("/", 1)[-1] == "cdrflow" and tag and tag != release:
+        yield f"image tag {tag} is not the release label {RELEASE_LABEL}={release}"
 
 
 def probe_problems(container: Doc) -> Iterator[str]:

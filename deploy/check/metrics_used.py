@@ -1,5 +1,7 @@
 """Every cdrflow_* metric that the alert rules and the dashboard use is one the code
-defines, and every dashboard query parses (promtool checks them as recording rules).
+defines, every dashboard query parses (promtool checks them as recording rules), and every
+series a dashboard query selects is scoped by the dashboard's variables: cdrflow's by
+$namespace, RabbitMQ's by $vhost.
 
 Usage (from the repository root): python deploy/check/metrics_used.py OUT_RULES.yaml
 Writes the dashboard's queries to OUT_RULES.yaml for `promtool check rules`."""
@@ -20,6 +22,9 @@ CODE = ("cdrflow", "ingress", "workers")
 METRIC = re.compile(r"\bcdrflow_[a-z0-9_]+")
 # What prometheus_client appends to the name a metric is defined with.
 SUFFIXES = ("_total", "_bucket", "_sum", "_count", "_created")
+SELECTOR = re.compile(r"\b(?P<name>(?:cdrflow|rabbitmq)_[a-z0-9_]+|up)\b(?P<matchers>\{[^}]*\})?")
+SCOPES = {"cdrflow": 'namespace=~"$namespace"', "up": 'namespace=~"$namespace"'}
+SCOPES["rabbitmq"] = 'vhost=~"$vhost"'
 
 
 def alert_queries() -> Iterator[str]:
@@ -53,6 +58,13 @@ def base_name(metric: str) -> str:
     return metric
 
 
+def unscoped(query: str) -> Iterator[str]:
+    for match in SELECTOR.finditer(query):
+        scope = SCOPES[match["name"].split("_", 1)[0]]
+        if scope not in (match["matchers"] or ""):
+            yield f"{match['name']}: no {scope}"
+
+
 def main(out: str) -> int:
     code = defined_names()
     queries = [*alert_queries(), *dashboard_queries()]
@@ -63,15 +75,27 @@ def main(out: str) -> int:
     )
     for metric in missing:
         print(f"{metric}: used by the alerts or the dashboard, defined nowhere in the code")
-    # $__rate_interval is Grafana's; promtool needs a real duration.
+    problems = [f"dashboard: {p}" for q in dashboard_queries() for p in unscoped(q)]
+    for problem in problems:
+        print(problem)
+    # $__rate_interval and the variables are Grafana's; promtool needs real values.
+    grafana = {"$__rate_interval": "5m", "$namespace": ".*", "$vhost": ".*"}
     rules = [
-        {"record": f"dashboard:query_{i}", "expr": q.replace("$__rate_interval", "5m")}
+        {"record": f"dashboard:query_{i}", "expr": substitute(q, grafana)}
         for i, q in enumerate(dashboard_queries())
     ]
     Path(out).write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     if not missing:
         print(f"{len(used)} cdrflow metrics used by the alerts and the dashboard, all defined")
-    return 1 if missing else 0
+    if not problems:
+        print("every dashboard query scoped by $namespace (cdrflow) and $vhost (RabbitMQ)")
+    return 1 if missing or problems else 0
+
+
+def substitute(query: str, values: dict[str, str]) -> str:
+    for name, value in values.items():
+        query = query.replace(name, value)
+    return query
 
 
 if __name__ == "__main__":

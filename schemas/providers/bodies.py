@@ -22,6 +22,7 @@ from urllib.parse import unquote_plus
 
 from schemas.envelope import RawEnvelope
 from schemas.jsoncodec import JSONError, loads_exact
+from schemas.keys import put_keeping
 from schemas.providers import map_rendering
 from schemas.providers.errors import Reason, Reject
 from schemas.sources import Source
@@ -86,8 +87,9 @@ def parse_json(text: str) -> Any:
 
 
 def parse_form(text: str, charsets: str | tuple[str, ...] = DEFAULT_CHARSET) -> dict[str, Any]:
-    """`a=1&b=2` (form body or query string). A repeated key keeps its last value; a field
-    that cannot be decoded is kept undecoded (see the module doc)."""
+    """`a=1&b=2` (form body or query string). A repeated key keeps its last value, and each
+    earlier one under a suffixed name (`schemas.keys`); a field that cannot be
+    decoded is kept undecoded (see the module doc)."""
     tried = (charsets,) if isinstance(charsets, str) else charsets
     for charset in tried:
         _known_charset(charset)
@@ -98,7 +100,8 @@ def parse_form(text: str, charsets: str | tuple[str, ...] = DEFAULT_CHARSET) -> 
         name, _, value = pair.partition("=")
         key = _unescape(name, tried)
         decoded = _unescape(value, tried)
-        fields[name if key is None else key] = {UNDECODABLE: value} if decoded is None else decoded
+        value_read = {UNDECODABLE: value} if decoded is None else decoded
+        put_keeping(fields, name if key is None else key, value_read)
     return fields
 
 
@@ -143,7 +146,7 @@ def parse_multipart(envelope: RawEnvelope, source: Source | None = None) -> dict
             continue
         name = part.get_param("name", header="content-disposition")
         if isinstance(name, str) and name:
-            fields[name] = _part_value(part, charsets)
+            put_keeping(fields, name, _part_value(part, charsets))
     return fields
 
 

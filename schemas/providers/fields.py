@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import re
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timezone, tzinfo
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
+from schemas.keys import put_keeping
 from schemas.providers.errors import Reason, Reject
 from schemas.providers.values import (
     EMPTY,
@@ -20,7 +23,7 @@ from schemas.providers.values import (
     to_decimal,
     to_int,
 )
-from schemas.record import EARLIEST, LATEST
+from schemas.record import EARLIEST, LATEST, TIME_COLUMNS, CallRecord
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -55,6 +58,7 @@ class Fields:
     zone: tzinfo = UTC
     _consumed: set[str] = field(default_factory=set)
     _unreadable: dict[str, Any] = field(default_factory=dict)
+    _doubts: dict[str, _Doubt] = field(default_factory=dict)
 
     def peek(self, key: str) -> Any:
         """Read without consuming: the value also stays in `extra`."""
@@ -153,19 +157,62 @@ class Fields:
         if is_blank(value) or value == 0 or value == "0":
             return None
         text = as_text(value)
+        if not text.isascii():  # strptime, like int(), reads every Unicode digit
+            self._unread(key, value)
+            return None
         for parse in time_parsers(formats):
             try:
                 moment = parse(text)
-                if moment.tzinfo is None:
+                local = moment.tzinfo is None
+                if local:
                     # replace(tzinfo=...), at a quarter of its cost
                     moment = datetime.combine(moment, moment.time(), self.zone)
-                moment = moment.astimezone(UTC)
+                utc = moment.astimezone(UTC)
             except (ValueError, OverflowError):
                 continue
-            if EARLIEST <= moment < LATEST:
-                return moment
+            if EARLIEST <= utc < LATEST:
+                if local and not isinstance(self.zone, timezone):
+                    self._note_doubt(key, moment, utc)
+                return utc
         self._unread(key, value)
         return None
+
+    def _note_doubt(self, key: str, local: datetime, first: datetime) -> None:
+        """A zone-less time the zone's clock shows twice (the hour repeated when daylight
+        saving ends) or never (the hour skipped when it starts) has two readings; `settled`
+        chooses, once every time of the record is read."""
+        other = local.replace(fold=1)
+        if other.utcoffset() == local.utcoffset():
+            return  # the usual time: one reading
+        second = other.astimezone(UTC)
+        shown = first.astimezone(self.zone).replace(tzinfo=None)
+        kind = TIME_AMBIGUOUS if shown == local.replace(tzinfo=None) else TIME_NONEXISTENT
+        self._doubts[key] = _Doubt(kind, first, second)
+
+    def settled(self, record: CallRecord) -> CallRecord:
+        """`record` with each doubtful local time (see `_note_doubt`) read so that its times
+        keep their order (submitted <= started <= ringing <= answered <= ended) where a
+        choice of readings does, else as first read (the earlier offset's reading), and
+        the fields named in `extra`: `time_ambiguous` (a repeated hour) and
+        `time_nonexistent` (a skipped hour), each a sorted list of the provider's names.
+        Every provider returns its record through this."""
+        if not self._doubts:
+            return record
+        doubtful = {
+            column: doubt
+            for column in TIME_COLUMNS
+            for doubt in self._doubts.values()
+            if getattr(record, column) is doubt.first
+        }
+        changes: dict[str, Any] = _ordered_choice(record, doubtful)
+        flags: dict[str, list[str]] = {}
+        for key, doubt in sorted(self._doubts.items()):
+            flags.setdefault(doubt.kind, []).append(key)
+        extra = dict(record.extra)
+        for kind, keys in flags.items():
+            put_keeping(extra, kind, keys)  # a provider's own field of that name stays too
+        changes["extra"] = extra
+        return dataclasses.replace(record, **changes)
 
     def labels(self, key: str) -> tuple[str, ...]:
         value = self.take(key)
@@ -177,6 +224,29 @@ class Fields:
             return tuple(v.strip() for v in value.split(",") if v.strip())
         self._unread(key, value)
         return ()
+
+
+TIME_AMBIGUOUS = "time_ambiguous"
+TIME_NONEXISTENT = "time_nonexistent"
+
+
+class _Doubt(NamedTuple):
+    kind: str  # TIME_AMBIGUOUS or TIME_NONEXISTENT
+    first: datetime  # with the offset in force before the change (fold=0)
+    second: datetime  # with the offset in force after it (fold=1)
+
+
+def _ordered_choice(record: CallRecord, doubtful: dict[str, _Doubt]) -> dict[str, datetime]:
+    """A reading per doubtful column that keeps the record's times in order: the first such
+    choice, earlier readings preferred; the first readings when no choice does."""
+    columns = list(doubtful)
+    for readings in itertools.product(*((d.first, d.second) for d in doubtful.values())):
+        chosen = dict(zip(columns, readings, strict=True))
+        times = [chosen.get(c, getattr(record, c)) for c in TIME_COLUMNS]
+        present = [t for t in times if t is not None]
+        if all(a <= b for a, b in itertools.pairwise(present)):
+            return chosen
+    return {}
 
 
 def _meaning(meanings: Mapping[K, V], key: K | None) -> V | None:

@@ -5,7 +5,8 @@ rendering, `{key=value, key=value}` with `null` for nulls; JSON and form bodies 
 too. The answer is HTTP 200 `{"retCode":"0","retMsg":"success"}`; any other retCode fails.
 
 The `{k=v}` rendering is ambiguous (a value may hold `, name=` or braces): it is read with
-the document's field names as anchors and balanced braces (`map_rendering`); for a signed
+the document's field names as anchors, balanced braces and, for a body whose keys are
+sorted as the document's example (a TreeMap), the key order (`map_rendering`); for a signed
 source the ingress accepts the first reading whose signature verifies, and the worker,
 which holds no secret, stores the deterministic reading (the first one tried).
 
@@ -15,7 +16,9 @@ as a TreeMap with every space removed; string to sign = appSecret_timestamp_nonc
 signature = Base64(SHA-256(string)) per the prose, or Base64(HMAC-SHA256(appSecret, string))
 per the reference code: `signing = "sha256" | "hmac-sha256"`, per source. Whether the
 rendering keeps the TreeMap braces is not settled by the document: both are accepted.
-`timestamp` may be seconds or milliseconds.
+`timestamp` may be seconds or milliseconds. Nothing in that string is escaped, so a body
+whose value holds `,name=` signs exactly like another body: it is refused
+(`refuse_ambiguous`).
 
 Times are `yyyy/MM/dd,HH:mm:ss:SSS` with no zone: read in the source's zone (default
 UTC+8). The documented example puts a timestamp into `agentTalkDuration`: a duration
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import hmac
 import random
+import re
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from functools import partial
@@ -138,7 +142,7 @@ class HuaweiAiccRelease:
             status = Status.UNKNOWN
         else:  # "xxx: other exceptions occur": any code not in the table is a failure
             status = _REASON_STATUS.get(reason, Status.FAILED)
-        return CallRecord(
+        record = CallRecord(
             source=source.name,
             tenant=source.tenant,
             provider="huawei",
@@ -164,6 +168,7 @@ class HuaweiAiccRelease:
             agent_id=f.text("serviceNo"),
             extra=f.extra(),
         )
+        return f.settled(record)
 
     def simulate(
         self, rng: random.Random, now: datetime, source: Source, external_id: str | None = None
@@ -207,6 +212,38 @@ def signing_strings(
     return [f"{secret}_{timestamp}_{nonce}_{rendering}" for rendering in ("{" + pairs + "}", pairs)]
 
 
+def refuse_ambiguous(params: Mapping[str, Any]) -> None:
+    """The signed string joins `name=value` with commas, unescaped and with spaces removed,
+    so a value holding `,name=` signs exactly like a body in which `name` is a field of its
+    own: `talkDuration="6,talkingTime=..."` without `talkingTime` signs like the genuine
+    event. A signature that cannot tell two bodies apart proves nothing about the one that
+    differs: such a body is refused when the name is one the body could have carried (the
+    document's or its own), or any name that sorts between the field holding it and the
+    next field (where a folded field of any name would have been). So is a field name the
+    rendering would change or split (a space, which is removed, or `=`, `,`, braces); no
+    genuine event has one."""
+    names = DOCUMENTED_FIELDS | params.keys()
+    signed = sorted(key for key in params if key not in SIGNATURE_FIELDS)
+    following = dict(zip(signed, [*signed[1:], None], strict=True))
+    for key, value in params.items():
+        if not key or any(char in key for char in _NOT_IN_A_SIGNED_NAME):
+            raise Unauthenticated(f"signed body has a field name {key[:40]!r} it cannot sign")
+        rendered = _render(value).replace(" ", "")
+        if "," not in rendered or "=" not in rendered:
+            continue
+        after = following.get(key)
+        for name in _NAMES_IN_VALUE.findall(rendered):
+            if name in names or (key < name and (after is None or name < after)):
+                raise Unauthenticated(
+                    f"signed body is ambiguous: {key[:40]!r} holds ',{name[:40]}='"
+                )
+
+
+# `,name=` inside a value, each one (they may follow one another: `a,b=1,c=2`).
+_NAMES_IN_VALUE = re.compile(r",(?=([^,=]+)=)")
+_NOT_IN_A_SIGNED_NAME = frozenset(" =,{}")
+
+
 def verify_signature(
     params: Mapping[str, Any], mode: str, secret: str, now: float, max_skew: int
 ) -> None:
@@ -221,6 +258,7 @@ def verify_signature(
     seconds = stamp / 1000 if stamp > 100_000_000_000 else stamp  # milliseconds or seconds
     if abs(now - seconds) > max_skew:
         raise Unauthenticated("timestamp is outside the allowed clock skew")
+    refuse_ambiguous(params)
     matched = False
     for text in signing_strings(params, timestamp, nonce, secret):
         matched |= hmac.compare_digest(

@@ -7,12 +7,17 @@ looks like more fields. It is read with three aids:
   (spaces around `=` and after the comma tolerated, as some senders write them), or a
   comma before any other name in exactly Java's own form (`, name=`); a name met twice was
   inside a value the first time (the real field follows, in Java's sorted rendering);
+- the key order, when the body shows it: a TreeMap renders its keys sorted, so when the
+  keys no value can fake (the first, and the documented names met once) are sorted, a
+  boundary whose name would break that order is inside a value (`callData=x, name=y`
+  before `callSerialNo`); a body whose keys are not sorted keeps the readings above;
 - balanced braces and brackets: a comma inside `{...}` or `[...]` of a value (a nested map
   or list) is never a boundary; when a body's braces do not balance they are ignored;
 - the signature, when the source signs: `splits` yields every reading in a fixed order,
   the deterministic one first, and the ingress accepts the first that verifies.
 
-Reading is linear in the text."""
+Reading is linear in the text (the key order is weighed for at most
+`MAX_FIELDS_TO_MERGE` boundaries)."""
 
 from __future__ import annotations
 
@@ -21,9 +26,13 @@ import re
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
+from schemas.keys import put_keeping
 from schemas.providers.errors import Reason, Reject
 
 _BOUNDARY = re.compile(r",(\s*)([A-Za-z_][A-Za-z0-9_.]*)(\s*)=")
+# So many keys no value can fake, in sorted order, make a body a TreeMap's rendering: two
+# unrelated keys are sorted by chance one time in two, three one time in six.
+MIN_SORTED_KEYS = 3
 _OPENING, _CLOSING = "{[", "}]"
 _BRACKET = re.compile(r"[{}\[\]]")
 # Beyond this many fields (an event has 21), no reading merges two fields: each would cost
@@ -96,6 +105,66 @@ def _last_of_each_name(anchored: list[re.Match[str]]) -> list[int]:
     return [m.start() for m in anchored if last[m.group(2)] == m.start()]
 
 
+def _java_order(name: str) -> bytes:
+    """Java's String.compareTo order (UTF-16 code units), the order a TreeMap renders."""
+    return name.encode("utf-16-be", "surrogatepass")
+
+
+def _sorted_reading(
+    inner: str, anchored: list[re.Match[str]], documented: frozenset[str]
+) -> list[int] | None:
+    """The boundaries of a TreeMap's rendering, or None when the body does not show it is
+    one. The keys no value can fake (the first; documented names met once) must be sorted;
+    between two of them, the other boundaries kept are the most whose names stay in order
+    (the documented ones preferred on a tie): a name out of order was inside a value."""
+    if not anchored or len(anchored) > MAX_FIELDS_TO_MERGE:
+        return None
+    first_key = inner[: anchored[0].start()].partition("=")[0].strip()
+    names = [first_key, *(m.group(2) for m in anchored)]  # the first key is no value's
+    fixed = [m for m in anchored if m.group(2) in documented and names.count(m.group(2)) == 1]
+    keys = [_java_order(first_key), *(_java_order(m.group(2)) for m in fixed)]
+    if len(keys) < MIN_SORTED_KEYS or keys != sorted(set(keys)):
+        return None
+    cuts: list[int] = []
+    bounds = [*fixed, None]
+    for low, high, segment_end in zip(keys, [*keys[1:], None], bounds, strict=True):
+        stop = len(inner) if segment_end is None else segment_end.start()
+        between = [m for m in anchored if (cuts[-1] if cuts else -1) < m.start() < stop]
+        between = [m for m in between if m not in fixed]
+        cuts += _longest_in_order(between, low, high, documented)
+        if segment_end is not None:
+            cuts.append(segment_end.start())
+    return cuts
+
+
+def _longest_in_order(
+    boundaries: list[re.Match[str]], low: bytes, high: bytes | None, documented: frozenset[str]
+) -> list[int]:
+    """The most boundaries whose names rise strictly between `low` and `high`, the most
+    documented names among them on a tie (at most `MAX_FIELDS_TO_MERGE`: quadratic)."""
+    fits = [
+        m
+        for m in boundaries
+        if low < _java_order(m.group(2)) and (high is None or _java_order(m.group(2)) < high)
+    ]
+    best: list[tuple[int, int, int]] = []  # (boundaries, documented ones, previous index)
+    for i, m in enumerate(fits):
+        score = (1, int(m.group(2) in documented), -1)
+        for j in range(i):
+            if _java_order(fits[j].group(2)) < _java_order(m.group(2)):
+                length, known, _ = best[j]
+                score = max(score, (length + 1, known + int(m.group(2) in documented), j))
+        best.append(score)
+    if not best:
+        return []
+    at = max(range(len(best)), key=lambda i: best[i][:2])
+    chosen: list[int] = []
+    while at >= 0:
+        chosen.append(fits[at].start())
+        at = best[at][2]
+    return chosen[::-1]
+
+
 class _Boundaries(NamedTuple):
     """Where the readings of a rendering (`splits`) cut the text inside its braces."""
 
@@ -111,9 +180,10 @@ def _boundaries(text: str, documented: frozenset[str]) -> _Boundaries:
     depth = _depths(inner)
     candidates = [m for m in _BOUNDARY.finditer(inner) if depth[m.start()] == 0]
     anchored = _anchored(candidates, documented)
+    sorted_cuts = _sorted_reading(inner, anchored, documented)
     return _Boundaries(
         inner,
-        _last_of_each_name(anchored),
+        _last_of_each_name(anchored) if sorted_cuts is None else sorted_cuts,
         [m.start() for m in candidates if m.group(2) in documented],
         [m.start() for m in candidates],
         [m.start() for m in anchored],
@@ -158,7 +228,7 @@ def _fields(inner: str, cuts: list[int]) -> dict[str, Any]:
         return fields
     for start, end in zip([-1, *cuts], [*cuts, len(inner)], strict=True):
         key, value = _pair(inner[start + 1 : end])
-        fields[key] = None if value == "null" else value
+        put_keeping(fields, key, None if value == "null" else value)
     return fields
 
 

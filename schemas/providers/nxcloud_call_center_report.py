@@ -61,7 +61,7 @@ class NXCloudCallCenterReport(UnsignedTextProvider):
         talk_seconds = f.integer("callDuration")
         sip_code = f.integer("hangupCode", low=100, high=699)
         reason = f.peek_int("hangupReason")
-        return CallRecord(
+        record = CallRecord(
             source=source.name,
             tenant=source.tenant,
             provider="nxcloud",
@@ -93,6 +93,7 @@ class NXCloudCallCenterReport(UnsignedTextProvider):
             labels=f.labels("labels"),
             extra=f.extra(),
         )
+        return f.settled(record)
 
     def simulate(
         self, rng: random.Random, now: datetime, source: Source, external_id: str | None = None

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from schemas.envelope import RawEnvelope
+from schemas.keys import put_keeping
 from schemas.providers.bodies import (
     body_text,
     charsets_to_try,
@@ -73,15 +74,15 @@ class NXCloudVoiceDR(UnsignedTextProvider):
         charsets = charsets_to_try(envelope, source)
         fields: dict[str, Any] = parse_form(envelope.query, charsets) if envelope.query else {}
         if is_multipart(envelope.content_type):  # "submit using form data"
-            fields.update(parse_multipart(envelope, source))
+            _merge(fields, parse_multipart(envelope, source))
         elif (text := body_text(envelope, source)).strip():
             if "json" in envelope.content_type.lower() or text.lstrip().startswith("{"):
                 document = parse_json(text)
                 if not isinstance(document, dict):
                     raise Reject(Reason.NOT_AN_OBJECT, "JSON body is not an object")
-                fields.update(document)
+                _merge(fields, document)
             else:
-                fields.update(parse_form(text, charsets))
+                _merge(fields, parse_form(text, charsets))
         if not fields:
             raise Reject(Reason.EMPTY_BODY, "no fields in the body or the query string")
         return [fields]
@@ -96,7 +97,7 @@ class NXCloudVoiceDR(UnsignedTextProvider):
         hangup_by, disposition_status = disposition or (None, None)
         cycle = f.integer("cycle", low=1)
         cycles = f.peek_int("size")
-        return CallRecord(
+        record = CallRecord(
             source=source.name,
             tenant=source.tenant,
             provider="nxcloud",
@@ -123,6 +124,7 @@ class NXCloudVoiceDR(UnsignedTextProvider):
             user_data=f.text("ext"),
             extra=f.extra(),
         )
+        return f.settled(record)
 
     def simulate(
         self, rng: random.Random, now: datetime, source: Source, external_id: str | None = None
@@ -138,6 +140,13 @@ class NXCloudVoiceDR(UnsignedTextProvider):
             content_type="application/x-www-form-urlencoded",
             external_id=fields["messageid"],
         )
+
+
+def _merge(fields: dict[str, Any], body: dict[str, Any]) -> None:
+    """The body's fields over the query's: a name in both keeps the body's value, and the
+    query's under a suffixed name when it differs."""
+    for name, value in body.items():
+        put_keeping(fields, name, value)
 
 
 def _lowered(value: Any) -> str:

@@ -66,7 +66,7 @@ class NXCloudVoiceReport(UnsignedTextProvider):
             currency, cost = "USD", f.decimal("cost")
         currency = source.currency or currency
         call_type = f.code("type", _CALL_TYPES)
-        return CallRecord(
+        record = CallRecord(
             source=source.name,
             tenant=source.tenant,
             provider="nxcloud",
@@ -99,6 +99,7 @@ class NXCloudVoiceReport(UnsignedTextProvider):
             user_data=f.text("calledInfo"),
             extra=f.extra(),
         )
+        return f.settled(record)
 
     def simulate(
         self, rng: random.Random, now: datetime, source: Source, external_id: str | None = None

@@ -90,7 +90,9 @@ class Provider(Protocol):
         source says how its bodies are read (`charset`: `schemas.providers.bodies`)."""
 
     def normalize(self, payload: Mapping[str, Any], source: Source) -> CallRecord:
-        """One payload as a call record; raise `Reject` when it cannot be one."""
+        """One payload as a call record; raise `Reject` when it cannot be one. A module
+        that reads with `Fields` returns `fields.settled(record)`: local times daylight
+        saving repeats or skips are chosen and flagged there."""
 
     def simulate(
         self, rng: random.Random, now: datetime, source: Source, external_id: str | None = None

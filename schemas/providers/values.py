@@ -18,7 +18,11 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EARLIEST_MS = int((EARLIEST - _EPOCH).total_seconds() * 1000)
 _LATEST_MS = int((LATEST - _EPOCH).total_seconds() * 1000)
 _MAX_INTEGER_DIGITS = 19
+# ASCII digits only, in every numeric field: int() and Decimal() also read Arabic-Indic,
+# full-width and every other Unicode digit, and Decimal reads "1_000" as 1000. A value
+# spelled otherwise is no number the provider's document describes: it stays in `extra`.
 _INTEGER = re.compile(r"[+-]?[0-9]{1,19}")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 EMPTY = ("", "null", "NULL", "None")
 
 
@@ -62,9 +66,11 @@ def to_decimal(value: Any) -> Decimal | None:
         amount = Decimal(value)
     elif isinstance(value, str):
         text = value.strip()
+        if not _DECIMAL.fullmatch(text):
+            return None
         try:
             amount = Decimal(text)
-        except InvalidOperation:
+        except InvalidOperation:  # pragma: no cover - the pattern is Decimal's syntax
             return None
         digits_known_short = len(text) <= MONEY_MAX_DIGITS
     else:
@@ -86,7 +92,9 @@ def from_epoch_millis(millis: int) -> datetime | None:
 
 
 _ISO_FORMATS = frozenset({"%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S.%f"})
-_SLASHED = re.compile(r"(\d{4})/(\d{2})/(\d{2}),(\d{2}):(\d{2}):(\d{2})(?::(\d{1,3}))?")
+_SLASHED = re.compile(
+    r"([0-9]{4})/([0-9]{2})/([0-9]{2}),([0-9]{2}):([0-9]{2}):([0-9]{2})(?::([0-9]{1,3}))?"
+)
 
 
 @functools.cache  # each provider's few format tuples

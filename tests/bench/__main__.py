@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from cdrflow import logs
-from tests.bench import cpu, design, drain, flow, hostile, limits, machine, serving
+from tests.bench import cpu, design, drain, flow, hostile, limits, machine, serving, storage
 from tests.bench.mix import write_wrk_requests
 from tests.bench.options import Options
 from tests.bench.processes import bench_settings
@@ -94,6 +94,9 @@ async def _measure(table: Table, options: Options, where: Services, workdir: Pat
     )
     table.rows["drain.rate"].detail += f", {ratio(drain_rate, database)} of database limit"
 
+    _say(f"bytes per call: {options.storage_callbacks:,} call-center callbacks")
+    await _storage(table, options, where, workdir)
+
     for count in options.end_to_end_workers:
         first = count == options.end_to_end_workers[0]
         await _end_to_end(table, options, where, workdir, count, first, publish, database)
@@ -162,6 +165,27 @@ async def _measure(table: Table, options: Options, where: Services, workdir: Pat
             "MB",
             f"over its first {options.million_seconds:.0f} s of draining",
         )
+
+
+async def _storage(table: Table, options: Options, where: Services, workdir: Path) -> None:
+    url = await where.fresh_database("storage")
+    kept = await storage.bytes_per_call(where, url, options.storage_callbacks, workdir)
+    await where.drop(url)
+    payload = f"payload {kept.body_bytes:,.0f} B a callback"
+    table.add(
+        "storage.bytes_per_call",
+        f"bytes on disk per call ({kept.calls:,} calls, {kept.callbacks:,} callbacks)",
+        kept.as_left,
+        "B",
+        f"{payload}: {ratio(kept.as_left, kept.body_bytes)} x; no vacuum since the run",
+    )
+    table.add(
+        "storage.bytes_per_call.vacuumed",
+        "... after VACUUM ANALYZE",
+        kept.vacuumed,
+        "B",
+        f"{payload}: {ratio(kept.vacuumed, kept.body_bytes)} x; every table, index and TOAST",
+    )
 
 
 async def _end_to_end(

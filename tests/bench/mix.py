@@ -61,12 +61,15 @@ class Callback:
         )
 
 
-def callbacks(count: int, seed: int = 9) -> Iterator[Callback]:
-    """`count` requests of the mix; a re-push repeats an earlier request byte for byte."""
+def callbacks(
+    count: int, seed: int = 9, *, providers: tuple[str, ...] = (), malformed: float = MALFORMED
+) -> Iterator[Callback]:
+    """`count` requests of the mix (of `providers` alone, when named); a re-push repeats an
+    earlier request byte for byte."""
     rng = random.Random(seed)
     registry = default_registry()
     sources = load_test_sources()
-    targets = [sources[provider_source(name)] for name in registry]
+    targets = [sources[provider_source(name)] for name in providers or registry]
     now = datetime.now(UTC)
     sent: list[Callback] = []
     for _ in range(count):
@@ -75,7 +78,7 @@ def callbacks(count: int, seed: int = 9) -> Iterator[Callback]:
             continue
         source = rng.choice(targets)
         request = registry[source.provider].simulate(rng, now, source)
-        if rng.random() < MALFORMED:
+        if rng.random() < malformed:
             request = corrupt(request, rng)
         callback = Callback(source, request)
         sent.append(callback)

@@ -33,6 +33,7 @@ class Options:
     lag_seconds: float
     hostile_scale: float  # 1.0: bodies near the 1 MiB limit
     hostile_typical: int
+    storage_callbacks: int  # call-center callbacks of the bytes-per-call row
     million: int  # messages of the big backlog (0: skipped)
     million_seconds: float
 
@@ -55,6 +56,7 @@ class Options:
                 lag_seconds=2,
                 hostile_scale=0.05,
                 hostile_typical=300,
+                storage_callbacks=1_000,
                 million=0,
                 million_seconds=0,
             )
@@ -73,6 +75,7 @@ class Options:
             lag_seconds=10,
             hostile_scale=1.0,
             hostile_typical=5000,
+            storage_callbacks=22_000,  # 20,000 calls and about 10% re-pushes
             million=1_000_000 if args.full else 0,
             million_seconds=90,
         )

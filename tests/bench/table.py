@@ -30,6 +30,8 @@ ROWS = (
     "drain.rate",
     "drain.cpu",
     "drain.rss",
+    "storage.bytes_per_call",
+    "storage.bytes_per_call.vacuumed",
     "lag.1",
     "lag.2",
     "lag.3",

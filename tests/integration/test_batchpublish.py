@@ -16,7 +16,7 @@ from aiormq.abc import FieldTable
 from cdrflow.amqp import BrokerLink, raw_message
 from cdrflow.batchpublish import Outgoing
 from cdrflow.settings import Settings
-from schemas.record import SCHEMA_VERSION
+from schemas.record import MESSAGE_TYPE, SCHEMA_VERSION
 from tests.support.env import AMQP_URL, unique
 from tests.support.waiting import eventually
 from workers.outbox import OutboxEntry
@@ -65,6 +65,7 @@ async def test_every_record_arrives_confirmed_with_its_properties(
         assert message.message_id == entry.message_id
         assert message.delivery_mode == 2
         assert message.content_type == "application/json"
+        assert message.type == MESSAGE_TYPE  # the AsyncAPI document's messageType
         assert message.headers == {
             "schema_version": SCHEMA_VERSION,
             "record_id": str(entry.record_id),

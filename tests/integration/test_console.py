@@ -23,7 +23,7 @@ from cdrflow.settings import Settings
 from console.session import COOKIE
 from schemas.record import record_id_for
 from schemas.sources import Sources
-from tests.support.broker import queue_depth
+from tests.support.broker import depth_becomes, queue_depth
 from tests.support.console import (
     PASSWORDS,
     SECRET,
@@ -246,8 +246,8 @@ async def test_dead_letters_are_listed_and_an_operator_moves_them_back(
         status, page, _ = await operator.post("/dead/requeue", {"limit": "0"})
         assert status == 200
         assert "1 message(s) (1 callback(s)) moved back; 1 unreadable message(s) left" in page
-    assert await queue_depth(channel, settings.raw_queue) == 1
-    assert await queue_depth(channel, settings.dead_queue) == 1
+    assert await depth_becomes(channel, settings.raw_queue, 1)
+    assert await depth_becomes(channel, settings.dead_queue, 1)
 
 
 async def test_the_overview_shows_each_source_and_the_pipeline(

@@ -14,7 +14,7 @@ from cdrflow.amqp import declare
 from cdrflow.settings import Settings
 from schemas.envelope import RawEnvelope
 from schemas.sources import Sources
-from tests.support.broker import queue_depth
+from tests.support.broker import depth_becomes, queue_depth
 from tests.support.processes import cdrflow, command_env
 from tests.support.samples import envelope, sample
 from tests.support.waiting import eventually, one
@@ -68,7 +68,7 @@ async def test_list_says_source_reason_and_first_bytes_and_leaves_every_message(
     assert letter.parked_at is not None
     assert letter.envelopes == 1
     assert letter.first_bytes.startswith(callback.body[:20].decode())
-    assert await queue_depth(channel, settings.dead_queue) == 1  # listing took nothing
+    assert await depth_becomes(channel, settings.dead_queue, 1)  # listing took nothing
 
 
 async def test_requeue_moves_a_parked_callback_back_and_a_worker_stores_it_once(
@@ -96,7 +96,7 @@ async def test_requeue_moves_a_parked_callback_back_and_a_worker_stores_it_once(
     assert garbage.message_id == "garbage-1"
     assert garbage.problem.startswith("message is not JSON")
     assert garbage.first_bytes == "\\x00not a batch"
-    assert await queue_depth(channel, settings.dead_queue) == 1  # the garbage stays
+    assert await depth_becomes(channel, settings.dead_queue, 1)  # the garbage stays
     async with running_worker(settings, sources):
 
         async def both_stored() -> bool:
@@ -129,13 +129,13 @@ async def test_dry_run_and_limit_move_nothing_beyond_what_they_say(
 
     dry = await requeue_dead(settings, 0, dry_run=True)
     assert len(dry.moved) == 3
-    assert await queue_depth(channel, settings.dead_queue) == 3
-    assert await queue_depth(channel, settings.raw_queue) == 0
+    assert await depth_becomes(channel, settings.dead_queue, 3)
+    assert await depth_becomes(channel, settings.raw_queue, 0)
 
     limited = await requeue_dead(settings, 2)
     assert len(limited.moved) == 2
-    assert await queue_depth(channel, settings.dead_queue) == 1
-    assert await queue_depth(channel, settings.raw_queue) == 2
+    assert await depth_becomes(channel, settings.dead_queue, 1)
+    assert await depth_becomes(channel, settings.raw_queue, 2)
 
 
 async def test_a_copy_the_broker_does_not_confirm_leaves_the_message_parked(
@@ -154,7 +154,7 @@ async def test_a_copy_the_broker_does_not_confirm_leaves_the_message_parked(
 
     assert report.moved == []
     assert "no-such-queue did not confirm" in report.error
-    assert await queue_depth(channel, settings.dead_queue) == 1
+    assert await depth_becomes(channel, settings.dead_queue, 1)
 
 
 async def test_the_commands_print_what_is_parked_and_what_was_moved(
@@ -177,5 +177,5 @@ async def test_the_commands_print_what_is_parked_and_what_was_moved(
     assert moved.stdout.strip().splitlines()[-1] == (
         f"1 message(s) (2 callback(s)) moved back to {settings.raw_queue}"
     )
-    assert await queue_depth(channel, settings.dead_queue) == 0
-    assert await queue_depth(channel, settings.raw_queue) == 1
+    assert await depth_becomes(channel, settings.dead_queue, 0)
+    assert await depth_becomes(channel, settings.raw_queue, 1)

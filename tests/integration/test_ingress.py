@@ -404,6 +404,7 @@ async def test_metrics_count_requests_and_measure_confirms(client: IngressClient
     assert "cdrflow_ingress_confirm_seconds_count 1.0" in text
     assert "cdrflow_ingress_batch_envelopes_count 1.0" in text
     assert "cdrflow_ingress_broker_ready 1.0" in text
+    assert "cdrflow_ingress_broker_connected 1.0" in text
     assert TOKENS["nx-cc"] not in text
 
 

@@ -103,7 +103,7 @@ def test_check_lists_the_sources(tmp_path: Path, settings: Settings) -> None:
 async def test_migrate_creates_the_database_and_is_idempotent() -> None:
     async with scratch_database("migrate", create=False) as url:
         first, second = await asyncio.gather(migrate(url), migrate(url))  # concurrent runs
-        assert sorted(first + second) == list(range(1, LATEST + 1))
+        assert sorted(first + second) == [m.version for m in available()]
         assert await migrate(url) == []
         connection = await asyncpg.connect(url)
         try:
@@ -329,7 +329,7 @@ async def test_migrate_upgrades_a_version_1_database_and_keeps_its_rows() -> Non
                 " VALUES (gen_random_uuid(), 's', 't', 'nxcloud', 'voice_dr', 'kept', 'answered',"
                 " '{}', 1, now(), now(), now(), '\\x00', now(), gen_random_uuid(), 0)"
             )
-            assert await migrate(url) == list(range(2, LATEST + 1))
+            assert await migrate(url) == [m.version for m in available() if m.version > 1]
             assert await connection.fetchval("SELECT external_id FROM call_records") == "kept"
             key = await connection.fetchval(
                 "SELECT pg_get_constraintdef(oid) FROM pg_constraint"

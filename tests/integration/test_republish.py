@@ -16,6 +16,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from cdrflow.settings import Settings
 from schemas.jsoncodec import loads
+from schemas.record import MESSAGE_TYPE
 from schemas.sources import Sources
 from tests.support.broker import record_tap
 from tests.support.env import unique
@@ -92,6 +93,7 @@ async def test_republish_of_a_time_range_reaches_exactly_that_range_as_published
         assert loads(message.body) == loads(original.body)
         assert message.headers == original.headers
         assert message.content_type == "application/json"
+        assert message.type == original.type == MESSAGE_TYPE
         assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
 
 

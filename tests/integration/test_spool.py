@@ -31,8 +31,9 @@ from ingress.metrics import IngressMetrics
 from ingress.spool import Spool
 from ingress.spool_format import MAGIC, encode_record, scan_records
 from schemas.sources import Sources
-from tests.support.broker import queue_depth
+from tests.support.broker import queue_depth, take_envelopes
 from tests.support.ingress import IngressClient, ingress_client, push_all
+from tests.support.processes import cdrflow
 from tests.support.proxy import TcpProxy, broker_behind_proxy
 from tests.support.samples import Sample, envelope, sample
 from tests.support.sources import ENVIRON, SOURCES_TOML, callback_path
@@ -81,8 +82,16 @@ async def test_with_the_broker_out_of_reach_callbacks_are_spooled_then_stored_on
             assert metric(text, "cdrflow_spool_oldest_age_seconds") >= 0
             assert metric(text, "cdrflow_spool_capacity_bytes") == settings.spool_max_bytes
             assert (await client.get("/readyz")).status == 200  # the spool has room
+            # Readiness stays up on the spool; the link's own gauge says the broker is gone.
+            assert metric(text, "cdrflow_ingress_broker_ready") == 1
+            assert metric(text, "cdrflow_ingress_broker_connected") == 0
 
             await proxy.restore()
+
+            async def linked() -> bool:
+                return metric(await scrape(client), "cdrflow_ingress_broker_connected") == 1
+
+            assert await eventually(linked, timeout=40)
 
             async def draining() -> bool:
                 return metric(await scrape(client), "cdrflow_spool_drained_total") > 0
@@ -486,3 +495,31 @@ async def test_sigkill_while_writing_large_envelopes_again_and_again_loses_nothi
         rows = await stored(db, "nx-cc")
         assert all(rows.get(item.external_id) == 1 for item in accepted)  # each once
         assert set(rows) <= {item.external_id for item in sent}
+
+
+async def test_drain_spool_sends_a_left_behind_spool_once_and_refuses_one_in_use(
+    settings: Settings, channel: AbstractChannel, tmp_path: Path
+) -> None:
+    """The volume of a scaled-down ingress pod, drained by `cdrflow drain-spool` (the Job
+    of deploy/k8s/jobs/drain-spool.yaml): every callback reaches cdr.raw, the spool ends
+    empty, and a spool an ingress still holds is left alone."""
+    directory = tmp_path / "spool"
+    envelopes = [envelope(sample("nx-dr")) for _ in range(12)]
+    spool = await Spool.open(directory, max_bytes=1 << 20, metrics=IngressMetrics())
+    for item in envelopes:
+        await spool.append(item.encode())
+    env = {**settings_env(settings), "CDRFLOW_SOURCES": str(tmp_path / "unused.toml")}
+
+    refused = cdrflow("drain-spool", "--dir", str(directory), env=env, timeout=30)
+    assert refused.returncode == 2
+    assert "is in use by another process" in refused.stderr
+    await spool.close()
+
+    drained = cdrflow("drain-spool", "--dir", str(directory), env=env, timeout=60)
+    assert drained.returncode == 0, drained.stderr
+    assert f"{directory}: drained" in drained.stdout
+    sent = await take_envelopes(channel, settings.raw_queue, count=len(envelopes))
+    assert sorted(e.ingest_id for e in sent) == sorted(e.ingest_id for e in envelopes)
+    reopened = await Spool.open(directory, max_bytes=1 << 20, metrics=IngressMetrics())
+    assert reopened.records == 0
+    await reopened.close()

@@ -85,6 +85,17 @@ async def revisions(db: asyncpg.Connection, external_id: str) -> list[tuple[int,
     return [(r["revision"], r["origin"], r["delivery_count"]) for r in rows]
 
 
+async def claimed(db: asyncpg.Connection, external_id: str) -> list[str]:
+    """The origins of the record's deliveries in the ledger (`cdrflow history` lists them)."""
+    rows = await db.fetch(
+        "SELECT coalesce(r.content->>'origin', 'push') AS origin FROM deliveries d"
+        " LEFT JOIN record_revisions r ON r.record_id = d.record_id AND r.ingest_id = d.ingest_id"
+        " WHERE d.record_id = $1 ORDER BY d.received_at",
+        record_id_for("nx-dr", external_id),
+    )
+    return [r["origin"] for r in rows]
+
+
 async def messages(db: asyncpg.Connection, external_id: str) -> list[tuple[int, str]]:
     rows = await db.fetch(
         "SELECT revision, body FROM outbox WHERE record_id = $1 ORDER BY revision",
@@ -118,6 +129,7 @@ async def test_a_backfill_of_a_stored_record_changes_nothing(
     assert await record(db, "b-stored") == before
     assert await revisions(db, "b-stored") == [(1, first, 1)]
     assert await messages(db, "b-stored") == []
+    assert await claimed(db, "b-stored") == [first]  # the backfill is no delivery
 
 
 async def test_in_one_batch_the_push_of_a_new_record_wins_over_its_backfills(
@@ -131,6 +143,7 @@ async def test_in_one_batch_the_push_of_a_new_record_wins_over_its_backfills(
     assert stored["talk_seconds"] == 10  # the push's content (variant 0)
     assert await revisions(db, "b-batch") == [(1, "push", 1)]
     assert await messages(db, "b-batch") == [(1, "push")]
+    assert await claimed(db, "b-batch") == ["push"]
 
 
 @pytest.mark.parametrize("push_seconds", [60, -60], ids=["push-later", "push-received-earlier"])
@@ -152,6 +165,7 @@ async def test_a_push_for_a_backfilled_record_is_its_next_revision_even_with_equ
     late_backfill = await store(pool, sources, backfilled("b-late", seconds=180))
     assert (again.published, late_backfill.ignored_backfills) == ([], 1)
     assert await revisions(db, "b-late") == [(1, "backfill", 1), (2, "push", 2)]
+    assert sorted(await claimed(db, "b-late")) == ["backfill", "push", "push"]
 
 
 async def _waits_on_a_lock(db: asyncpg.Connection, application: str) -> bool:

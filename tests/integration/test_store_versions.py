@@ -142,3 +142,29 @@ async def test_a_revision_holds_the_record_columns_as_the_upgrade_backfill_wrote
         live, backfill = loads(row["live"]), loads(row["backfill"])
         assert live["caller"] or live["callee"]  # a record's columns, not an empty object
         assert live == backfill, row["source"]
+
+
+async def test_record_history_shows_every_revision_and_which_one_is_shown(
+    settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
+) -> None:
+    first = sample("nx-voice")
+    changed = sample("nx-voice", first.external_id, variant=1)
+    async with running_worker(settings, sources):
+        await publish_envelopes(channel, settings, [envelope(first)])
+        assert await eventually(lambda: stored(db, first.external_id, 1))
+        await publish_envelopes(channel, settings, [envelope(changed)])
+        assert await eventually(lambda: stored(db, first.external_id, 2))
+    rows = await db.fetch(
+        "SELECT revision, shown, content, raw, delivery_count FROM record_history"
+        " WHERE source = 'nx-voice' AND external_id = $1 ORDER BY revision",
+        first.external_id,
+    )
+    assert [(r["revision"], r["shown"], r["delivery_count"]) for r in rows] == [
+        (1, False, 1),
+        (2, True, 1),
+    ]
+    shown = await one(db, "SELECT * FROM call_records WHERE external_id = $1", first.external_id)
+    assert loads(rows[1]["content"])["talk_seconds"] == shown["talk_seconds"]
+    assert loads(rows[0]["content"]) != loads(rows[1]["content"])
+    assert loads(rows[0]["raw"]) == loads(first.body)
+    assert loads(rows[1]["raw"]) == loads(shown["raw"])

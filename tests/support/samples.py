@@ -186,8 +186,11 @@ def envelope(
 
 @cache
 def record_validator() -> jsonschema.Draft202012Validator:
+    """The published schema, closed: consumers must accept fields added within a
+    schema_version, but what cdrflow publishes has only the fields the schema names."""
     schema = json.loads((SCHEMA_DIR / "call_record.schema.json").read_text())
-    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+    strict = {**schema, "additionalProperties": False}
+    return jsonschema.Draft202012Validator(strict, format_checker=jsonschema.FormatChecker())
 
 
 @cache

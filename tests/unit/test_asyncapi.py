@@ -14,7 +14,7 @@ import yaml
 
 from cdrflow.settings import Settings
 from schemas.providers import default_registry
-from schemas.record import Status
+from schemas.record import MESSAGE_TYPE, Status
 from workers.outbox import OutboxEntry, record_message
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
@@ -95,12 +95,14 @@ def test_the_message_properties_and_headers_are_those_published() -> None:
     properties = described["x-amqp-properties"]
     assert properties["content_type"] == message.content_type
     assert properties["delivery_mode"] == int(message.delivery_mode)
+    assert properties["type"] == message.type == MESSAGE_TYPE
     assert properties["message_id"].format(record_id=record_id, revision=3) == message.message_id
     assert message.headers is not None
     headers = described["headers"]
     assert set(headers["properties"]) == set(message.headers) == set(headers["required"])
     publish = document()["operations"]["publishRecord"]["bindings"]["amqp"]
     assert publish["deliveryMode"] == int(message.delivery_mode)
+    assert described["bindings"]["amqp"]["messageType"] == message.type
 
 
 def test_the_payload_is_the_call_record_schema() -> None:

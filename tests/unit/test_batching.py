@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from schemas.envelope import COUNT_HEADER
-from workers.batching import Inbox, prefetch_for
+from workers.batching import Inbox, prefetch_for, redeliveries
 
 
 @dataclass
@@ -15,6 +15,7 @@ class Message:
     name: str
     headers: Mapping[str, object] = field(default_factory=dict)
     body: bytes = b"{}"
+    redelivered: bool = False  # the AMQP flag
 
 
 def message(name: str, callbacks: int = 1, redelivered: int = 0, size: int = 2) -> Message:
@@ -81,6 +82,21 @@ async def test_a_redelivered_message_is_handed_over_alone() -> None:
     for item in (message("a"), message("b"), message("again", redelivered=1), message("c")):
         box.put(item)
     assert [m.name for m in await box.next_batch(never)] == ["a", "b"]
+    assert [m.name for m in await box.next_batch(never)] == ["again"]
+    assert [m.name for m in await box.next_batch(never)] == ["c"]
+
+
+async def test_a_message_flagged_redelivered_but_not_counted_is_handed_over_alone() -> None:
+    # RabbitMQ 4.3 and later: a message returned because its consumer died keeps its
+    # x-delivery-count; only the AMQP redelivered flag says it came back.
+    flagged = Message("again", {COUNT_HEADER: 1}, b"x", redelivered=True)
+    assert redeliveries(flagged) == 1
+    assert redeliveries(message("counted", redelivered=3)) == 3
+    assert redeliveries(message("fresh")) == 0
+    box = inbox()
+    for item in (message("a"), flagged, message("c")):
+        box.put(item)
+    assert [m.name for m in await box.next_batch(never)] == ["a"]
     assert [m.name for m in await box.next_batch(never)] == ["again"]
     assert [m.name for m in await box.next_batch(never)] == ["c"]
 

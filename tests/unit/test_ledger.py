@@ -97,14 +97,14 @@ def backfill(external_id: str, variant: int, seconds: int) -> Delivery:
 
 def test_a_batch_of_pushes_is_planned_whole() -> None:
     batch = [delivery("a", 0, 1), delivery("a", 1, 2)]
-    assert set_aside_backfills(batch) == (batch, 0)
+    assert set_aside_backfills(batch) == (batch, [])
 
 
 def test_a_push_in_the_batch_wins_over_any_backfill_of_its_record() -> None:
     pushed = delivery("a", 0, 5)
     batch = [backfill("a", 0, 1), pushed, backfill("a", 1, 9), backfill("b", 0, 2)]
     kept, set_aside = set_aside_backfills(batch)
-    assert set_aside == 2
+    assert set_aside == [batch[0], batch[2]]
     assert kept == [pushed, batch[3]]
     (a_versions, _) = plan_versions(kept)
     assert [c.record.origin for c in a_versions.contents] == [PUSH]
@@ -113,7 +113,7 @@ def test_a_push_in_the_batch_wins_over_any_backfill_of_its_record() -> None:
 def test_of_backfills_alone_the_first_request_is_kept() -> None:
     later, first, other = backfill("a", 1, 7), backfill("a", 0, 3), backfill("a", 2, 5)
     kept, set_aside = set_aside_backfills([later, first, other])
-    assert (kept, set_aside) == ([first], 2)
+    assert (kept, set_aside) == ([first], [later, other])
 
 
 def test_the_published_body_says_the_records_origin() -> None:

@@ -9,8 +9,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+import pytest
+
 from schemas.jsoncodec import loads
 from schemas.record import SCHEMA_VERSION, CallRecord, Ledger, published_body
+from tests.support.samples import record_validator
 
 ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT = Path(__file__).parent / "snapshots" / "call_record_fields.json"
@@ -84,3 +88,17 @@ def test_the_body_and_the_headers_say_the_version() -> None:
     message = record_message(OutboxEntry(0, record.record_id, 1, "a.b.c.d", body))
     assert message.headers is not None
     assert message.headers["schema_version"] == SCHEMA_VERSION
+
+
+def test_a_consumer_validating_with_the_schema_accepts_a_field_added_later() -> None:
+    """The schema follows its own evolution rule; the producer's own check stays closed."""
+    schema = json.loads((ROOT / "schemas" / "call_record.schema.json").read_text())
+    record = CallRecord("src", "acme", "nxcloud", "voice_dr", "ext-1", raw={"a": 1})
+    moment = datetime(2025, 1, 1, tzinfo=UTC)
+    body = loads(published_body(record, Ledger(moment, moment, moment, moment, 1, 1)))
+    later = {**body, "a_field_added_later": "x"}
+    consumer = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+    consumer.validate(later)
+    record_validator().validate(body)
+    with pytest.raises(jsonschema.ValidationError, match="a_field_added_later"):
+        record_validator().validate(later)

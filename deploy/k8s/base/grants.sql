@@ -6,17 +6,22 @@
 -- Workers: the upsert of call_records, every revision of a record (a new one inserted, a
 -- repeated one counted; `cdrflow history` reads them), the deliveries ledger (and its
 -- pruning), rejected callbacks (stored, resolved, marked replayed), the outbox (claimed FOR
--- UPDATE, deleted once published), the schema version they wait for. No DDL, no TRUNCATE, no
--- other table. The identity columns (rejected_callbacks, outbox) need no sequence grant.
+-- UPDATE, deleted once published, from the partition named; a drained partition truncated:
+-- nothing a DELETE could not do, without the dead rows), the schema version they wait for.
+-- No DDL, no other TRUNCATE, no other table. The identity columns (rejected_callbacks,
+-- outbox) need no sequence grant; the outbox's slot counter does.
 GRANT SELECT, INSERT, UPDATE ON call_records TO cdrflow_worker;
 GRANT SELECT, INSERT, UPDATE ON record_revisions TO cdrflow_worker;
+GRANT SELECT ON record_history TO cdrflow_worker;
 GRANT SELECT, INSERT, DELETE ON deliveries TO cdrflow_worker;
 GRANT SELECT, INSERT, UPDATE ON rejected_callbacks TO cdrflow_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON outbox TO cdrflow_worker;
+GRANT SELECT, UPDATE, DELETE, TRUNCATE ON outbox_0, outbox_1, outbox_2, outbox_3 TO cdrflow_worker;
+GRANT USAGE, SELECT ON SEQUENCE outbox_slot_seq TO cdrflow_worker;
 GRANT SELECT ON cdrflow_migrations TO cdrflow_worker;
 
 -- Downstream readers: the records and their revisions, nothing of the pipeline's bookkeeping.
-GRANT SELECT ON call_records, record_revisions TO cdrflow_reader;
+GRANT SELECT ON call_records, record_revisions, record_history TO cdrflow_reader;
 
 -- The console (`cdrflow console`) browses with cdrflow_console: it reads, never writes. Its
 -- actions (replay, requeue) use CDRFLOW_DATABASE_URL, the worker role, as `cdrflow replay`
@@ -25,9 +30,9 @@ GRANT SELECT ON call_records, record_revisions TO cdrflow_reader;
 DO $$
 BEGIN
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'cdrflow_console') THEN
-        GRANT SELECT ON call_records, record_revisions, deliveries, rejected_callbacks, outbox,
-            cdrflow_migrations, reconciliation_runs, reconciliation_discrepancies
-            TO cdrflow_console;
+        GRANT SELECT ON call_records, record_revisions, record_history, deliveries,
+            rejected_callbacks, outbox, cdrflow_migrations, reconciliation_runs,
+            reconciliation_discrepancies TO cdrflow_console;
     END IF;
 END
 $$;

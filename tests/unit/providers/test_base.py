@@ -140,6 +140,7 @@ def test_loads_exact_rejects_nan() -> None:
 def test_parse_form() -> None:
     assert parse_form("a=1&b=&c=x+y&d=%E6%88%90%E5%8A%9F&a=2") == {
         "a": "2",  # a repeated key keeps its last value
+        "a~1": "1",  # and the earlier one, under a suffixed name
         "b": "",  # blank values are kept
         "c": "x y",
         "d": "成功",

@@ -418,6 +418,28 @@ def test_render_map_round_trips() -> None:
     assert parse_map_rendering(render_map(DOC_FIELDS)) == DOC_FIELDS
 
 
+def test_a_sorted_body_whose_call_data_holds_a_name_keeps_it_in_user_data() -> None:
+    # The document's example is a TreeMap's rendering (sorted keys): `name=` sorts after
+    # callSerialNo, so it cannot be a field of that body.
+    body = DOC_BODY.replace("callData=null", "callData=order-9, name=Ann")
+    envelope = make_envelope(NAME, body)
+    assert parse_one(NAME, envelope) == {**DOC_FIELDS, "callData": "order-9, name=Ann"}
+    record = ADAPTER.normalize(parse_one(NAME, envelope), make_source(NAME))
+    assert record.user_data == "order-9, name=Ann"
+    assert "name" not in record.extra
+
+
+def test_an_unsorted_body_whose_call_data_holds_a_name_keeps_the_anchored_reading() -> None:
+    body = "{callSerialNo=7, callData=order-9, name=Ann, caller=12, called=88880067}"
+    assert parse_one(NAME, make_envelope(NAME, body)) == {
+        "callSerialNo": "7",
+        "callData": "order-9",
+        "name": "Ann",
+        "caller": "12",
+        "called": "88880067",
+    }
+
+
 @pytest.mark.parametrize("body", ["{garbage}", "{a=1", "{=1}"])
 def test_broken_map_rendering_is_rejected(body: str) -> None:
     with pytest.raises(Reject) as caught:

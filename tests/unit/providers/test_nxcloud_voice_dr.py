@@ -161,6 +161,9 @@ def test_body_and_query_are_merged_and_the_body_wins() -> None:
         "phone": " 2222 ",
         "ext": "only-in-query",
         "duration": "3",
+        # the query's values the body replaced are kept (they land in `extra`)
+        "messageid~1": "from-query",
+        "phone~1": "1111",
     }
     record = normalize(payload)
     assert (record.external_id, record.callee, record.user_data) == (
