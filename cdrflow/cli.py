@@ -7,7 +7,18 @@ import argparse
 import sys
 
 from cdrflow import logs
-from cdrflow.commands import admin, processes, reconcile, records, replay, send, simulate
+from cdrflow.commands import (
+    admin,
+    console,
+    dead,
+    processes,
+    reconcile,
+    records,
+    replay,
+    send,
+    simulate,
+    status,
+)
 from cdrflow.commands.support import EXIT_CONFIG, Command
 from cdrflow.health import version
 from cdrflow.settings import Settings, SettingsError
@@ -17,7 +28,18 @@ from schemas.sources import SourcesError
 log = logs.get_logger("cdrflow")
 
 # In the order `cdrflow --help` lists them.
-COMMAND_GROUPS = (processes, admin, replay, reconcile, records, simulate, send)
+COMMAND_GROUPS = (
+    processes,
+    admin,
+    status,
+    replay,
+    dead,
+    reconcile,
+    records,
+    simulate,
+    send,
+    console,
+)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -86,6 +86,15 @@ class Settings:
     log_level: str = "info"
     log_format: str = "auto"  # auto: console on a terminal, JSON otherwise
 
+    # Console (`cdrflow console`): its users file (`cdrflow console-user`), the key that signs
+    # its session cookies ("": a new one each start, which logs everyone out; set it when
+    # several replicas serve one address), how long a login lasts, and the read-only
+    # database role it browses with ("": database_url; the actions always use database_url).
+    console_users: str = "console-users"
+    console_secret: str = ""
+    console_session_minutes: int = 480
+    console_database_url: str = ""
+
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             problem = _problem(f, getattr(self, f.name))
@@ -203,6 +212,11 @@ RULES: dict[str, Check] = {
     "worker_port": between(0, 65535),
     "reconciler_port": between(0, 65535),
     "log_level": one_of(*LOG_LEVELS, ignore_case=True),
+    "console_secret": lambda value: (
+        None if not value or len(value) >= 32 else "must be at least 32 characters"
+    ),
+    "console_session_minutes": at_least(1),
+    "console_database_url": lambda value: value and url("postgresql", "postgres")(value),
     "log_format": one_of(*LOG_FORMATS),
 }
 _NOT_NEGATIVE = at_least(0)
@@ -219,7 +233,7 @@ def _problem(f: dataclasses.Field[Any], value: Any) -> str | None:
             return f"must be a finite number (got {value})"
     rule = RULES.get(f.name) or (_NOT_NEGATIVE if kind in ("int", "float") else None)
     problem = rule(value) if rule else None
-    if problem and not f.name.endswith("_url"):
+    if problem and not f.name.endswith(("_url", "_secret")):
         problem += f" (got {value!r})" if isinstance(value, str) else f" (got {value})"
     return problem
 

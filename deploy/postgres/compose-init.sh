@@ -4,4 +4,5 @@
 set -eu
 psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" \
     -v owner_password=dev-owner -v worker_password=dev-worker -v reader_password=dev-reader \
+    -v console_password=dev-console \
     -f /cdrflow/roles.sql

@@ -31,3 +31,17 @@ GRANT SELECT, INSERT, UPDATE ON reconciliation_rate_limits TO cdrflow_worker;
 -- otherwise about them; nothing of the pipeline's bookkeeping.
 GRANT SELECT ON call_records, record_revisions, record_history, reconciliation_discrepancies
     TO cdrflow_reader;
+
+-- The console (`cdrflow console`) browses with cdrflow_console: it reads, never writes. Its
+-- actions (replay, requeue) use CDRFLOW_DATABASE_URL, the worker role, as `cdrflow replay`
+-- does. A database whose roles.sql ran before the console existed has no such role: the
+-- grants wait until it is created (roles.sql, "cdrflow_console").
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'cdrflow_console') THEN
+        GRANT SELECT ON call_records, record_revisions, record_history, deliveries,
+            rejected_callbacks, outbox, cdrflow_migrations, reconciliation_runs,
+            reconciliation_discrepancies TO cdrflow_console;
+    END IF;
+END
+$$;

@@ -50,6 +50,16 @@ async def queue_depth(channel: AbstractChannel, queue: str) -> int:
     return int(count or 0)
 
 
+async def depth_becomes(channel: AbstractChannel, queue: str, count: int) -> bool:
+    """Whether the queue comes to hold `count` ready messages. Messages a closed channel held
+    unacknowledged go back to their queue a moment after the close returns."""
+
+    async def reached() -> bool:
+        return await queue_depth(channel, queue) == count
+
+    return await eventually(reached)
+
+
 class RecordTap:
     """Every message published on the records exchange while the tap is open. Each one is
     checked against schemas/call_record.schema.json on arrival; the tap fails the test on

@@ -1,0 +1,1 @@
+"""`cdrflow console`: the operator's web console (server-rendered, login required)."""
