@@ -65,9 +65,13 @@ format: install
 	$(BIN)/ruff check --fix .
 
 # One table of the pipeline against the same-run limits of this machine (docs/benchmarks.md):
-# 8 to 13 minutes; BENCH_ARGS=--full adds a 1,000,000-message backlog (12 to 20).
+# 8 to 13 minutes; BENCH_ARGS=--full adds a 1,000,000-message backlog (12 to 20). Then the
+# reconciler over a day of 100,000 provider records, and the console's pages over 1,000,000
+# records (a few minutes more).
 bench: install tools
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
+	$(BIN)/python -m tests.bench.reconcile
+	$(BIN)/python -m tests.bench.console_pages
 
 # `cdrflow reconcile` over a day of 100,000 records in a local NXCloud voice-record query
 # (docs/reconciliation.md): its own time, CPU and peak RSS against the provider's rate.
