@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from cdrflow.commands.support import Subcommands
+from cdrflow.commands.support import Subcommands, count_limit
 from cdrflow.settings import Settings
 
 if TYPE_CHECKING:
@@ -24,7 +24,10 @@ def add_commands(commands: Subcommands) -> None:
 
     listing = actions.add_parser("list", help="show the parked messages: source, why, when")
     listing.add_argument(
-        "--limit", type=_limit, default=LIST_LIMIT, help=f"at most this many ({LIST_LIMIT}; 0: all)"
+        "--limit",
+        type=count_limit,
+        default=LIST_LIMIT,
+        help=f"at most this many ({LIST_LIMIT}; 0: all)",
     )
     listing.add_argument("--json", action="store_true", help="JSON lines, one per message")
     listing.set_defaults(run=run_list)
@@ -32,7 +35,7 @@ def add_commands(commands: Subcommands) -> None:
     requeue = actions.add_parser("requeue", help="move parked messages back to the raw queue")
     requeue.add_argument(
         "--limit",
-        type=_limit,
+        type=count_limit,
         default=REQUEUE_LIMIT,
         help=f"at most this many messages, oldest first ({REQUEUE_LIMIT}; 0: all)",
     )
@@ -40,16 +43,6 @@ def add_commands(commands: Subcommands) -> None:
         "--dry-run", action="store_true", help="list what would be moved, move nothing"
     )
     requeue.set_defaults(run=run_requeue)
-
-
-def _limit(text: str) -> int:
-    try:
-        limit = int(text)
-    except ValueError:
-        limit = -1
-    if limit < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a whole number, 0 or more (0: all)")
-    return limit
 
 
 def line(letter: DeadLetter) -> str:

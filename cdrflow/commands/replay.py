@@ -7,7 +7,7 @@ import asyncio
 from datetime import UTC
 from typing import TYPE_CHECKING
 
-from cdrflow.commands.support import Subcommands, when
+from cdrflow.commands.support import Subcommands, count_limit, when
 from cdrflow.settings import Settings, SettingsError
 from schemas.providers.errors import Reason
 
@@ -27,7 +27,7 @@ def add_commands(commands: Subcommands) -> None:
     replay.add_argument("--until", type=when, help="received before (ISO 8601)")
     replay.add_argument(
         "--limit",
-        type=_limit,
+        type=count_limit,
         default=REPLAY_LIMIT,
         help=f"at most this many requests, oldest first ({REPLAY_LIMIT}; 0: all)",
     )
@@ -42,16 +42,6 @@ def _reason(text: str) -> str:
     if text not in known:
         raise argparse.ArgumentTypeError(f"unknown reason {text!r}; known: {', '.join(known)}")
     return text
-
-
-def _limit(text: str) -> int:
-    try:
-        limit = int(text)
-    except ValueError:
-        limit = -1
-    if limit < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a whole number, 0 or more (0: all)")
-    return limit
 
 
 def run_replay(settings: Settings, args: argparse.Namespace) -> int:

@@ -42,6 +42,17 @@ def when(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def count_limit(text: str) -> int:
+    """A `--limit` argument: a whole number, 0 or more (0: all)."""
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number, 0 or more (0: all)")
+    return limit
+
+
 def run_until_signalled(
     start: Callable[[asyncio.Event], Coroutine[Any, Any, int]],
 ) -> int:
