@@ -26,13 +26,14 @@ async def park(channel: AbstractChannel, settings: Settings, count: int) -> int:
     """Take `count` messages off the raw queue and reject them: RabbitMQ dead-letters each
     to `cdr.dead` with its own x-death headers, as when a worker parks one."""
     raw = await channel.get_queue(settings.raw_queue, ensure=False)
+    before = await queue_depth(channel, settings.dead_queue)
     for _ in range(count):
         message = await raw.get(no_ack=False, timeout=5)
         assert message is not None
         await message.reject(requeue=False)
 
     async def parked() -> bool:
-        return await queue_depth(channel, settings.dead_queue) == count
+        return await queue_depth(channel, settings.dead_queue) == before + count
 
     assert await eventually(parked)
     return count
