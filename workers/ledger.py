@@ -12,7 +12,8 @@
      a backfill of an existing one changes nothing (it is locked, not returned);
    - look up which contents are earlier revisions (`record_revisions`, by content hash):
      those count as deliveries of that revision and change nothing else;
-   - every other content becomes a new revision (numbered in order of its newest report);
+   - every other content becomes a new revision (numbered in order of its newest report),
+     its original request and parsed payload stored in `originals` (`workers.originals`);
      if it is newer than the content shown, it replaces the record's fields, and the
      newest of them is what `call_records` shows; a late one (older than the content
      shown) is kept in the history only. Pushed content always wins: a push for a record
@@ -39,6 +40,7 @@ from schemas.envelope import BACKFILL
 from schemas.jsoncodec import dumps
 from schemas.record import LEDGER_COLUMNS, RECORD_COLUMNS, Ledger, published_body, routing_key
 from workers import ledger_sql as sql
+from workers import originals
 from workers.db import STAGE_ONLY_COLUMNS, STAGE_TABLE
 from workers.normalize import WHOLE_REQUEST, Normalized, Rejection, as_request
 from workers.outbox import OutboxEntry
@@ -135,7 +137,7 @@ def _stage_row(content: Content) -> tuple[Any, ...]:
         brought_by.content_hash,
         record.record_id,
         *_held_values(record),
-        dumps(record.raw).decode(),
+        None,  # raw: in `originals`, with the request that brought it
         dumps(record.extra).decode(),
         record.labels,
     )
@@ -146,6 +148,9 @@ class _Writes:
     """What a batch does to the history and the latest view, decided from what is stored."""
 
     new_revisions: list[tuple[uuid.UUID, int, int]] = field(default_factory=list)
+    new_contents: list[Content] = field(default_factory=list)
+    # The new revisions call_records shows after the batch: their content is its columns.
+    shown_new: set[tuple[uuid.UUID, int]] = field(default_factory=set)
     earlier: list[tuple[uuid.UUID, int, int, datetime, datetime]] = field(default_factory=list)
     shown: list[tuple[uuid.UUID, int, int]] = field(default_factory=list)
     published: list[OutboxEntry] = field(default_factory=list)
@@ -217,7 +222,9 @@ def _plan_new_record(versions: RecordVersions, row: asyncpg.Record, writes: _Wri
         revision = content.ordinal + 1
         counted += content.deliveries
         writes.new_revisions.append((versions.record_id, content.ordinal, revision))
+        writes.new_contents.append(content)
         if content is versions.contents[-1]:
+            writes.shown_new.add((versions.record_id, revision))
             writes.publish(content, _ledger(row, revision=revision))
         else:
             as_then = {"delivery_count": counted, "last_seen_at": content.last_received_at}
@@ -249,6 +256,7 @@ def _plan_stored_record(
             continue
         last += 1
         writes.new_revisions.append((record_id, content.ordinal, last))
+        writes.new_contents.append(content)
         if over_backfill or content.last_received_at >= row["content_received_at"]:
             moved.append((content, last, counted))
     for content, revision, counted_then in moved[:-1]:
@@ -257,12 +265,24 @@ def _plan_stored_record(
     if moved:
         content, revision, _ = moved[-1]
         writes.shown.append((record_id, content.ordinal, revision))
+        writes.shown_new.add((record_id, revision))
         writes.publish(content, _ledger(row, revision=revision))
 
 
 async def _apply(connection: Connection, writes: _Writes) -> None:
     if writes.new_revisions:
-        await connection.execute(sql.NEW_REVISIONS, *_columns(writes.new_revisions))
+        places = await originals.store(
+            connection,
+            [(c.brought_by.envelope, dumps(c.record.raw)) for c in writes.new_contents],
+        )
+        await connection.execute(
+            sql.NEW_REVISIONS,
+            *_columns(writes.new_revisions),
+            [(rid, rev) not in writes.shown_new for rid, _, rev in writes.new_revisions],
+            [p.bundle_id for p in places],
+            [p.original_item for p in places],
+            [p.payload_item for p in places],
+        )
     if writes.earlier:
         await connection.execute(sql.EARLIER_DELIVERED, *_columns(writes.earlier))
     if writes.shown:

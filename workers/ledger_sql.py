@@ -54,24 +54,33 @@ WHERE s.record_id = ANY($1::uuid[])
 
 
 def _content_object(alias: str) -> str:
-    """A revision's content: the record's columns but `raw` (kept in a column of its own),
-    as jsonb. Built from those columns alone: `to_jsonb(s) - ARRAY[...]` made the same
-    value from the whole staged row, raw callback included, then dropped keys, at 52.5
-    against 41.4 µs a row (same jsonb for every row of the bench mix). At most 40 pairs a
-    call: a function takes at most 100 arguments."""
+    """A revision's content: the record's columns but `raw` (kept in `originals`), as
+    jsonb: the same object as migration 8's `record_content`. Built from those columns
+    alone: `to_jsonb(s) - ARRAY[...]` made the same value from the whole staged row, raw
+    callback included, then dropped keys, at 52.5 against 41.4 µs a row (same jsonb for
+    every row of the bench mix). At most 40 pairs a call: a function takes at most 100
+    arguments."""
     pairs = [f"'{c}', {alias}.{c}" for c in RECORD_COLUMNS if c != "raw"]
     calls = [pairs[i : i + 40] for i in range(0, len(pairs), 40)]
     return " || ".join(f"jsonb_build_object({', '.join(call)})" for call in calls)
 
 
+# A revision's content is kept here only when the revision is not the one call_records
+# shows (`u.keep`): the shown content is call_records' own columns, and the trigger of
+# migration 8 writes it here when call_records moves on. Its original request and parsed
+# payload are in `originals` (`workers.originals`).
 NEW_REVISIONS = f"""
-INSERT INTO record_revisions (record_id, revision, content_hash, content, raw, ingest_id,
-    item, received_at, first_seen_at, last_seen_at, delivery_count)
+INSERT INTO record_revisions (record_id, revision, content_hash, content, ingest_id,
+    item, received_at, first_seen_at, last_seen_at, delivery_count, bundle_id,
+    original_item, payload_item)
 SELECT s.record_id, u.revision, s.content_hash,
-    {_content_object("s")}, s.raw, s.ingest_id, s.item,
-    s.first_received_at, s.first_received_at, s.last_received_at, s.deliveries
+    CASE WHEN u.keep THEN {_content_object("s")} END, s.ingest_id, s.item,
+    s.first_received_at, s.first_received_at, s.last_received_at, s.deliveries,
+    u.bundle_id, u.original_item, u.payload_item
 FROM {STAGE_TABLE} s
-JOIN unnest($1::uuid[], $2::integer[], $3::integer[]) AS u(record_id, ordinal, revision)
+JOIN unnest($1::uuid[], $2::integer[], $3::integer[], $4::boolean[], $5::bigint[],
+        $6::smallint[], $7::smallint[])
+    AS u(record_id, ordinal, revision, keep, bundle_id, original_item, payload_item)
     ON s.record_id = u.record_id AND s.ordinal = u.ordinal
 """  # noqa: S608
 

@@ -3,7 +3,9 @@ steps in `workers/migrations/` that it has not seen, each in its own transaction
 advisory lock so that concurrent runs are safe. Running it again changes nothing.
 
 A step that SQL alone cannot do has its Python part in `AFTER_STEP`, run in the step's
-transaction right after its SQL."""
+transaction right after its SQL. A step that rewrites rows of the live tables has its data
+step in `DATA_STEPS` instead: run after the SQL steps, in short transactions of its own
+while workers keep writing, and gone on with by the next run when interrupted."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 
 from cdrflow.logs import get_logger
+from workers.payloads_migration import move_payloads
 from workers.rehash import rehash_stored_contents
 
 log = get_logger("cdrflow.migrate")
@@ -26,6 +29,10 @@ _STEP = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 # 3: the content hash now covers the normalized record, not the payload.
 AFTER_STEP: dict[int, Callable[[asyncpg.Connection], Awaitable[int]]] = {
     3: rehash_stored_contents,
+}
+# 8: each payload once, in `originals`; the shown content only in call_records.
+DATA_STEPS: dict[int, Callable[[asyncpg.Connection], Awaitable[bool]]] = {
+    8: move_payloads,
 }
 
 
@@ -124,6 +131,9 @@ async def migrate(url: str) -> list[int]:
                 )
             applied.append(step.version)
             log.info("migration_applied", version=step.version, name=step.name)
+        for version, data_step in DATA_STEPS.items():
+            if version in done or version in applied:
+                await data_step(connection)
     finally:
         await connection.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
         await connection.close()
