@@ -28,6 +28,7 @@ Connection = asyncpg.Connection | PoolConnectionProxy
 BUNDLE_ITEMS = 128
 _HEADER_END = b"\n"
 
+# Bundles numbered as they are inserted (`cdrflow migrate`'s data step).
 INSERT = """
 INSERT INTO originals (items)
 SELECT array_agg(u.item ORDER BY u.n)
@@ -64,32 +65,62 @@ class Place:
     payload_item: int
 
 
-@dataclass
-class _Bundle:
-    items: list[bytes]
-    originals: dict[uuid.UUID, int]  # a request's item, so that its items share it
+_RESERVE = "SELECT array_agg(nextval('originals_bundle_seq')) FROM generate_series(1, $1)"
+# With the ids taken before (`Bundles.reserve`): the batch's rows name them already.
+_INSERT_RESERVED = """
+INSERT INTO originals (bundle_id, items)
+SELECT u.bundle_id, array_agg(u.item ORDER BY u.n)
+FROM unnest($1::bigint[], $2::bytea[]) WITH ORDINALITY AS u(bundle_id, item, n)
+GROUP BY u.bundle_id
+"""
+_EMPTY = b""
 
 
-async def store(
-    connection: Connection, requests: Sequence[tuple[RawEnvelope, bytes]]
-) -> list[Place]:
-    """Store each (request, parsed payload as JSON) pair; their places, in order. A request
-    carrying several items is stored once per bundle."""
-    bundles: list[_Bundle] = []
-    places: list[tuple[int, int, int]] = []
-    for envelope, payload in requests:
-        if not bundles or len(bundles[-1].items) + 2 > BUNDLE_ITEMS:
-            bundles.append(_Bundle([], {}))
-        bundle = bundles[-1]
-        original = bundle.originals.get(envelope.ingest_id)
-        if original is None:
-            bundle.items.append(original_of(envelope))
-            original = bundle.originals[envelope.ingest_id] = len(bundle.items)
-        bundle.items.append(payload)
-        places.append((len(bundles) - 1, original, len(bundle.items)))
-    items = [item for bundle in bundles for item in bundle.items]
-    numbers = [n for n, bundle in enumerate(bundles) for _ in bundle.items]
-    rows = await connection.fetch(INSERT, items, numbers)
-    # Identities are handed out in the order the rows are inserted, which is the bundles'.
-    ids = sorted(row["bundle_id"] for row in rows)
-    return [Place(ids[bundle], original, payload) for bundle, original, payload in places]
+class Bundles:
+    """A batch's bundles, planned for every content before the batch knows which contents
+    are new: each content's place goes into the staging table, so that a new record names
+    its bundle in the insert that creates it. `write` then stores only what the new
+    revisions need: the other items stay empty (a few bytes each)."""
+
+    def __init__(self, requests: Sequence[tuple[RawEnvelope, bytes]]) -> None:
+        self._items: list[list[bytes]] = []
+        self._owners: list[list[list[int]]] = []  # per item, the contents that need it
+        self._places: list[tuple[int, int, int]] = []
+        originals: dict[uuid.UUID, int] = {}
+        for index, (envelope, payload) in enumerate(requests):
+            if not self._items or len(self._items[-1]) + 2 > BUNDLE_ITEMS:
+                self._items.append([])
+                self._owners.append([])
+                originals = {}
+            items, owners = self._items[-1], self._owners[-1]
+            original = originals.get(envelope.ingest_id)
+            if original is None:
+                items.append(original_of(envelope))
+                owners.append([])
+                original = originals[envelope.ingest_id] = len(items)
+            owners[original - 1].append(index)
+            items.append(payload)
+            owners.append([index])
+            self._places.append((len(self._items) - 1, original, len(items)))
+        self._ids: list[int] = []
+
+    async def reserve(self, connection: Connection) -> None:
+        if self._items:
+            self._ids = list(await connection.fetchval(_RESERVE, len(self._items)))
+
+    def place(self, index: int) -> Place:
+        bundle, original, payload = self._places[index]
+        return Place(self._ids[bundle], original, payload)
+
+    async def write(self, connection: Connection, kept: set[int]) -> None:
+        """Store the bundles, with the items of the contents in `kept` (by index)."""
+        ids: list[int] = []
+        items: list[bytes] = []
+        for bundle_id, bundle, owners in zip(self._ids, self._items, self._owners, strict=True):
+            if not any(kept.intersection(owner) for owner in owners):
+                continue
+            for item, owner in zip(bundle, owners, strict=True):
+                ids.append(bundle_id)
+                items.append(item if kept.intersection(owner) else _EMPTY)
+        if ids:
+            await connection.execute(_INSERT_RESERVED, ids, items)

@@ -14,8 +14,9 @@ GRANT SELECT, INSERT, UPDATE ON call_records TO cdrflow_worker;
 GRANT SELECT, INSERT, UPDATE ON record_revisions TO cdrflow_worker;
 GRANT SELECT ON record_history TO cdrflow_worker;
 -- The request bytes and parsed payloads of new revisions (and, through record_history,
--- of the old ones); the trigger on call_records fills a left revision's content as them.
+-- of the old ones), their ids taken ahead from its sequence.
 GRANT SELECT, INSERT ON originals TO cdrflow_worker;
+GRANT USAGE ON SEQUENCE originals_bundle_seq TO cdrflow_worker;
 GRANT SELECT, INSERT, DELETE ON deliveries TO cdrflow_worker;
 GRANT SELECT, INSERT, UPDATE ON rejected_callbacks TO cdrflow_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON outbox TO cdrflow_worker;

@@ -131,7 +131,7 @@ async def test_a_revision_holds_the_record_columns_as_the_upgrade_backfill_wrote
         "SELECT c.source, h.content AS live, to_jsonb(c) - ARRAY['raw', 'received_at',"
         " 'stored_at', 'updated_at', 'first_seen_at', 'last_seen_at', 'delivery_count',"
         " 'revision', 'content_hash', 'content_received_at', 'content_ingest_id',"
-        " 'content_item'] AS backfill"
+        " 'content_item', 'bundle_id', 'original_item', 'payload_item'] AS backfill"
         " FROM call_records c JOIN record_history h USING (record_id)"
         " WHERE c.external_id = ANY($1::text[]) AND h.shown",
         [r.external_id for r in requests],

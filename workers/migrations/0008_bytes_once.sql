@@ -5,6 +5,9 @@
 --   call's bytes share their keys and most of their values with the calls around them.
 -- - `record_revisions` keeps a revision's `content` only while it is not the shown one:
 --   `call_records` holds the shown content. Its `raw` moves into `originals`.
+-- - A record stored once and never delivered again (most calls) has no `record_revisions`
+--   row: its one revision is `call_records` itself, which then names its bundle. Its
+--   first further delivery writes that row, from the values it had (trigger below).
 -- - `call_records.raw` is NULL for what this release stores: `record_payloads` and
 --   `record_history` give the parsed payload of every record and revision, in SQL.
 --
@@ -17,15 +20,26 @@
 
 SET LOCAL lock_timeout = '10s';
 
+-- A worker takes a batch's bundle ids before it writes them: call_records names its bundle
+-- in the same insert that creates it.
+CREATE SEQUENCE originals_bundle_seq AS bigint;
 CREATE TABLE originals (
-    bundle_id   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    bundle_id   bigint PRIMARY KEY DEFAULT nextval('originals_bundle_seq'),
     stored_at   timestamptz NOT NULL DEFAULT now(),   -- the partition key, when partitioned
     -- An original is a header line (JSON: method, content_type, query, reading) and the body
     -- exactly as received; a payload is the parsed payload as JSON text (UTF-8).
     items       bytea[] COMPRESSION lz4 NOT NULL
 );
 
-ALTER TABLE call_records ALTER COLUMN raw DROP NOT NULL;
+ALTER SEQUENCE originals_bundle_seq OWNED BY originals.bundle_id;
+
+ALTER TABLE call_records
+    ALTER COLUMN raw DROP NOT NULL,
+    -- Set while the record's one revision has no record_revisions row: where its
+    -- original request and parsed payload are.
+    ADD COLUMN bundle_id bigint,
+    ADD COLUMN original_item smallint,
+    ADD COLUMN payload_item smallint;
 ALTER TABLE record_revisions
     ALTER COLUMN raw DROP NOT NULL,
     ALTER COLUMN content DROP NOT NULL,
@@ -66,7 +80,33 @@ BEGIN
     RETURN NEW;
 END
 $$;
-CREATE TRIGGER call_records_keep_left_revision_content
+-- A record's one revision, kept in call_records alone, gets its record_revisions row on the
+-- record's first update after its insert (a further delivery counted by any worker's
+-- upsert, before anything else of the batch): from the row as it was, so with the
+-- deliveries and times it had. From then on the record is as every record was before.
+CREATE FUNCTION write_single_revision() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO record_revisions (record_id, revision, content_hash, content, ingest_id, item,
+        received_at, stored_at, first_seen_at, last_seen_at, delivery_count, bundle_id,
+        original_item, payload_item)
+    VALUES (OLD.record_id, OLD.revision, OLD.content_hash, NULL, OLD.content_ingest_id,
+        OLD.content_item, OLD.received_at, OLD.stored_at, OLD.first_seen_at,
+        OLD.last_seen_at, OLD.delivery_count, OLD.bundle_id, OLD.original_item,
+        OLD.payload_item)
+    ON CONFLICT DO NOTHING;
+    NEW.bundle_id := NULL;
+    NEW.original_item := NULL;
+    NEW.payload_item := NULL;
+    RETURN NEW;
+END
+$$;
+-- Triggers fire in the order of their names: this one first.
+CREATE TRIGGER call_records_1_write_single_revision
+    BEFORE UPDATE ON call_records
+    FOR EACH ROW WHEN (OLD.bundle_id IS NOT NULL)
+    EXECUTE FUNCTION write_single_revision();
+
+CREATE TRIGGER call_records_2_keep_left_revision_content
     BEFORE UPDATE OF revision ON call_records
     FOR EACH ROW WHEN (OLD.revision IS DISTINCT FROM NEW.revision)
     EXECUTE FUNCTION keep_left_revision_content();
@@ -98,7 +138,18 @@ SELECT c.source, c.external_id, r.record_id, r.revision,
     original_body(o.items[r.original_item]) AS body
 FROM record_revisions r
 JOIN call_records c ON c.record_id = r.record_id
-LEFT JOIN originals o ON o.bundle_id = r.bundle_id;
+LEFT JOIN originals o ON o.bundle_id = r.bundle_id
+UNION ALL
+SELECT c.source, c.external_id, c.record_id, c.revision, true, record_content(c),
+    convert_from(o.items[c.payload_item], 'UTF8')::jsonb,
+    c.content_hash, c.content_ingest_id, c.content_item, c.received_at, c.stored_at,
+    c.first_seen_at, c.last_seen_at, c.delivery_count,
+    original_header(o.items[c.original_item]) ->> 'method',
+    original_header(o.items[c.original_item]) ->> 'content_type',
+    original_header(o.items[c.original_item]) ->> 'query',
+    original_body(o.items[c.original_item])
+FROM call_records c
+JOIN originals o ON o.bundle_id = c.bundle_id;
 
 -- The shown revision of every record, with its parsed payload (what `call_records.raw`
 -- holds for the records stored before version 8) and the request that brought it.
