@@ -149,7 +149,8 @@ SELECT c.source, c.external_id, c.record_id, c.revision, true, record_content(c)
     original_header(o.items[c.original_item]) ->> 'query',
     original_body(o.items[c.original_item])
 FROM call_records c
-JOIN originals o ON o.bundle_id = c.bundle_id;
+LEFT JOIN originals o ON o.bundle_id = c.bundle_id   -- kept, should its bundle be dropped
+WHERE c.bundle_id IS NOT NULL;
 
 -- The shown revision of every record, with its parsed payload (what `call_records.raw`
 -- holds for the records stored before version 8) and the request that brought it.
