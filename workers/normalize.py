@@ -17,7 +17,7 @@ from schemas.providers import Provider, Reason, Reject
 from schemas.providers.bodies import charset_of, is_multipart
 from schemas.sources import Source
 from workers.sanitize import sanitize_record
-from workers.versions import Delivery
+from workers.storage.revisions import Delivery
 
 log = get_logger("cdrflow.worker")
 

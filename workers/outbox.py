@@ -36,8 +36,8 @@ from tenacity import RetryCallState
 from cdrflow.amqp import BrokerLink
 from cdrflow.backoff import is_loud, retry_fields, retrying, sleep_unless
 from cdrflow.logs import get_logger
-from workers.db import is_transient
 from workers.records_publisher import publish_records, record_outgoing
+from workers.storage.database import is_transient
 
 log = get_logger("cdrflow.worker.outbox")
 
@@ -48,7 +48,7 @@ PRUNE_EVERY = 60.0  # seconds between prunes of the deliveries ledger
 PRUNE_CHUNK = 10_000
 PRUNE_BUDGET = 10.0  # seconds a prune may keep deleting chunks before it yields
 
-# The outbox's partitions, by slot (workers/migrations/0006_outbox_ring.sql).
+# The outbox's partitions, by slot (workers/storage/migrations/0006_outbox_ring.sql).
 PARTITIONS = tuple(f"outbox_{slot}" for slot in range(4))
 _CLAIM_STALE = """
 SELECT outbox_id, slot, record_id, revision, routing_key, body FROM {partition}

@@ -16,7 +16,7 @@ from schemas.record import CONTENT_COLUMNS, LEDGER_COLUMNS, RECORD_COLUMNS, Ledg
 from tests.support.samples import Sample, envelope, record_validator, sample
 from tests.support.sources import load_test_sources
 from workers.normalize import normalize_envelope
-from workers.versions import Delivery, plan_versions, set_aside_backfills
+from workers.storage.revisions import Delivery, plan_versions, set_aside_backfills
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

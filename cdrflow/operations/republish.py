@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from cdrflow.amqp import connect, declare
 from cdrflow.logs import get_logger
+from cdrflow.operations.tail import TopicPattern
 from cdrflow.settings import Settings
 from schemas.jsoncodec import loads_exact
 from schemas.record import (
@@ -45,7 +46,6 @@ from schemas.record import (
 )
 from schemas.topology import RECORD_KEY_SHAPE
 from workers.outbox import OutboxEntry, record_message
-from workers.tail import TopicPattern
 
 log = get_logger("cdrflow.republish")
 

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from cdrflow.logs import get_logger
 from cdrflow.settings import Settings
-from console.app import create_app
+from console.console_app import create_app
 from console.users import read_users
 
 log = get_logger("cdrflow.console")

@@ -3,7 +3,7 @@
 1. Claim the batch's deliveries in `deliveries` (ON CONFLICT DO NOTHING): a delivery seen
    before (a raw message delivered twice) counts once, however often it comes back.
 2. Set aside the backfills a push of the batch or another backfill makes redundant, then
-   group the fresh deliveries per record and per content (`workers.versions`). A backfill
+   group the fresh deliveries per record and per content (`workers.storage.revisions`). A backfill
    that changes nothing (set aside, or of a stored record) is no delivery: its claim goes.
 3. COPY the contents into the staging table; then a fixed number of set-based statements,
    whatever the batch holds (no round per version):
@@ -20,7 +20,7 @@
 4. Each new revision that `call_records` moved to gets an `outbox` row: the message.
 5. Rejections go to `rejected_callbacks`; replays that now succeed resolve theirs.
 
-The statements are in `workers.ledger_sql`."""
+The statements are in `workers.storage.transaction_sql`."""
 
 from __future__ import annotations
 
@@ -38,12 +38,12 @@ from cdrflow.logs import get_logger
 from schemas.envelope import BACKFILL
 from schemas.jsoncodec import dumps
 from schemas.record import LEDGER_COLUMNS, RECORD_COLUMNS, Ledger, published_body, routing_key
-from workers import ledger_sql as sql
-from workers.db import STAGE_ONLY_COLUMNS, STAGE_TABLE
 from workers.normalize import WHOLE_REQUEST, Normalized, Rejection, as_request
 from workers.outbox import OutboxEntry
 from workers.sanitize import sanitize
-from workers.versions import (
+from workers.storage import transaction_sql as sql
+from workers.storage.database import STAGE_ONLY_COLUMNS, STAGE_TABLE
+from workers.storage.revisions import (
     Content,
     Delivery,
     RecordVersions,
