@@ -20,11 +20,11 @@ from cdrflow.logs import get_logger
 from schemas.envelope import EnvelopeError, RawEnvelope, decode_batch
 from schemas.providers import Provider
 from schemas.sources import Source
+from workers.batch import BatchResult, Normalized, OutboxEntry
 from workers.batching import redeliveries
-from workers.normalize import Normalized, normalize_envelope
-from workers.outbox import OutboxEntry, RecordPublisher
+from workers.normalize import normalize_envelope
+from workers.outbox import RecordPublisher
 from workers.split import Splitter
-from workers.storage.transaction import BatchResult
 from workers.storage.writer import Store
 from workers.worker_metrics import WorkerMetrics
 

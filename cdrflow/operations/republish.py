@@ -45,7 +45,8 @@ from schemas.record import (
     routing_key,
 )
 from schemas.topology import RECORD_KEY_SHAPE
-from workers.outbox import OutboxEntry, record_message
+from workers.batch import OutboxEntry
+from workers.outbox import record_message
 
 log = get_logger("cdrflow.republish")
 

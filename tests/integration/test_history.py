@@ -26,9 +26,9 @@ from tests.support.migrations import apply_up_to
 from tests.support.samples import envelope, sample
 from tests.support.waiting import eventually, one
 from tests.support.workers import publish_envelopes, running_worker
+from workers.batch import Delivery
 from workers.normalize import normalize_envelope
 from workers.storage.migrate import available, migrate
-from workers.storage.revisions import Delivery
 
 
 async def delivered(db: asyncpg.Connection, external_id: str, count: int) -> bool:

@@ -21,8 +21,9 @@ from tests.support.broker import record_tap
 from tests.support.env import scratch_database
 from tests.support.migrations import apply_up_to
 from tests.support.samples import envelope, sample
-from workers.normalize import Normalized, normalize_envelope
-from workers.outbox import PARTITIONS, OutboxEntry, RecordPublisher
+from workers.batch import Normalized, OutboxEntry
+from workers.normalize import normalize_envelope
+from workers.outbox import PARTITIONS, RecordPublisher
 from workers.storage import transaction_sql as ledger_sql
 from workers.storage.database import STAGE_TABLE, DatabaseHold, create_pool
 from workers.storage.migrate import migrate

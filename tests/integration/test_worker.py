@@ -35,7 +35,8 @@ from tests.support.samples import Sample, envelope, record_validator, sample, si
 from tests.support.sources import provider_source
 from tests.support.waiting import eventually, one
 from tests.support.workers import WorkerProcess, publish_envelopes, running_worker, stop_all
-from workers.normalize import Normalized, normalize_envelope
+from workers.batch import Normalized
+from workers.normalize import normalize_envelope
 from workers.outbox import RecordPublisher
 from workers.storage.database import DatabaseHold, create_pool
 from workers.storage.writer import Store

@@ -22,7 +22,8 @@ from schemas.record import CallRecord, Ledger, published_body
 from schemas.sources import Sources, parse_sources
 from tests.support.samples import Sample, envelope, record_validator, sample
 from tests.support.sources import SOURCES_TOML, load_test_sources
-from workers.normalize import Normalized, normalize_envelope
+from workers.batch import Normalized
+from workers.normalize import normalize_envelope
 
 SOURCES = load_test_sources()
 REGISTRY = default_registry()

@@ -38,33 +38,25 @@ from cdrflow.logs import get_logger
 from schemas.envelope import BACKFILL
 from schemas.jsoncodec import dumps
 from schemas.record import LEDGER_COLUMNS, RECORD_COLUMNS, Ledger, published_body, routing_key
-from workers.normalize import WHOLE_REQUEST, Normalized, Rejection, as_request
-from workers.outbox import OutboxEntry
+from workers.batch import (
+    WHOLE_REQUEST,
+    BatchResult,
+    Content,
+    Delivery,
+    Normalized,
+    OutboxEntry,
+    RecordVersions,
+    Rejection,
+    as_request,
+)
 from workers.sanitize import sanitize
 from workers.storage import transaction_sql as sql
 from workers.storage.database import STAGE_ONLY_COLUMNS, STAGE_TABLE
-from workers.storage.revisions import (
-    Content,
-    Delivery,
-    RecordVersions,
-    plan_versions,
-    set_aside_backfills,
-)
+from workers.storage.revisions import plan_versions, set_aside_backfills
 
 log = get_logger("cdrflow.worker.store")
 
 Connection = asyncpg.Connection | PoolConnectionProxy
-
-
-@dataclass(frozen=True, slots=True)
-class BatchResult:
-    published: list[OutboxEntry]  # new records and new revisions, to publish
-    fresh: int  # deliveries not seen before (the rest were redelivered messages)
-    versions: int  # distinct contents of records in the batch
-    rejected: list[Rejection]
-    # Backfills of records stored already, or pushed in the same batch: they change nothing
-    # (not a delivery, not a revision). Counted in `fresh`, but no longer claimed.
-    ignored_backfills: int = 0
 
 
 async def write_batch(connection: Connection, normalized: Normalized) -> BatchResult:

@@ -17,10 +17,9 @@ from tenacity import RetryCallState
 from cdrflow.backoff import is_loud, retry_fields, retrying
 from cdrflow.logs import get_logger
 from schemas.providers import Reason
-from workers.normalize import Normalized, Rejection
+from workers.batch import BatchResult, Delivery, Normalized, Rejection
 from workers.storage.database import BatchDataError, DatabaseHold, is_data_error, is_transient
-from workers.storage.revisions import Delivery
-from workers.storage.transaction import BatchResult, write_batch
+from workers.storage.transaction import write_batch
 
 log = get_logger("cdrflow.worker.store")
 
