@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Protocol
 
-from schemas.sources import SourceSettings
+from schemas.source_settings import SourceSettings
 
 # What every `[sources.NAME.reconcile]` table may hold besides its books' own keys, with
 # the defaults of the SPEC's example.
