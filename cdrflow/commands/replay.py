@@ -14,9 +14,8 @@ from schemas.providers.errors import Reason
 if TYPE_CHECKING:
     from cdrflow.operations.replay_rejected import ReplaySelection
 
-REPLAY_LIMIT = (
-    1000  # cdrflow.operations.replay_rejected.DEFAULT_LIMIT, without importing asyncpg to parse
-)
+# cdrflow.operations.replay_rejected.DEFAULT_LIMIT, without importing asyncpg to parse
+REPLAY_LIMIT = 1000
 
 
 def add_commands(commands: Subcommands) -> None:
