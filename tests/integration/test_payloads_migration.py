@@ -19,13 +19,13 @@ from tests.support.env import scratch_database
 from tests.support.migrations import apply_up_to
 from tests.support.samples import envelope, sample
 from tests.support.waiting import one
-from workers.db import create_pool
-from workers.ledger import write_batch
-from workers.ledger_sql import _content_object
-from workers.migrate import available, migrate
-from workers.normalize import Normalized, normalize_envelope
-from workers.payloads_migration import move_payloads
-from workers.versions import Delivery
+from workers.batch import Delivery, Normalized
+from workers.normalize import normalize_envelope
+from workers.storage.database import create_pool
+from workers.storage.migrate import available, migrate
+from workers.storage.payloads_migration import move_payloads
+from workers.storage.transaction import write_batch
+from workers.storage.transaction_sql import _content_object
 
 RECORDS = 100_000
 REAL = 200  # normalized from real requests: re-pushed after the upgrade

@@ -15,9 +15,10 @@ from schemas.providers import default_registry
 from schemas.sources import Sources
 from tests.support.samples import Sample, envelope, sample
 from tests.support.waiting import one
-from workers.db import create_pool
-from workers.ledger import BatchResult, write_batch
-from workers.normalize import Normalized, normalize_envelope
+from workers.batch import BatchResult, Normalized
+from workers.normalize import normalize_envelope
+from workers.storage.database import create_pool
+from workers.storage.transaction import write_batch
 
 T0 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
 HISTORY = """

@@ -1,11 +1,11 @@
-"""The SQL statements of the batch transaction (`workers.ledger`), in the order it runs
+"""The SQL statements of the batch transaction (`workers.storage.transaction`), in the order it runs
 them. Each takes whole columns as arrays (unnest), or reads the staging table, so a batch
 costs a fixed number of statements whatever it holds."""
 
 from __future__ import annotations
 
 from schemas.record import CONTENT_COLUMNS, RECORD_COLUMNS
-from workers.db import STAGE_TABLE
+from workers.storage.database import STAGE_TABLE
 
 CLAIM = """
 INSERT INTO deliveries (ingest_id, item, record_id, received_at)
@@ -74,7 +74,7 @@ def _content_object(alias: str) -> str:
 # A revision's content is kept here only when the revision is not the one call_records
 # shows (`u.keep`): the shown content is call_records' own columns, and the trigger of
 # migration 8 writes it here when call_records moves on. Its original request and parsed
-# payload are in `originals` (`workers.originals`).
+# payload are in `originals` (`workers.storage.originals`).
 NEW_REVISIONS = f"""
 INSERT INTO record_revisions (record_id, revision, content_hash, content, ingest_id,
     item, received_at, first_seen_at, last_seen_at, delivery_count, bundle_id,

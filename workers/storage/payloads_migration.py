@@ -24,8 +24,8 @@ import time
 import asyncpg
 
 from cdrflow.logs import get_logger
-from workers.originals import BUNDLE_ITEMS
-from workers.originals import INSERT as INSERT_BUNDLES
+from workers.storage.originals import BUNDLE_ITEMS
+from workers.storage.originals import INSERT as INSERT_BUNDLES
 
 log = get_logger("cdrflow.migrate")
 

@@ -13,7 +13,7 @@
 --
 -- Every statement here is quick whatever the tables hold (no rewrite, no scan): a nullable
 -- column, a dropped NOT NULL, a new table, views, a trigger. Moving the rows stored before
--- is `cdrflow migrate`'s data step (workers/payloads_migration.py), in short batches.
+-- is `cdrflow migrate`'s data step (workers/storage/payloads_migration.py), in short batches.
 -- Workers of the previous release keep working meanwhile: they still write `raw` and
 -- `content`, which the views read first, and the trigger keeps the content of a revision
 -- whenever any worker moves `call_records` to another one.

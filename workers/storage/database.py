@@ -21,7 +21,7 @@ STAGE_ONLY_COLUMNS: tuple[str, ...] = (
     "ingest_id",
     "item",
     "content_hash",
-    # Where the content's original request and parsed payload are (`workers.originals`).
+    # Where the content's original request and parsed payload are (`workers.storage.originals`).
     "bundle_id",
     "original_item",
     "payload_item",
