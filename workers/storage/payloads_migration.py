@@ -81,10 +81,16 @@ async def move_payloads(
         return True
     after = (place["after_source"], place["after_external"]) if place else None
     done = place["moved"] if place else 0
-    total = int(await connection.fetchval("SELECT count(*) FROM call_records"))
     # Statistics first (autovacuum may be off, or not have come by): without them the
-    # planner may read the whole table for each batch's few thousand rows.
+    # planner may read the whole table for each batch's few thousand rows. They also give
+    # the progress its total, where a count would read the whole table.
     await connection.execute("ANALYZE call_records, record_revisions")
+    total = int(
+        await connection.fetchval(
+            "SELECT greatest(reltuples, 0)::bigint FROM pg_class"
+            " WHERE oid = 'call_records'::regclass"
+        )
+    )
     started = time.monotonic()
     batches = 0
     while max_batches is None or batches < max_batches:
@@ -135,7 +141,7 @@ async def _move(connection: asyncpg.Connection, ids: list[object]) -> None:
 def _progress(done: int, total: int, started: float) -> None:
     log.info("data_step_progress", version=VERSION, records=done, of=total)
     if sys.stderr.isatty():
-        share = done / total if total else 1.0
+        share = min(done / total, 1.0) if total else 1.0
         rate = done / max(time.monotonic() - started, 1e-9)
         print(
             f"\rschema {VERSION}: {done:,} of {total:,} records ({share:.0%}, {rate:,.0f}/s)",
