@@ -19,6 +19,7 @@ from workers.batch import BatchResult, Normalized
 from workers.normalize import normalize_envelope
 from workers.storage.database import create_pool
 from workers.storage.transaction import write_batch
+from workers.storage.transaction_sql import _content_object
 
 T0 = datetime(2026, 11, 2, 10, 0, tzinfo=UTC)
 HISTORY = """
@@ -65,6 +66,9 @@ async def test_a_call_stored_once_is_its_revision_and_a_re_push_writes_its_row(
     assert only["received_at"] == only["first_seen_at"] == only["last_seen_at"] == T0
     assert loads(only["raw"]) == loads(request.body)
     assert bytes(only["body"]) == request.body  # the request's bytes as received
+    # The trigger's content of a revision (SQL) is the ledger's, key for key.
+    same = f"SELECT record_content(c) = ({_content_object('c')}) FROM call_records c"
+    assert await db.fetchval(same + " WHERE external_id = $1", ext)
 
     again = await store(pool, sources, request, T0 + timedelta(hours=1))
     assert again.published == []  # a delivery of revision 1

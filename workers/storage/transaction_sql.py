@@ -61,7 +61,8 @@ WHERE s.record_id = ANY($1::uuid[])
 
 def _content_object(alias: str) -> str:
     """A revision's content: the record's columns but `raw` (kept in `originals`), as
-    jsonb: the same object as migration 8's `record_content`. Built from those columns
+    jsonb: the same object as migration 8's `record_content` (a migration that adds a
+    record column changes both). Built from those columns
     alone: `to_jsonb(s) - ARRAY[...]` made the same value from the whole staged row, raw
     callback included, then dropped keys, at 52.5 against 41.4 µs a row (same jsonb for
     every row of the bench mix). At most 40 pairs a call: a function takes at most 100
