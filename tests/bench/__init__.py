@@ -8,7 +8,7 @@ with the same tool, because only ratios travel between shared machines:
   upsert of the same rows (the database limit);
 - `drain`: one worker draining a backlog (and, with --full, facing a million messages);
 - `flow`: the whole pipeline end to end, and the lag at fixed offered rates;
-- `hostile`: the worst inputs of issue 8, time per byte against a typical callback's.
+- `hostile`: the worst inputs of docs/hostile-input.md, time per byte against a typical callback's.
 
 The load is `mix` (each provider's own simulate()), sent by wrk with `callbacks.lua`;
 `services` starts a private RabbitMQ node and PostgreSQL cluster; `table` prints."""

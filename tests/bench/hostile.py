@@ -1,4 +1,4 @@
-"""The worst inputs of the hostile-input work (issue 8), each near the 1 MiB body limit,
+"""The worst inputs of docs/hostile-input.md, each near the 1 MiB body limit,
 sent to a voice-report source (the provider that takes JSON arrays): the worker's time
 per input byte against a typical callback's. Each case has a database and queues of its
 own and a worker already consuming; the time runs from the first publish until every

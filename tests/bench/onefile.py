@@ -1,7 +1,7 @@
 """The design limit: the same design as cdrflow in one file, with no per-callback logic
 beyond what the design itself needs. Its end-to-end rate, measured next to cdrflow's in
-the same run, says how much of the gap to the machine is in our code (issue 9 cites such
-a pipeline: "the gap is in our code, not in the machine").
+the same run, says how much of the gap to the machine is in our code rather than in the
+machine.
 
 What it keeps of the design, so the broker and the database do the same kind of work, on
 cdrflow's own topology and settings:

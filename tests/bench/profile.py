@@ -10,10 +10,8 @@ It prints the process's CPU per callback, the functions with the most samples of
 the collapsed stacks (`--raw`, for a flame graph: speedscope or flamegraph.pl read them).
 
 py-spy samples with `--nonblocking`: in its default mode it stops the process for each
-sample, and on this kind of VM the samples then pile up at system calls. A profile of the
-ingress gave `uuid7` (`os.urandom`) 9.5% and `asyncio.get_running_loop` (`getpid` on 3.11)
-8.6% of its CPU; both cost 0.1 to 0.3 µs a call, and without stopping the process neither
-shows."""
+sample, and on a VM the samples then pile up at system calls such as `os.urandom` and
+`getpid`, cheap calls that show nowhere without the stops (docs/benchmarks.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The revision history: `cdrflow history`, and the upgrade of a database stored before
-it existed (migration 3), on the real RabbitMQ and PostgreSQL (issue 8)."""
+it existed (migration 3), on the real RabbitMQ and PostgreSQL."""
 
 from __future__ import annotations
 

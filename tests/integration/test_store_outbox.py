@@ -1,5 +1,5 @@
 """The outbox publishes a committed record once: the relay never takes the rows of a batch
-whose own publisher is alive, however long the batch's transaction stayed open (issue 8)."""
+whose own publisher is alive, however long the batch's transaction stayed open."""
 
 from __future__ import annotations
 
