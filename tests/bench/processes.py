@@ -22,6 +22,7 @@ from tests.support.sources import ENVIRON, SOURCES_TOML
 from tests.support.workers import settings_env
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CLI = ("cdrflow.cli",)
 NO_DATABASE = "postgresql://unused/none"  # for settings of the ingress alone: it never connects
 
 
@@ -136,11 +137,13 @@ async def ingress(settings: Settings, workdir: Path) -> AsyncIterator[Served]:
 
 
 @contextlib.asynccontextmanager
-async def workers(settings: Settings, workdir: Path, count: int = 1) -> AsyncIterator[list[Served]]:
+async def workers(
+    settings: Settings, workdir: Path, count: int = 1, command: tuple[str, ...] = CLI
+) -> AsyncIterator[list[Served]]:
+    """`command`: how each process starts (`python -m` and its first arguments)."""
     logs = [workdir / f"{settings.raw_queue}.worker{n}.log" for n in range(count)]
     served = [
-        Served(_spawn(["cdrflow.cli", "worker"], settings, workdir, log.name), "", log)
-        for log in logs
+        Served(_spawn([*command, "worker"], settings, workdir, log.name), "", log) for log in logs
     ]
     try:
         yield served
