@@ -34,7 +34,6 @@ from ingress.inflight import Hold, InflightBytes, Overloaded
 from ingress.metrics import NO_SOURCE, NOT_FOUND, IngressMetrics
 from ingress.not_found import NotFoundLog
 from ingress.publisher import CoalescingPublisher, NotDurable
-from ingress.routing import add_callback_route
 from ingress.spool import open_spool
 from schemas.envelope import RawEnvelope, stored_headers, uuid7
 from schemas.providers import (
@@ -106,7 +105,7 @@ def create_app(
     app[INGRESS] = Ingress(settings, sources, registry or default_registry(), metrics, inflight)
     app.cleanup_ctx.append(broker_ctx)
     # Every method: the token is checked first, so a wrong one gets 404 whatever the method.
-    add_callback_route(app, handle_callback)
+    app.router.add_route("*", "/v1/callbacks/{source}/{token}", handle_callback)
     ingress = app[INGRESS]
     add_health_routes(app, lambda: _report_ready(ingress), lambda: _render_metrics(ingress))
     app.router.add_route("*", "/{path:.*}", handle_unrouted)
