@@ -34,7 +34,7 @@ from aiohttp.web_request import BaseRequest
 
 from cdrflow.logs import CALLBACK_PATH, REDACTOR, get_logger
 from ingress.aiohttp_server import Parsed, ParsingHandler, ProtocolRunner
-from ingress.metrics import IngressMetrics
+from ingress.ingress_metrics import IngressMetrics
 from ingress.requestline import repair_request_line
 
 log = get_logger("cdrflow.ingress")

@@ -23,7 +23,8 @@ from tests.bench import mix
 from tests.bench.pipeline import fill, stored, topology, until_drained
 from tests.bench.processes import CLI, bench_settings, cpu_seconds, workers
 from tests.bench.services import Services, services
-from workers.outbox import OutboxEntry, record_message
+from workers.batch import OutboxEntry
+from workers.outbox import record_message
 
 PUBLIC = ("tests.bench.internals", "worker-public")
 
