@@ -69,7 +69,7 @@ format: install
 # each file is hand-written and left as it is (docs/providers.md, "Adding a provider").
 .PHONY: schemas
 schemas: install
-	$(BIN)/python -m cdrflow.schema_files
+	$(BIN)/python -m cdrflow.operations.schema_files
 
 # One table of the pipeline against the same-run limits of this machine (docs/benchmarks.md):
 # 8 to 13 minutes; BENCH_ARGS=--full adds a 1,000,000-message backlog (12 to 20). Then the

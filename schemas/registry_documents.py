@@ -1,8 +1,9 @@
 """What the provider registry writes into the published schema files: the record schema's
 `provider` and `event` enums, the same enums of the AsyncAPI routing key, and the answers
 of the OpenAPI document. Each file stays hand-written around these parts (see
-`schemas.marked_regions`); `make schemas` writes them (`cdrflow.schema_files`), and a unit
-test fails when a committed file differs from what they make of it. Nothing here does I/O."""
+`schemas.marked_regions`); `make schemas` writes them (`cdrflow.operations.schema_files`),
+and a unit test fails when a committed file differs from what they make of it. Nothing
+here does I/O."""
 
 from __future__ import annotations
 

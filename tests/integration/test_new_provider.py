@@ -19,7 +19,8 @@ from cdrflow.settings import Settings
 from schemas.envelope import KEPT_HEADERS
 from schemas.jsoncodec import loads
 from schemas.providers import Registry
-from schemas.sources import Sources, parse_sources
+from schemas.sources import Sources
+from schemas.sources_file import parse_sources
 from tests.support.ingress import IngressClient, ingress_client
 from tests.support.samples import SCHEMA_DIR, Sample, simulated, strict_record_validator
 from tests.support.throwaway_provider import NAME, SIGNATURE_HEADER, registered, schemas_written

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import schemas.providers
-from cdrflow import schema_files
+from cdrflow.operations import schema_files
 from schemas.envelope import RawEnvelope
 from schemas.jsoncodec import dumps
 from schemas.providers import (
@@ -38,7 +38,8 @@ from schemas.providers.bodies import json_body
 from schemas.providers.fields import Fields
 from schemas.record import CallRecord, Status
 from schemas.registry_documents import DOCUMENTS
-from schemas.sources import Source, SourceSettings
+from schemas.source_settings import SourceSettings
+from schemas.sources import Source
 
 NAME = "throwaway.ping"
 SIGNATURE_HEADER = "X-Ping-Signature"

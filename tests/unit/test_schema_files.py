@@ -15,14 +15,15 @@ from typing import Any
 import pytest
 import yaml
 
-from cdrflow import schema_files
+from cdrflow.operations import schema_files
 from schemas.envelope import RawEnvelope, uuid7
 from schemas.jsoncodec import loads
 from schemas.marked_regions import RegionError, rewrite, yaml_lines
 from schemas.providers import Registry, default_registry
 from schemas.record import Ledger, published_body
 from schemas.registry_documents import ASYNCAPI, DOCUMENTS, OPENAPI, RECORD_SCHEMA, openapi
-from schemas.sources import Source, parse_sources
+from schemas.sources import Source
+from schemas.sources_file import parse_sources
 from tests.support.samples import SCHEMA_DIR, strict_record_validator
 from tests.support.throwaway_provider import NAME, PROVIDER, registered, schemas_written
 

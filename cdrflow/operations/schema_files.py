@@ -1,7 +1,7 @@
 """`make schemas`: writes the parts of the schema files that name the providers, from the
 provider registry (`schemas.registry_documents`), and leaves the rest of each file as it is.
 
-    python -m cdrflow.schema_files [--check] [--dir DIR]
+    python -m cdrflow.operations.schema_files [--check] [--dir DIR]
 
 With `--check`, writes nothing and exits 1 naming the files that differ."""
 
@@ -15,7 +15,7 @@ from schemas.marked_regions import RegionError
 from schemas.providers import Registry, default_registry
 from schemas.registry_documents import DOCUMENTS
 
-SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 COMMAND = "make schemas"
 
 
@@ -46,7 +46,9 @@ def _read(path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cdrflow.schema_files", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m cdrflow.operations.schema_files", description=__doc__
+    )
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if stale")
     parser.add_argument("--dir", type=Path, default=SCHEMAS, help="the schema files' directory")
     args = parser.parse_args(argv)
