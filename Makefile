@@ -1,4 +1,4 @@
-# cdrflow — make install | run | test | test-unit | lint | bench | profile
+# cdrflow — make install | run | test | test-unit | lint | schemas | bench | profile
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -63,6 +63,13 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# The parts of schemas/call_record.schema.json, asyncapi.yaml and openapi.yaml that name the
+# providers (enums, routing keys, answers), written from the provider registry; the rest of
+# each file is hand-written and left as it is (docs/providers.md, "Adding a provider").
+.PHONY: schemas
+schemas: install
+	$(BIN)/python -m cdrflow.operations.schema_files
 
 # One table of the pipeline against the same-run limits of this machine (docs/benchmarks.md):
 # 8 to 13 minutes; BENCH_ARGS=--full adds a 1,000,000-message backlog (12 to 20). Then the
