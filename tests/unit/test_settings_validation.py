@@ -7,6 +7,7 @@ import io
 import re
 from pathlib import Path
 
+import pydantic_settings
 import pytest
 
 from cdrflow.progress import Progress
@@ -116,6 +117,19 @@ def test_no_number_may_be_negative(name: str) -> None:
     """A new numeric setting cannot leave out its range: a floor of 0 at least."""
     with pytest.raises(SettingsError, match=f"^{Settings.variable(name)}: must be "):
         Settings.from_env({Settings.variable(name): "-1"})
+
+
+def test_from_env_reads_the_mapping_it_is_given_not_os_environ(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """cdrflow.settings points pydantic-settings' environment reader at a mapping by
+    overriding EnvSettingsSource._load_env_vars, as its own .env reader does."""
+    monkeypatch.setenv("CDRFLOW_BATCH_SIZE", "7")
+    read = Settings.from_env({"CDRFLOW_BATCH_SIZE": "9"}).batch_size
+    assert read == 9, (
+        f"pydantic-settings {pydantic_settings.__version__} no longer reads the mapping "
+        "given: see _Variables in cdrflow/settings.py"
+    )
 
 
 def test_settings_in_code_ignore_the_environment_which_only_from_env_reads(
