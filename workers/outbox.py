@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aio_pika
@@ -36,8 +34,9 @@ from tenacity import RetryCallState
 from cdrflow.amqp import BrokerLink
 from cdrflow.backoff import is_loud, retry_fields, retrying, sleep_unless
 from cdrflow.logs import get_logger
-from workers.db import is_transient
+from workers.batch import OutboxEntry
 from workers.records_publisher import publish_records, record_outgoing
+from workers.storage.database import is_transient
 
 log = get_logger("cdrflow.worker.outbox")
 
@@ -48,7 +47,7 @@ PRUNE_EVERY = 60.0  # seconds between prunes of the deliveries ledger
 PRUNE_CHUNK = 10_000
 PRUNE_BUDGET = 10.0  # seconds a prune may keep deleting chunks before it yields
 
-# The outbox's partitions, by slot (workers/migrations/0006_outbox_ring.sql).
+# The outbox's partitions, by slot (workers/storage/migrations/0006_outbox_ring.sql).
 PARTITIONS = tuple(f"outbox_{slot}" for slot in range(4))
 _CLAIM_STALE = """
 SELECT outbox_id, slot, record_id, revision, routing_key, body FROM {partition}
@@ -69,20 +68,6 @@ DELETE FROM deliveries WHERE (ingest_id, item) IN (
     SELECT ingest_id, item FROM deliveries
     WHERE received_at < now() - make_interval(days => $1) LIMIT $2)
 """
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxEntry:
-    outbox_id: int  # 0 until the row is written
-    record_id: uuid.UUID
-    revision: int
-    routing_key: str
-    body: bytes
-    slot: int = 0  # the outbox partition holding the row
-
-    @property
-    def message_id(self) -> str:
-        return f"{self.record_id}:{self.revision}"
 
 
 def record_message(entry: OutboxEntry) -> aio_pika.Message:

@@ -16,8 +16,9 @@ import pytest
 from aio_pika.abc import AbstractChannel
 
 from cdrflow.amqp import BrokerLink
+from cdrflow.operations.replay_rejected import ReplaySelection, select_requests
+from cdrflow.operations.simulator import simulate
 from cdrflow.settings import Settings
-from cdrflow.simulate import simulate
 from schemas.jsoncodec import dumps
 from schemas.providers import default_registry
 from schemas.sources import Sources
@@ -30,10 +31,9 @@ from tests.support.samples import Sample, envelope, sample
 from tests.support.sources import ENVIRON, SOURCES_TOML, callback_path
 from tests.support.waiting import eventually
 from tests.support.workers import publish_envelopes, running_worker, settings_env
-from workers.db import create_pool
-from workers.migrate import LATEST, available, migrate, schema_version
 from workers.outbox import RecordPublisher
-from workers.replay import ReplaySelection, select_requests
+from workers.storage.database import create_pool
+from workers.storage.migrate import LATEST, available, migrate, schema_version
 from workers.worker import Worker
 
 __all__ = ["free_port"]  # tests/integration/test_edge.py takes it from here

@@ -158,7 +158,7 @@ async def read_queues(settings: Settings, status: PipelineStatus) -> None:
 async def read_database(
     connection: asyncpg.Connection, status: PipelineStatus, sources: Iterable[str]
 ) -> None:
-    from workers.migrate import LATEST, schema_version
+    from workers.storage.migrate import LATEST, schema_version
 
     status.latest_schema = LATEST
     status.schema_version = await schema_version(connection)
