@@ -112,7 +112,7 @@ async def _wait_ready(served: Served) -> None:
 @contextlib.asynccontextmanager
 async def bare_handler(workdir: Path) -> AsyncIterator[Served]:
     port = free_port()
-    process = _spawn(["tests.bench.bare", str(port)], None, workdir, "bare.log")
+    process = _spawn(["tools.bench.bare", str(port)], None, workdir, "bare.log")
     served = Served(process, f"http://127.0.0.1:{port}", workdir / "bare.log")
     try:
         await _wait_ready(served)
@@ -164,8 +164,8 @@ def alive(served: list[Served]) -> None:
 async def onefile_pipeline(
     settings: Settings, workdir: Path, count: int
 ) -> AsyncIterator[tuple[Served, list[Served]]]:
-    """`tests.bench.onefile` with `settings`: its ingress, ready, and `count` workers."""
-    module, name = "tests.bench.onefile", settings.raw_queue
+    """`tools.bench.onefile` with `settings`: its ingress, ready, and `count` workers."""
+    module, name = "tools.bench.onefile", settings.raw_queue
     port = free_port()
     started: list[Served] = []
     try:

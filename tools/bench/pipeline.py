@@ -21,7 +21,7 @@ from aio_pika.abc import AbstractChannel
 from cdrflow.amqp import declare, raw_message
 from cdrflow.batchpublish import Outgoing, publish_batch
 from cdrflow.settings import Settings
-from tests.bench.mix import Callback
+from tools.bench.mix import Callback
 
 ENVELOPES_PER_MESSAGE = 32  # about what the ingress coalesces under load
 FILL_WINDOW = 2000  # messages written at once, then their confirms awaited

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.bench import mix
-from tests.bench.pipeline import fill, topology, until_drained
-from tests.bench.processes import bench_settings, workers
-from tests.bench.services import Services
+from tools.bench import mix
+from tools.bench.pipeline import fill, topology, until_drained
+from tools.bench.processes import bench_settings, workers
+from tools.bench.services import Services
 
 PROVIDER = "nxcloud.call_center_report"
 _ON_DISK = """

@@ -1,4 +1,4 @@
-"""What the spool costs per request: `python -m tests.bench_spool [DIRECTORY]`.
+"""What the spool costs per request: `python -m tools.bench.spool [DIRECTORY]`.
 
 Appends ~1 KiB envelopes at several concurrencies and prints the CPU time per append
 (this process, all threads) and the wall time of each group's write + fsync. Run it on

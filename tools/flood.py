@@ -1,7 +1,7 @@
 """A flood of slow 1 MiB bodies against a `cdrflow ingress` process on 127.0.0.1; prints
 the ingress's peak RSS and how the requests were answered. Bounded in time.
 
-    .venv/bin/python -m tests.flood_ingress [--connections 400] [--inflight-mib 64]
+    .venv/bin/python -m tools.flood [--connections 400] [--inflight-mib 64]
 
 Each connection sends the headers of a 1 MiB callback, then trickles the body in 64 KiB
 pieces (1 MiB in about 3 s, inside the body timeout), all at once."""

@@ -31,12 +31,12 @@ from pathlib import Path
 import asyncpg
 
 from cdrflow import logs
-from tests.bench import mix
-from tests.bench.mix import write_wrk_requests
-from tests.bench.pipeline import fill, topology, until_drained
-from tests.bench.processes import NO_DATABASE, bench_settings, cpu_seconds, ingress, workers
-from tests.bench.services import Services, services
-from tests.bench.wrk import require_wrk, run_wrk
+from tools.bench import mix
+from tools.bench.mix import write_wrk_requests
+from tools.bench.pipeline import fill, topology, until_drained
+from tools.bench.processes import NO_DATABASE, bench_settings, cpu_seconds, ingress, workers
+from tools.bench.services import Services, services
+from tools.bench.wrk import require_wrk, run_wrk
 
 RATE = 200  # samples a second
 TOP = 40  # functions listed in each part of the summary

@@ -17,9 +17,9 @@ import time
 import aio_pika
 import asyncpg
 
-from tests.bench.options import Options
-from tests.bench.services import Services
 from tests.support.env import unique
+from tools.bench.options import Options
+from tools.bench.services import Services
 
 IN_FLIGHT = 256
 BATCH = 500  # the worker's default batch_size

@@ -1,7 +1,7 @@
--- wrk script of the fault suite (tests/chaos/run.py runs it; see docs/testing.md).
+-- wrk script of the fault suite (tools/chaos/run.py runs it; see docs/testing.md).
 --
 -- Every request is a realistic callback of a configured source, built from templates
--- tests/chaos/traffic.py writes (CHAOS_TEMPLATES), with its own external id put in place
+-- tools/chaos/traffic.py writes (CHAOS_TEMPLATES), with its own external id put in place
 -- of XCHAOSIDX. wrk runs one connection per thread here, so on a thread requests and
 -- answers alternate: the answer wrk reports is the answer to the request last built.
 -- A request that gets no answer (the connection failed) is sent again, same id, as a

@@ -1,5 +1,5 @@
 """The HTTP limit: a bare aiohttp handler that reads the body and answers 200, run as its
-own process like the ingress (`python -m tests.bench.bare PORT`)."""
+own process like the ingress (`python -m tools.bench.bare PORT`)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import aio_pika
 import asyncpg
 
 from cdrflow.settings import Settings
-from tests.bench.services import Services
+from tools.bench.services import Services
 
 
 def _cpu_model() -> str:

@@ -1,4 +1,4 @@
-"""The design limit: `tests.bench.onefile` (the same design with no per-callback logic)
+"""The design limit: `tools.bench.onefile` (the same design with no per-callback logic)
 end to end under the same wrk load as cdrflow's end-to-end row, with as many worker
 processes: callbacks/s from the start of the load until the downstream queue holds a
 record of every callback answered 200, and the CPU of every process per callback."""
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.bench import cpu, onefile
-from tests.bench.flow import offer_load
-from tests.bench.options import Options
-from tests.bench.pipeline import Broker, topology
-from tests.bench.processes import Served, alive, bench_settings, onefile_pipeline
-from tests.bench.services import Services
-from tests.bench.wrk import Load
+from tools.bench import cpu, onefile
+from tools.bench.flow import offer_load
+from tools.bench.options import Options
+from tools.bench.pipeline import Broker, topology
+from tools.bench.processes import Served, alive, bench_settings, onefile_pipeline
+from tools.bench.services import Services
+from tools.bench.wrk import Load
 
 DRAIN_TIMEOUT = 120  # seconds after the load for the last records to reach the queue
 

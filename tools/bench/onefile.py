@@ -19,10 +19,10 @@ cdrflow's own topology and settings:
 What it leaves out is everything cdrflow does per callback: provider parsing and
 normalizing, content hashes, the delivery ledger, revisions, the outbox, metrics and logs.
 
-    python -m tests.bench.onefile ingress PORT
-    python -m tests.bench.onefile worker
+    python -m tools.bench.onefile ingress PORT
+    python -m tools.bench.onefile worker
 (with cdrflow's settings in the environment, CDRFLOW_*: the topology is declared by
-whoever runs it, as `tests.bench.pipeline.topology` does)"""
+whoever runs it, as `tools.bench.pipeline.topology` does)"""
 
 from __future__ import annotations
 

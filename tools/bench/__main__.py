@@ -1,5 +1,5 @@
 """`make bench`: one table of what the pipeline does on this machine, each figure next to
-the limit it is measured against in the same run (see tests/bench/__init__.py).
+the limit it is measured against in the same run (see tools/bench/__init__.py).
 
     make bench                          # 8 to 13 minutes on an idle 2-core machine
     make bench BENCH_ARGS=--full        # adds the 1,000,000-message backlog (12 to 20 minutes)
@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 from cdrflow import logs
-from tests.bench import cpu, design, drain, flow, hostile, limits, machine, serving, storage
-from tests.bench.mix import write_wrk_requests
-from tests.bench.options import Options
-from tests.bench.processes import bench_settings
-from tests.bench.services import Services, services
-from tests.bench.table import Table, median_round, ratio, spread
-from tests.bench.wrk import Load, require_wrk
+from tools.bench import cpu, design, drain, flow, hostile, limits, machine, serving, storage
+from tools.bench.mix import write_wrk_requests
+from tools.bench.options import Options
+from tools.bench.processes import bench_settings
+from tools.bench.services import Services, services
+from tools.bench.table import Table, median_round, ratio, spread
+from tools.bench.wrk import Load, require_wrk
 
 
 def _say(text: str) -> None:
@@ -224,7 +224,7 @@ async def _end_to_end(
         f"design limit: the same design in one file, no per-callback logic, {count} worker(s)",
         design_rate,
         "callbacks/s",
-        f"tests/bench/onefile.py; {limit.records:,} records on the bound queue from "
+        f"tools/bench/onefile.py; {limit.records:,} records on the bound queue from "
         f"{limit.callbacks:,} callbacks{_wrapped(limit.load, options)}",
     )
     _add_cpu(table, f"{design_key}.cpu", limit.cpu, limit.callbacks)

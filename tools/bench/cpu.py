@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.bench.processes import CLOCK_TICKS
-from tests.bench.services import NODE
+from tools.bench.processes import CLOCK_TICKS
+from tools.bench.services import NODE
 
 CLASSES = ("workers", "ingress", "rabbitmq", "postgres", "wrk", "other")
 

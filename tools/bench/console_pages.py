@@ -1,4 +1,4 @@
-"""The console's page times on a large table: `python -m tests.bench.console_pages [N]`.
+"""The console's page times on a large table: `python -m tools.bench.console_pages [N]`.
 
 Seeds a scratch database with N records (1,000,000 by default; one delivery and one
 revision each, four sources, numbers spread over caller and callee), serves the console

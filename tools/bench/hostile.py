@@ -18,12 +18,12 @@ import asyncpg
 import orjson
 
 from schemas.providers import SimulatedCallback, default_registry
-from tests.bench import mix
-from tests.bench.options import Options
-from tests.bench.pipeline import fill, topology
-from tests.bench.processes import alive, bench_settings, workers
-from tests.bench.services import Services
 from tests.support.sources import load_test_sources, provider_source
+from tools.bench import mix
+from tools.bench.options import Options
+from tools.bench.pipeline import fill, topology
+from tools.bench.processes import alive, bench_settings, workers
+from tools.bench.services import Services
 
 PROVIDER = "nxcloud.voice_report"
 LIMIT = 1024 * 1024

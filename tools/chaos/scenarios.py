@@ -14,8 +14,8 @@ from pathlib import Path
 
 import aio_pika
 
-from tests.chaos.pipeline import INGRESS_PORT, Pipeline
-from tests.chaos.services import PostgresCluster, RabbitNode, wait_port_closed
+from tools.chaos.pipeline import INGRESS_PORT, Pipeline
+from tools.chaos.services import PostgresCluster, RabbitNode, wait_port_closed
 
 POISON_BODY = b"chaos poison: not an envelope batch"
 

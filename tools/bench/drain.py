@@ -12,10 +12,10 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.bench import mix
-from tests.bench.pipeline import fill, stored, topology, until_drained
-from tests.bench.processes import alive, bench_settings, cpu_seconds, peak_rss_mb, workers
-from tests.bench.services import Services
+from tools.bench import mix
+from tools.bench.pipeline import fill, stored, topology, until_drained
+from tools.bench.processes import alive, bench_settings, cpu_seconds, peak_rss_mb, workers
+from tools.bench.services import Services
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
--- wrk script of `make bench`: sends the requests of a file written by tests/bench/mix.py,
+-- wrk script of `make bench`: sends the requests of a file written by tools/bench/mix.py,
 -- in order, each thread from its own offset.
 --   BENCH_REQUESTS=FILE [BENCH_RATE=R] [BENCH_CLOSE=1] [BENCH_WRK_THREADS=T] wrk -t T ...
 -- BENCH_RATE (requests/s over all T threads; unset = as fast as answered) paces each
@@ -7,7 +7,7 @@
 -- loop, as long as one of the connections is free). BENCH_CLOSE adds `Connection: close`:
 -- a new connection per request. Settings come from the environment, not script
 -- arguments, because wrk decides whether to call delay() before any init(args).
--- done() prints one line, `BENCH {json}`, that tests/bench/wrk.py reads.
+-- done() prints one line, `BENCH {json}`, that tools/bench/wrk.py reads.
 
 local ffi = require("ffi")
 ffi.cdef [[

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.bench.options import Options
-from tests.bench.pipeline import Broker, topology
-from tests.bench.processes import (
+from tools.bench.options import Options
+from tools.bench.pipeline import Broker, topology
+from tools.bench.processes import (
     NO_DATABASE,
     bare_handler,
     bench_settings,
     ingress,
     peak_rss_mb,
 )
-from tests.bench.services import Services
-from tests.bench.table import Table, median_round, ratio, spread
-from tests.bench.wrk import Load, run_wrk
+from tools.bench.services import Services
+from tools.bench.table import Table, median_round, ratio, spread
+from tools.bench.wrk import Load, run_wrk
 
 
 def _describe(load: Load) -> str:

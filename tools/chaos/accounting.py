@@ -14,7 +14,7 @@ import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
 
 from schemas.jsoncodec import loads
-from tests.chaos.traffic import Answers
+from tools.chaos.traffic import Answers
 
 DOWNSTREAM_QUEUE = "chaos.downstream"
 

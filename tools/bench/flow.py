@@ -18,12 +18,12 @@ from pathlib import Path
 
 import asyncpg
 
-from tests.bench import cpu
-from tests.bench.options import Options
-from tests.bench.pipeline import topology, until_drained
-from tests.bench.processes import Served, bench_settings, ingress, workers
-from tests.bench.services import Services
-from tests.bench.wrk import Load, run_wrk
+from tools.bench import cpu
+from tools.bench.options import Options
+from tools.bench.pipeline import topology, until_drained
+from tools.bench.processes import Served, bench_settings, ingress, workers
+from tools.bench.services import Services
+from tools.bench.wrk import Load, run_wrk
 
 CONNECTIONS = 256
 SUSTAINED = 0.95  # of the offered rate achieved, or the lag row counts as growing
@@ -53,7 +53,7 @@ class Offered:
 
 async def offer_load(served: Served, running: list[Served], options: Options) -> Offered:
     """wrk at CONNECTIONS for `end_to_end_seconds`, as fast as `served` answers: the same
-    load for cdrflow and for the design limit (tests/bench/design.py)."""
+    load for cdrflow and for the design limit (tools/bench/design.py)."""
     ours = {served.pid: "ingress", **{one.pid: "workers" for one in running}}
     started, before = time.monotonic(), cpu.snapshot(ours)
     load = await run_wrk(

@@ -1,5 +1,5 @@
 """The suite's traffic: a sources file with known tokens, wrk templates of realistic
-callbacks of every provider, and what wrk saw for each request (tests/chaos/load.lua)."""
+callbacks of every provider, and what wrk saw for each request (tools/chaos/load.lua)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """`make chaos`: the fault suite. Starts a RabbitMQ node and a PostgreSQL cluster of its
-own, the ingress and two workers, and runs each scenario of tests/chaos/scenarios.py under
+own, the ingress and two workers, and runs each scenario of tools/chaos/scenarios.py under
 wrk load. After each, it accounts for every request answered success, and it prints a
 table. Exit status 1 when anything answered success is lost or stored twice, a stored
 record was not published, or the broker restart refused a request.
 
-    python -m tests.chaos.run [--only NAME ...] [--connections N] [--pace-ms MS] [--keep]
+    python -m tools.chaos.run [--only NAME ...] [--connections N] [--pace-ms MS] [--keep]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.chaos.accounting import (
+from tools.chaos.accounting import (
     DOWNSTREAM_QUEUE,
     Settle,
     Tally,
@@ -28,10 +28,10 @@ from tests.chaos.accounting import (
     settle,
     tally,
 )
-from tests.chaos.pipeline import Pipeline
-from tests.chaos.scenarios import POISON_BODY, SCENARIOS, Scenario, Stage
-from tests.chaos.services import PostgresCluster, RabbitNode
-from tests.chaos.traffic import (
+from tools.chaos.pipeline import Pipeline
+from tools.chaos.scenarios import POISON_BODY, SCENARIOS, Scenario, Stage
+from tools.chaos.services import PostgresCluster, RabbitNode
+from tools.chaos.traffic import (
     Load,
     Template,
     Wrk,
@@ -183,7 +183,7 @@ def report(tallies: list[Tally]) -> str:
 
 
 def arguments(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tests.chaos.run")
+    parser = argparse.ArgumentParser(prog="python -m tools.chaos.run")
     parser.add_argument("--only", action="append", help="run the scenarios with this name")
     parser.add_argument("--connections", type=int, default=8, help="wrk connections")
     parser.add_argument("--pace-ms", type=int, default=20, help="between requests, per conn")

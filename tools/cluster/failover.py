@@ -5,12 +5,12 @@ It starts the cluster (deploy/cluster/rabbitmq-cluster.sh) and a PostgreSQL of i
 (port 5435), an ingress and two workers given all three nodes in CDRFLOW_AMQP_URL, and a
 downstream quorum queue bound to `cdr.records`. Under load it stops the node that leads
 `cdr.raw` (or kills it, with --crash), keeps loading, then accounts for every callback by
-id (the fault suite's accounting, tests/chaos/) and says which node each process moved to
+id (the fault suite's accounting, tools/chaos/) and says which node each process moved to
 and how long that took. Exit status 1 when anything answered success is lost or stored
 twice, a record did not reach the downstream queue, a queue was not replicated on all three
 nodes, or a process did not come back by itself.
 
-    python -m tests.cluster.failover [--seconds S] [--stop-after S] [--crash] [--keep]
+    python -m tools.cluster.failover [--seconds S] [--stop-after S] [--crash] [--keep]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 
 from schemas.jsoncodec import loads
-from tests.chaos.accounting import (
+from tools.chaos.accounting import (
     DOWNSTREAM_QUEUE,
     Settle,
     Tally,
@@ -40,10 +40,10 @@ from tests.chaos.accounting import (
     settle,
     tally,
 )
-from tests.chaos.pipeline import Pipeline
-from tests.chaos.run import report
-from tests.chaos.services import PostgresCluster
-from tests.chaos.traffic import (
+from tools.chaos.pipeline import Pipeline
+from tools.chaos.run import report
+from tools.chaos.services import PostgresCluster
+from tools.chaos.traffic import (
     Load,
     Wrk,
     ensure_wrk,
@@ -52,7 +52,7 @@ from tests.chaos.traffic import (
     templates,
     write_templates,
 )
-from tests.cluster.rabbit import NODES, Client, RabbitCluster
+from tools.cluster.rabbit import NODES, Client, RabbitCluster
 
 POSTGRES_PORT = 5435
 INGRESS_PORT = 5719  # in the cluster's range (5711-5719)
@@ -283,7 +283,7 @@ def failover_report(result: Tally, run: Failover) -> str:
 
 
 def arguments(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m tests.cluster.failover")
+    parser = argparse.ArgumentParser(prog="python -m tools.cluster.failover")
     parser.add_argument("--seconds", type=int, default=45, help="wrk load, in all")
     parser.add_argument("--stop-after", type=float, default=15, help="into the load")
     parser.add_argument("--connections", type=int, default=24, help="wrk connections")

@@ -3,9 +3,9 @@
 backlog, publishing its records with `cdrflow.batchpublish` or with aio-pika's public API
 (one confirmed publish per record, gathered), the two alternating in one run.
 
-    python -m tests.bench.internals [--shared] [--rounds 3] [--backlog 50000]
+    python -m tools.bench.internals [--shared] [--rounds 3] [--backlog 50000]
 
-`python -m tests.bench.internals worker-public` is the worker with aio-pika publishing."""
+`python -m tools.bench.internals worker-public` is the worker with aio-pika publishing."""
 
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ from pathlib import Path
 import asyncpg
 
 from cdrflow.amqp import BrokerLink
-from tests.bench import mix
-from tests.bench.pipeline import fill, stored, topology, until_drained
-from tests.bench.processes import CLI, bench_settings, cpu_seconds, workers
-from tests.bench.services import Services, services
+from tools.bench import mix
+from tools.bench.pipeline import fill, stored, topology, until_drained
+from tools.bench.processes import CLI, bench_settings, cpu_seconds, workers
+from tools.bench.services import Services, services
 from workers.batch import OutboxEntry
 from workers.outbox import record_message
 
-PUBLIC = ("tests.bench.internals", "worker-public")
+PUBLIC = ("tools.bench.internals", "worker-public")
 
 
 async def worker_cpu(
