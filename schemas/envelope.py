@@ -125,6 +125,10 @@ class RawEnvelope:
     # "push" (the provider pushed it) or "backfill" (`cdrflow reconcile` found it in the
     # provider's books and sent it on the same path).
     origin: str = PUSH
+    # Set by `cdrflow reprocess`, in its own process, never on the wire: the request is one
+    # stored before, read again with today's providers and sources file. It is no delivery
+    # (nothing claimed or counted), and the revision it makes is marked reprocessed.
+    reprocess: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         wire = {

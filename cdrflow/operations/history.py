@@ -25,7 +25,7 @@ from schemas.jsoncodec import dumps, loads_exact
 # The view gives every revision's content, the shown one's from call_records (migration 8).
 REVISIONS = """
 SELECT source, external_id, revision, content_hash, ingest_id, item, received_at,
-    first_seen_at, last_seen_at, delivery_count, content, shown
+    first_seen_at, last_seen_at, delivery_count, content, shown, reprocessed_at
 FROM record_history
 WHERE record_id = $1
 ORDER BY revision
@@ -54,6 +54,9 @@ class Revision:
     shown: bool  # the revision `call_records` shows
     changed: dict[str, tuple[Any, Any]]  # column -> (before, after); empty for the first
     origin: str  # "push" or "backfill"
+    # When `cdrflow reprocess` made it from the original request of the revision before
+    # (no delivery brought it); None for a revision a delivery brought.
+    reprocessed_at: datetime | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -68,6 +71,7 @@ class Revision:
             "delivery_count": self.delivery_count,
             "shown": self.shown,
             "origin": self.origin,
+            "reprocessed_at": self.reprocessed_at,
             "changed": {k: {"from": a, "to": b} for k, (a, b) in self.changed.items()},
         }
 
@@ -136,8 +140,11 @@ class RecordHistory:
         )
         for r in self.revisions:
             mark = "  <- shown" if r.shown else ""
+            how = r.origin
+            if r.reprocessed_at is not None:
+                how += f", reprocessed at {_when(r.reprocessed_at)}"
             yield (
-                f"revision {r.revision}  {r.origin}  hash {r.content_hash.hex()[:16]}"
+                f"revision {r.revision}  {how}  hash {r.content_hash.hex()[:16]}"
                 f"  brought by {r.ingest_id}#{r.item} at {_when(r.received_at)}"
                 f"  deliveries {r.delivery_count}"
                 f" (first {_when(r.first_seen_at)}, last {_when(r.last_seen_at)}){mark}"
@@ -191,6 +198,7 @@ async def load_history(
                 shown=row["shown"],
                 changed=_changes(previous, content),
                 origin=content["origin"],
+                reprocessed_at=row["reprocessed_at"],
             )
         )
         previous = content

@@ -60,6 +60,15 @@ def test_items_of_one_request_count_as_deliveries_and_the_last_is_its_content() 
     assert content.record.talk_seconds == 16
 
 
+def test_a_request_read_again_by_reprocess_is_planned_but_counts_no_delivery() -> None:
+    reread = dataclasses.replace(envelope(voice_array("k", [0, 1]), at(0)), reprocess=True)
+    deliveries = normalize_envelope(reread, load_test_sources(), default_registry()).deliveries
+    (versions,) = plan_versions(deliveries)
+    (content,) = versions.contents
+    assert (content.deliveries, content.brought_by.item) == (0, 1)
+    assert "reprocess" not in reread.to_wire()  # never on the wire: in-process only
+
+
 def test_different_records_are_planned_apart() -> None:
     planned = plan_versions([delivery("a", 0, 1), delivery("b", 0, 1), delivery("a", 0, 2)])
     assert sorted(

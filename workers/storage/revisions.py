@@ -83,7 +83,8 @@ def plan_versions(deliveries: Iterable[Delivery]) -> list[RecordVersions]:
             request = of_record[ingest_id] = _Request(delivery)
         elif delivery.item > request.last.item:
             request.last = delivery
-        request.deliveries += 1
+        # A request `cdrflow reprocess` reads again is no delivery: it counts nothing.
+        request.deliveries += 0 if delivery.envelope.reprocess else 1
     return [_record_versions(list(of_record.values())) for of_record in requests.values()]
 
 

@@ -90,10 +90,14 @@ async def write_batch(connection: Connection, normalized: Normalized) -> BatchRe
 
 async def _claim(connection: Connection, deliveries: list[Delivery]) -> list[Delivery]:
     unique: dict[tuple[uuid.UUID, int], Delivery] = {}
+    reread: list[Delivery] = []  # `cdrflow reprocess`: a stored request, no delivery
     for delivery in deliveries:
-        unique.setdefault((delivery.ingest_id, delivery.item), delivery)
+        if delivery.envelope.reprocess:
+            reread.append(delivery)
+        else:
+            unique.setdefault((delivery.ingest_id, delivery.item), delivery)
     if not unique:
-        return []
+        return reread
     items = list(unique.values())
     rows = await connection.fetch(
         sql.CLAIM,
@@ -105,7 +109,7 @@ async def _claim(connection: Connection, deliveries: list[Delivery]) -> list[Del
     claimed = {(row["ingest_id"], row["item"]) for row in rows}
     if len(claimed) < len(items):
         log.info("deliveries_seen_before", count=len(items) - len(claimed))
-    return [d for d in items if (d.ingest_id, d.item) in claimed]
+    return [d for d in items if (d.ingest_id, d.item) in claimed] + reread
 
 
 # The columns COPY writes, in the order `_stage_row` makes them: the record's values as it
@@ -150,6 +154,8 @@ class _Writes:
     earlier: list[tuple[uuid.UUID, int, int, datetime, datetime]] = field(default_factory=list)
     shown: list[tuple[uuid.UUID, int, int]] = field(default_factory=list)
     published: list[OutboxEntry] = field(default_factory=list)
+    # Records whose new revisions `cdrflow reprocess` made (a reprocess batch is nothing else).
+    reprocessed: set[uuid.UUID] = field(default_factory=set)
 
     def publish(self, content: Content, ledger: Ledger) -> None:
         record = content.record
@@ -259,6 +265,8 @@ def _plan_stored_record(
             continue
         last += 1
         writes.new_revisions.append((record_id, content.ordinal, last))
+        if content.brought_by.envelope.reprocess:
+            writes.reprocessed.add(record_id)
         writes.stored.append(content)
         if over_backfill or content.last_received_at >= row["content_received_at"]:
             moved.append((content, last, counted))
@@ -278,6 +286,7 @@ async def _apply(connection: Connection, writes: _Writes) -> None:
             sql.NEW_REVISIONS,
             *_columns(writes.new_revisions),
             [(rid, rev) not in writes.shown_new for rid, _, rev in writes.new_revisions],
+            [rid in writes.reprocessed for rid, _, _ in writes.new_revisions],
         )
     if writes.earlier:
         await connection.execute(sql.EARLIER_DELIVERED, *_columns(writes.earlier))

@@ -78,14 +78,14 @@ def _content_object(alias: str) -> str:
 NEW_REVISIONS = f"""
 INSERT INTO record_revisions (record_id, revision, content_hash, content, ingest_id,
     item, received_at, first_seen_at, last_seen_at, delivery_count, bundle_id,
-    original_item, payload_item)
+    original_item, payload_item, reprocessed_at)
 SELECT s.record_id, u.revision, s.content_hash,
     CASE WHEN u.keep THEN {_content_object("s")} END, s.ingest_id, s.item,
     s.first_received_at, s.first_received_at, s.last_received_at, s.deliveries,
-    s.bundle_id, s.original_item, s.payload_item
+    s.bundle_id, s.original_item, s.payload_item, CASE WHEN u.reprocessed THEN now() END
 FROM {STAGE_TABLE} s
-JOIN unnest($1::uuid[], $2::integer[], $3::integer[], $4::boolean[])
-    AS u(record_id, ordinal, revision, keep)
+JOIN unnest($1::uuid[], $2::integer[], $3::integer[], $4::boolean[], $5::boolean[])
+    AS u(record_id, ordinal, revision, keep, reprocessed)
     ON s.record_id = u.record_id AND s.ordinal = u.ordinal
 """  # noqa: S608
 
