@@ -15,6 +15,7 @@ from cdrflow.commands import (
     reconcile,
     records,
     replay,
+    retention,
     send,
     simulate,
     status,
@@ -31,6 +32,7 @@ log = logs.get_logger("cdrflow")
 COMMAND_GROUPS = (
     processes,
     admin,
+    retention,
     status,
     replay,
     dead,

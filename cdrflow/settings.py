@@ -77,7 +77,15 @@ class Settings:
     db_retry_max_seconds: float = 30.0
     outbox_grace_seconds: float = 15.0
     outbox_interval_seconds: float = 5.0
+    # Days the deliveries ledger keeps (which re-sent raw messages it still recognizes).
     delivery_retention_days: int = 35
+
+    # Retention (`cdrflow retention`, on a schedule): days kept, whole partitions dropped
+    # past them; 0 keeps forever. Records, and the original bytes with the revision history,
+    # are not partitioned yet: their settings are checked and reported, nothing is dropped.
+    retention_records_days: int = 0
+    retention_originals_days: int = 0
+    retention_rejected_days: int = 0
     worker_port: int = 0  # /healthz, /readyz, /metrics of a worker; 0: not served
 
     # Reconciler (`cdrflow reconciler`).
@@ -209,6 +217,9 @@ RULES: dict[str, Check] = {
     "db_retry_max_seconds": above(0),
     "outbox_interval_seconds": above(0),
     "delivery_retention_days": at_least(1),
+    "retention_records_days": between(0, 36500),
+    "retention_originals_days": between(0, 36500),
+    "retention_rejected_days": between(0, 36500),
     "worker_port": between(0, 65535),
     "reconciler_port": between(0, 65535),
     "log_level": one_of(*LOG_LEVELS, ignore_case=True),

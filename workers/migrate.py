@@ -3,7 +3,9 @@ steps in `workers/migrations/` that it has not seen, each in its own transaction
 advisory lock so that concurrent runs are safe. Running it again changes nothing.
 
 A step that SQL alone cannot do has its Python part in `AFTER_STEP`, run in the step's
-transaction right after its SQL."""
+transaction right after its SQL, and may have one in `BEFORE_STEP`, run before that
+transaction (for work that must not hold its locks, such as validating a constraint while
+writes go on). A `BEFORE_STEP` part must be safe to run again."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import resources
 from urllib.parse import unquote, urlsplit
 
@@ -18,14 +21,20 @@ import asyncpg
 
 from cdrflow.logs import get_logger
 from workers.rehash import rehash_stored_contents
+from workers.retention import bound_in_place, partition_in_place
 
 log = get_logger("cdrflow.migrate")
 
 _LOCK_KEY = 0x63647266  # "cdrf": serializes concurrent migrate runs
 _STEP = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 # 3: the content hash now covers the normalized record, not the payload.
+# 9: deliveries and rejected_callbacks partitioned by time, in place (workers.retention).
 AFTER_STEP: dict[int, Callable[[asyncpg.Connection], Awaitable[int]]] = {
     3: rehash_stored_contents,
+    9: partition_in_place,
+}
+BEFORE_STEP: dict[int, Callable[[asyncpg.Connection], Awaitable[None]]] = {
+    9: lambda connection: bound_in_place(connection, datetime.now(UTC)),
 }
 
 
@@ -113,6 +122,8 @@ async def migrate(url: str) -> list[int]:
         for step in available():
             if step.version in done:
                 continue
+            if step.version in BEFORE_STEP:
+                await BEFORE_STEP[step.version](connection)
             async with connection.transaction():
                 await connection.execute(step.sql)
                 if step.version in AFTER_STEP:
