@@ -21,7 +21,7 @@ import asyncpg
 
 from cdrflow.logs import get_logger
 from workers.rehash import rehash_stored_contents
-from workers.retention import bound_in_place, partition_in_place
+from workers.retention import bound_in_place, ensure_all_ahead, partition_in_place
 
 log = get_logger("cdrflow.migrate")
 
@@ -104,7 +104,8 @@ async def schema_version(connection: asyncpg.Connection) -> int:
 
 
 async def migrate(url: str) -> list[int]:
-    """Bring the schema to the latest version; returns the versions applied now."""
+    """Bring the schema to the latest version, and the time partitions ahead
+    (`workers.retention`); returns the versions applied now."""
     await ensure_database(url)
     connection = await asyncpg.connect(url)
     applied = []
@@ -135,7 +136,19 @@ async def migrate(url: str) -> list[int]:
                 )
             applied.append(step.version)
             log.info("migration_applied", version=step.version, name=step.name)
+        await _partitions_ahead(connection)
     finally:
         await connection.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
         await connection.close()
     return applied
+
+
+async def _partitions_ahead(connection: asyncpg.Connection) -> None:
+    try:
+        created = await ensure_all_ahead(connection, datetime.now(UTC))
+    except asyncpg.LockNotAvailableError:
+        # A table busy past the lock timeout: `cdrflow retention` makes them on its next run.
+        log.warning("partitions_ahead_deferred")
+        return
+    if created:
+        log.info("partitions_created_ahead", partitions=created)

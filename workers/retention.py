@@ -155,6 +155,15 @@ async def _create_partition(
     log.info("partition_created", table=table.name, partition=name)
 
 
+async def ensure_all_ahead(connection: Connection, now: datetime) -> list[str]:
+    """The partitions ahead of every partitioned table (`cdrflow migrate` ends with it)."""
+    created = []
+    for table in PARTITIONED.values():
+        if await is_partitioned(connection, table):
+            created += await ensure_ahead(connection, table, now)
+    return created
+
+
 def expired(partitions: list[Partition], past: datetime) -> list[Partition]:
     """The partitions whose every row is older than `past`: those that end at or before
     it. A partition that ends after it may hold a row inside retention, and stays."""
@@ -285,8 +294,9 @@ async def bound_in_place(connection: asyncpg.Connection, now: datetime) -> None:
 async def partition_in_place(connection: asyncpg.Connection) -> int:
     """In the migration step's transaction: each plain table becomes the first partition
     of a partitioned table of the same name, with its indexes, rights and identity
-    sequence; a DEFAULT partition and the partitions ahead are added. Returns how many
-    tables were partitioned."""
+    sequence, and a DEFAULT partition. The partitions ahead are created after the commit
+    (`ensure_all_ahead`), not under this transaction's locks. Returns how many tables
+    were partitioned."""
     done = 0
     for table in PARTITIONED.values():
         kind = await connection.fetchval(
@@ -346,7 +356,6 @@ async def _partition_one(connection: asyncpg.Connection, table: PartitionedTable
     )
     await connection.execute(f"ALTER TABLE {legacy} DROP CONSTRAINT {constraint}")
     await connection.execute(f"CREATE TABLE {table.default_partition} PARTITION OF {name} DEFAULT")
-    await ensure_ahead(connection, table, datetime.now(UTC))
     log.info("table_partitioned", table=name, legacy_until=f"{ends:%Y-%m-%d}")
 
 
