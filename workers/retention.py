@@ -164,6 +164,17 @@ async def ensure_all_ahead(connection: Connection, now: datetime) -> list[str]:
     return created
 
 
+async def hours_ahead(connection: Connection, now: datetime) -> dict[str, float]:
+    """For each partitioned table, how many hours its partitions still cover from `now`
+    (0 when the current period has none, or the table is not partitioned yet)."""
+    ahead = {}
+    for table in PARTITIONED.values():
+        ends = [p.ends for p in await partitions_of(connection, table) if p.ends is not None]
+        newest = max(ends, default=now)
+        ahead[table.name] = max(0.0, (newest - now).total_seconds() / 3600)
+    return ahead
+
+
 def expired(partitions: list[Partition], past: datetime) -> list[Partition]:
     """The partitions whose every row is older than `past`: those that end at or before
     it. A partition that ends after it may hold a row inside retention, and stays."""

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from cdrflow.settings import Settings
+from cdrflow.status import gather_status, outbox_limit
 from schemas.providers import default_registry
 from schemas.sources import Sources
 from tests.support.env import scratch_database
@@ -151,6 +152,23 @@ async def test_a_re_push_across_midnight_and_a_week_later_is_a_delivery_of_the_s
         history = await load_history(connection, record_id)
         assert history is not None
         assert [d.received_at for d in history.deliveries] == moments
+
+
+async def test_status_says_when_the_partitions_ahead_run_out(settings: Settings) -> None:
+    async with migrated("partitions_status") as (url, connection):
+        status = await gather_status(settings.with_(database_url=url), [])
+        assert status.partitions_ahead_hours["deliveries"] >= 24 * DELIVERIES.ahead
+        assert not [p for p in status.problems(outbox_limit(settings)) if "partitions" in p]
+        for partition in await partitions_of(connection, DELIVERIES):
+            if partition.name.startswith("deliveries_p"):
+                await connection.execute(f"DROP TABLE {partition.name}")
+        status = await gather_status(settings.with_(database_url=url), [])
+    assert status.partitions_ahead_hours["deliveries"] < 48
+    assert [p for p in status.problems(outbox_limit(settings)) if "partitions" in p] == [
+        "deliveries: partitions cover only"
+        f" {status.partitions_ahead_hours['deliveries']:.0f} h ahead (a week when"
+        " `cdrflow retention` runs hourly): is its schedule running?"
+    ]
 
 
 async def _day_partitions(connection: asyncpg.Connection, first: datetime, days: int) -> None:
