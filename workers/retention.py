@@ -40,7 +40,8 @@ log = get_logger("cdrflow.retention")
 
 Connection = asyncpg.Connection | PoolConnectionProxy
 
-LOCK_TIMEOUT = "5s"
+# A DETACH waiting for its lock holds up the workers queued behind it: never for long.
+LOCK_TIMEOUT = "1s"
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ that partitions the existing tables in place."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -19,6 +20,7 @@ from schemas.providers import default_registry
 from schemas.sources import Sources
 from tests.support.env import scratch_database
 from tests.support.migrations import apply_up_to
+from tests.support.processes import cdrflow
 from tests.support.samples import envelope, sample
 from workers import ledger_sql
 from workers.db import DatabaseHold, create_pool
@@ -26,7 +28,13 @@ from workers.history import find_record, load_history
 from workers.migrate import migrate
 from workers.normalize import normalize_envelope
 from workers.partitions import PARTITIONED, uuid7_floor
-from workers.retention import apply_retention, ensure_ahead, partitions_of
+from workers.retention import (
+    apply_retention,
+    bound_in_place,
+    ensure_ahead,
+    partition_in_place,
+    partitions_of,
+)
 from workers.store import Store
 
 DELIVERIES = PARTITIONED["deliveries"]
@@ -227,6 +235,51 @@ async def test_retention_drops_exactly_the_partitions_entirely_past_the_horizon(
         assert await apply_retention(connection, settings, now, dry_run=False)
         names = {p.name for p in await partitions_of(connection, REJECTED)}
         assert "rejected_callbacks_legacy" in names
+
+
+async def test_a_drop_never_waits_long_behind_a_reader_and_the_command_says_so() -> None:
+    async with scratch_database("retention_busy") as url:
+        await apply_up_to(url, 7)
+        connection = await asyncpg.connect(url)
+        try:
+            # Partitioned two months ago: the command, at today's time, has days to drop.
+            past = datetime.now(UTC) - timedelta(days=60)
+            await bound_in_place(connection, past)
+            async with connection.transaction():
+                await partition_in_place(connection)
+            await ensure_ahead(connection, DELIVERIES, past + timedelta(days=10))
+            old = DELIVERIES.partition_name(past + timedelta(days=10))
+            await _command_against_a_reader(url, connection, old)
+        finally:
+            await connection.close()
+
+
+async def _command_against_a_reader(url: str, connection: asyncpg.Connection, old: str) -> None:
+    env = {"CDRFLOW_DATABASE_URL": url, "CDRFLOW_LOG_LEVEL": "warning"}
+    reader = await asyncpg.connect(url)
+    try:
+        async with reader.transaction():
+            await reader.execute("SELECT count(*) FROM deliveries")  # holds its lock
+            started = asyncio.get_running_loop().time()
+            busy = await asyncio.to_thread(cdrflow, "retention", env=env, timeout=60)
+            waited = asyncio.get_running_loop().time() - started
+    finally:
+        await reader.close()
+    assert busy.returncode == 1, busy.stdout + busy.stderr
+    assert f"deliveries: busy, {old} not dropped (next run)" in busy.stdout
+    assert waited < 20  # 1 s for each of the 9 partitions it could not detach, and a start
+    assert old in {p.name for p in await partitions_of(connection, DELIVERIES)}
+    dry = await asyncio.to_thread(cdrflow, "retention", "--dry-run", env=env, timeout=60)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert f"deliveries: would drop {old}" in dry.stdout
+    done = await asyncio.to_thread(cdrflow, "retention", env=env, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"deliveries: dropped {old}" in done.stdout
+    assert "deliveries: dropped deliveries_legacy" in done.stdout
+    assert "not partitioned yet, so nothing is dropped from it" in done.stdout
+    left = {p.name for p in await partitions_of(connection, DELIVERIES)}
+    assert old not in left
+    assert "deliveries_legacy" not in left
 
 
 PREVIOUS_REJECT = ledger_sql.REJECT  # the statements of the previous release are the same
