@@ -24,7 +24,7 @@ from cdrflow.commands.support import EXIT_CONFIG, Command
 from cdrflow.health import version
 from cdrflow.settings import Settings, SettingsError
 from schemas.record import SCHEMA_VERSION
-from schemas.sources import SourcesError
+from schemas.source_settings import SourcesError
 
 log = logs.get_logger("cdrflow")
 

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from schemas.providers import Registry, default_registry
-from schemas.sources import IPNetwork, Sources, SourcesError, parse_sources
+from schemas.source_settings import SourcesError
+from schemas.sources import IPNetwork, Sources
+from schemas.sources_file import parse_sources
 from schemas.topology import Topology, TopologyError
 
 PREFIX = "CDRFLOW_"

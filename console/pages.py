@@ -13,9 +13,17 @@ import orjson
 from aiohttp import web
 
 from cdrflow.logs import get_logger
-from cdrflow.status import PipelineStatus, outbox_limit, read_database, read_queues
+from cdrflow.operations.dead_letters import list_dead, printable, requeue_dead
+from cdrflow.operations.history import load_history
+from cdrflow.operations.pipeline_status import (
+    PipelineStatus,
+    outbox_limit,
+    read_database,
+    read_queues,
+)
+from cdrflow.operations.replay_rejected import ReplaySelection, replay, select_requests, summarize
 from console import queries
-from console.app import (
+from console.console_app import (
     CONSOLE,
     FORM,
     current_user,
@@ -28,9 +36,6 @@ from console.masking import hide_secrets
 from console.session import Session
 from console.users import authenticate
 from schemas.jsoncodec import dumps, loads
-from workers.dead_letters import list_dead, printable, requeue_dead
-from workers.history import load_history
-from workers.replay import ReplaySelection, replay, select_requests, summarize
 
 log = get_logger("cdrflow.console")
 

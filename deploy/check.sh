@@ -106,7 +106,7 @@ cmp deploy/sources.dev.toml deploy/k8s/overlays/dev/sources.toml
 echo "grants.sql and the dev sources: same"; ok
 
 step "Every table the migrations create is named in grants.sql"
-.venv/bin/python deploy/check/grants_cover.py workers/migrations deploy/postgres/grants.sql; ok
+.venv/bin/python deploy/check/grants_cover.py workers/storage/migrations deploy/postgres/grants.sql; ok
 
 step "Sources files parse (as a worker reads them: names, providers, fields)"
 for sources in deploy/sources.*.toml deploy/k8s/overlays/*/sources.toml; do

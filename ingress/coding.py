@@ -1,5 +1,5 @@
 """A body's `Content-Encoding`, undone by the ingress itself (aiohttp's own decompression is
-off, see `ingress.server.runner_options`).
+off, see `ingress.ingress_server.runner_options`).
 
 aiohttp decodes a single gzip, deflate or br layer, and nothing else: it accepts a gzip
 stream cut short (no trailer, or the 10-byte header alone) as the bytes it got that far,

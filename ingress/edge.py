@@ -30,7 +30,7 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from aiohttp.web_request import BaseRequest
 
 from cdrflow.logs import CALLBACK_PATH, REDACTOR, get_logger
-from ingress.metrics import IngressMetrics
+from ingress.ingress_metrics import IngressMetrics
 from ingress.requestline import repair_request_line
 
 log = get_logger("cdrflow.ingress")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from cdrflow.amqp import BrokerLink, raw_message
 from cdrflow.logs import get_logger
-from ingress.metrics import IngressMetrics
+from ingress.ingress_metrics import IngressMetrics
 from ingress.spool import Spool, SpoolFull
 
 log = get_logger("cdrflow.ingress.publisher")

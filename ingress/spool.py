@@ -22,7 +22,7 @@ from pathlib import Path
 
 from cdrflow.logs import get_logger
 from cdrflow.settings import Settings
-from ingress.metrics import IngressMetrics
+from ingress.ingress_metrics import IngressMetrics
 from ingress.spool_format import (
     HEADER,
     MAGIC,

@@ -15,7 +15,7 @@ from cdrflow.amqp import BrokerLink
 from cdrflow.logs import get_logger
 from cdrflow.settings import Settings
 from ingress.drainer import SpoolDrainer
-from ingress.metrics import IngressMetrics
+from ingress.ingress_metrics import IngressMetrics
 from ingress.spool import Spool
 
 log = get_logger("cdrflow.ingress.spool_drain")

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import ingress.spool_format
-from ingress.metrics import IngressMetrics
+from ingress.ingress_metrics import IngressMetrics
 from ingress.spool import Spool
 
 ENVELOPE = b'{"ingest_id":"01937c5e","body":"' + b"x" * 1000 + b'"}'

@@ -18,7 +18,7 @@ from cdrflow.settings import Settings
 from schemas.sources import Sources
 from tests.support.env import AMQP_URL, POSTGRES_URL, RUN_ID, drop_database, unique
 from tests.support.sources import load_test_sources
-from workers.migrate import migrate
+from workers.storage.migrate import migrate
 
 TABLES = (
     "call_records",

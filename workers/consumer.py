@@ -33,8 +33,8 @@ from cdrflow.backoff import BROKER_WAIT_MAX, is_loud, retry_fields, retrying
 from cdrflow.logs import get_logger
 from cdrflow.settings import Settings
 from workers.batching import Inbox, prefetch_for
-from workers.db import DatabaseHold
 from workers.pipeline import Pipeline
+from workers.storage.database import DatabaseHold
 
 log = get_logger("cdrflow.worker")
 

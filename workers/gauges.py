@@ -12,8 +12,8 @@ import asyncpg
 
 from cdrflow.backoff import sleep_unless
 from cdrflow.logs import get_logger
-from workers.db import is_transient
-from workers.metrics import WorkerMetrics
+from workers.storage.database import is_transient
+from workers.worker_metrics import WorkerMetrics
 
 log = get_logger("cdrflow.worker.gauges")
 

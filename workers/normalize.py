@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import traceback
-import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
 from cdrflow.logs import get_logger
 from schemas.content import content_hash
@@ -16,36 +13,13 @@ from schemas.envelope import RawEnvelope
 from schemas.providers import Provider, Reason, Reject
 from schemas.providers.bodies import charset_of, is_multipart
 from schemas.sources import Source
+from workers.batch import WHOLE_REQUEST, Delivery, Normalized, Rejection
 from workers.sanitize import sanitize_record
-from workers.versions import Delivery
 
 log = get_logger("cdrflow.worker")
 
 _PLAIN_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii"})
-WHOLE_REQUEST = -1  # `item` of a rejection that concerns the request, not one report in it
 MAX_EXTERNAL_ID = 256  # characters; a longer "id" is not an id (and would not fit an index)
-
-
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    envelope: RawEnvelope
-    item: int
-    reason: str
-    message: str
-
-    @property
-    def ingest_id(self) -> uuid.UUID:
-        return self.envelope.ingest_id
-
-
-@dataclass
-class Normalized:
-    deliveries: list[Delivery] = field(default_factory=list)
-    rejections: list[Rejection] = field(default_factory=list)
-
-    def extend(self, other: Normalized) -> None:
-        self.deliveries.extend(other.deliveries)
-        self.rejections.extend(other.rejections)
 
 
 def normalize_envelope(
@@ -129,9 +103,3 @@ def _crash(envelope: RawEnvelope, provider: Provider, exc: Exception) -> str:
         traceback="".join(traceback.format_exception(exc)[-3:]),
     )
     return f"{provider.name} failed: {type(exc).__name__}: {exc}"
-
-
-def as_request(envelope: RawEnvelope) -> dict[str, Any]:
-    """The request, without its body, as kept in `rejected_callbacks.request`."""
-    wire = envelope.to_wire()
-    return {k: wire[k] for k in ("method", "path", "query", "content_type", "headers", "client")}

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import aio_pika
@@ -36,8 +34,9 @@ from tenacity import RetryCallState
 from cdrflow.amqp import BrokerLink
 from cdrflow.backoff import is_loud, retry_fields, retrying, sleep_unless
 from cdrflow.logs import get_logger
-from workers.db import is_transient
+from workers.batch import OutboxEntry
 from workers.records_publisher import publish_records, record_outgoing
+from workers.storage.database import is_transient
 
 log = get_logger("cdrflow.worker.outbox")
 
@@ -45,7 +44,7 @@ Connection = asyncpg.Connection | PoolConnectionProxy
 
 RELAY_BATCH = 500
 
-# The outbox's partitions, by slot (workers/migrations/0006_outbox_ring.sql).
+# The outbox's partitions, by slot (workers/storage/migrations/0006_outbox_ring.sql).
 PARTITIONS = tuple(f"outbox_{slot}" for slot in range(4))
 _CLAIM_STALE = """
 SELECT outbox_id, slot, record_id, revision, routing_key, body FROM {partition}
@@ -61,20 +60,6 @@ FOR UPDATE SKIP LOCKED
 _DELETE = "DELETE FROM {partition} WHERE outbox_id = ANY($1::bigint[])"
 _WRITTEN_TO = "SELECT outbox_slot_of(last_value) FROM outbox_slot_seq"
 _HAS_PAGES = "SELECT pg_relation_size($1::regclass) > 0"
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxEntry:
-    outbox_id: int  # 0 until the row is written
-    record_id: uuid.UUID
-    revision: int
-    routing_key: str
-    body: bytes
-    slot: int = 0  # the outbox partition holding the row
-
-    @property
-    def message_id(self) -> str:
-        return f"{self.record_id}:{self.revision}"
 
 
 def record_message(entry: OutboxEntry) -> aio_pika.Message:

@@ -3,7 +3,7 @@ publish. Each step calls down; what happens to a message that fails is decided h
 
 - a message that is not an envelope batch is parked at once (rejected to `cdr.dead`);
 - a redelivered message holding several callbacks is split first (`workers.split`);
-- the batch is stored in one transaction (`workers.store`), and only then acknowledged;
+- the batch is stored in one transaction (`workers.storage.writer`), and only then acknowledged;
 - its records are published while the next batch is stored (the outbox covers a crash).
 
 Anything else that fails raises: the consumer hands the messages still unsettled back."""
@@ -20,13 +20,13 @@ from cdrflow.logs import get_logger
 from schemas.envelope import EnvelopeError, RawEnvelope, decode_batch
 from schemas.providers import Provider
 from schemas.sources import Source
+from workers.batch import BatchResult, Normalized, OutboxEntry
 from workers.batching import redeliveries
-from workers.ledger import BatchResult
-from workers.metrics import WorkerMetrics
-from workers.normalize import Normalized, normalize_envelope
-from workers.outbox import OutboxEntry, RecordPublisher
+from workers.normalize import normalize_envelope
+from workers.outbox import RecordPublisher
 from workers.split import Splitter
-from workers.store import Store
+from workers.storage.writer import Store
+from workers.worker_metrics import WorkerMetrics
 
 log = get_logger("cdrflow.worker")
 

@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from cdrflow.amqp import BrokerLink
 from cdrflow.batchpublish import Outgoing
 from schemas.record import MESSAGE_TYPE, SCHEMA_VERSION
-
-if TYPE_CHECKING:  # workers.outbox imports this module
-    from workers.outbox import OutboxEntry
+from workers.batch import OutboxEntry
 
 
 def record_outgoing(entry: OutboxEntry, timestamp: int) -> Outgoing:

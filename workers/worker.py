@@ -25,14 +25,14 @@ from cdrflow.settings import Settings
 from schemas.providers import Provider
 from schemas.sources import Source
 from workers.consumer import Consumer
-from workers.db import DatabaseHold, create_pool
 from workers.gauges import DatabaseGauges
-from workers.metrics import WorkerMetrics
-from workers.migrate import LATEST, schema_version
 from workers.outbox import RecordPublisher
 from workers.pipeline import Pipeline
 from workers.split import Splitter
-from workers.store import Store
+from workers.storage.database import DatabaseHold, create_pool
+from workers.storage.migrate import LATEST, schema_version
+from workers.storage.writer import Store
+from workers.worker_metrics import WorkerMetrics
 
 log = get_logger("cdrflow.worker")
 

@@ -34,7 +34,7 @@ def add_commands(commands: Subcommands) -> None:
 
 
 def run_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.migrate import LATEST, migrate
+    from workers.storage.migrate import LATEST, migrate
 
     applied = asyncio.run(migrate(settings.database_url))
     print(f"schema at version {LATEST}" + (f" (applied {applied})" if applied else " (up to date)"))
@@ -43,7 +43,7 @@ def run_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 def run_check(settings: Settings, args: argparse.Namespace) -> int:
     from cdrflow.commands.reconcile import reconciliation_state
-    from cdrflow.services import check_services
+    from cdrflow.operations.service_check import check_services
 
     sources = sources_of(settings, books=True)
     for name, source in sources.items():

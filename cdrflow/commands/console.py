@@ -34,7 +34,7 @@ def add_commands(commands: Subcommands) -> None:
 
 
 def run_console(settings: Settings, args: argparse.Namespace) -> int:
-    from console.server import serve
+    from console.console_server import serve
     from console.users import UsersError
 
     configured = list(sources_of(settings, secrets=False)) if settings.sources else []

@@ -12,7 +12,7 @@ from cdrflow.commands.support import Subcommands, count_limit
 from cdrflow.settings import Settings
 
 if TYPE_CHECKING:
-    from workers.dead_letters import DeadLetter
+    from cdrflow.operations.dead_letters import DeadLetter
 
 LIST_LIMIT = 100
 REQUEUE_LIMIT = 1000
@@ -56,7 +56,7 @@ def line(letter: DeadLetter) -> str:
 
 
 def run_list(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.dead_letters import list_dead
+    from cdrflow.operations.dead_letters import list_dead
 
     listing = asyncio.run(list_dead(settings, args.limit))
     for letter in listing.letters:
@@ -72,7 +72,7 @@ def _shown(shown: int, depth: int) -> str:
 
 
 def run_requeue(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.dead_letters import requeue_dead
+    from cdrflow.operations.dead_letters import requeue_dead
 
     report = asyncio.run(requeue_dead(settings, args.limit, dry_run=args.dry_run))
     for letter in report.moved:

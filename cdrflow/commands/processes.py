@@ -22,7 +22,7 @@ def add_commands(commands: Subcommands) -> None:
 
 
 def run_ingress(settings: Settings, args: argparse.Namespace) -> int:
-    from ingress.server import serve
+    from ingress.ingress_server import serve
 
     serve(settings, sources_of(settings), args.host, args.port)
     return 0

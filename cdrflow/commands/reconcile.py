@@ -21,7 +21,7 @@ from schemas.providers import default_registry
 from schemas.sources import Source, Sources
 
 if TYPE_CHECKING:
-    from workers.reconcile.passes import WindowOutcome
+    from reconciler.passes import WindowOutcome
 
 COLUMNS = ("source", "window", "status", "provider", "stored", "backfilled", "discrepancies")
 
@@ -97,10 +97,10 @@ async def _reconcile(
     settings: Settings, chosen: list[Source], args: argparse.Namespace, stopping: asyncio.Event
 ) -> int:
     from cdrflow.progress import Progress
-    from workers.reconcile.books_client import Stopped
-    from workers.reconcile.ledger import FAILED
-    from workers.reconcile.metrics import ReconcileMetrics
-    from workers.reconcile.runner import Reconciliation
+    from reconciler.books_client import Stopped
+    from reconciler.reconciler_metrics import ReconcileMetrics
+    from reconciler.runner import Reconciliation
+    from reconciler.tables import FAILED
 
     metrics = ReconcileMetrics(source.name for source in chosen)
     outcomes: list[WindowOutcome] = []
@@ -159,7 +159,7 @@ def print_outcomes(outcomes: Sequence[WindowOutcome], *, dry_run: bool) -> None:
 
 
 def run_reconciler(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.reconcile.service import Reconciler
+    from reconciler.service import Reconciler
 
     sources = sources_of(settings, books=True)
 

@@ -60,7 +60,7 @@ def _offset(text: str) -> int:
 
 
 def run_tail(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.tail import StreamStart, TailError, tail
+    from cdrflow.operations.tail import StreamStart, TailError, tail
 
     origins = [o for o in (args.since, args.origin, args.offset) if o is not None]
     stream_start = StreamStart(origins[0]) if origins else None
@@ -85,7 +85,7 @@ def run_tail(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_history(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.history import print_history
+    from cdrflow.operations.history import print_history
 
     by_key = args.source is not None and args.external_id is not None
     if by_key == (args.record_id is not None):
@@ -96,7 +96,7 @@ def run_history(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def run_republish(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.republish import (
+    from cdrflow.operations.republish import (
         RepublishError,
         RepublishSelection,
         Target,

@@ -12,9 +12,10 @@ from cdrflow.settings import Settings, SettingsError
 from schemas.providers.errors import Reason
 
 if TYPE_CHECKING:
-    from workers.replay import ReplaySelection
+    from cdrflow.operations.replay_rejected import ReplaySelection
 
-REPLAY_LIMIT = 1000  # workers.replay.DEFAULT_LIMIT, without importing asyncpg to parse
+# cdrflow.operations.replay_rejected.DEFAULT_LIMIT, without importing asyncpg to parse
+REPLAY_LIMIT = 1000
 
 
 def add_commands(commands: Subcommands) -> None:
@@ -45,7 +46,7 @@ def _reason(text: str) -> str:
 
 
 def run_replay(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.replay import ReplaySelection
+    from cdrflow.operations.replay_rejected import ReplaySelection
 
     if args.since and args.until and args.since >= args.until:
         raise SettingsError(f"replay: --since ({args.since}) must be before --until ({args.until})")
@@ -60,7 +61,7 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
 async def _replay_dry_run(settings: Settings, selection: ReplaySelection) -> int:
     import asyncpg
 
-    from workers.replay import select_requests, summarize
+    from cdrflow.operations.replay_rejected import select_requests, summarize
 
     connection = await asyncpg.connect(settings.database_url)
     try:
@@ -79,8 +80,8 @@ async def _replay_dry_run(settings: Settings, selection: ReplaySelection) -> int
 
 
 async def _replay_with_progress(settings: Settings, selection: ReplaySelection) -> int:
+    from cdrflow.operations.replay_rejected import replay
     from cdrflow.progress import Progress
-    from workers.replay import replay
 
     progress = Progress(None, unit="request", event="replay_progress")
     try:

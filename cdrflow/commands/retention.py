@@ -1,6 +1,6 @@
 """`cdrflow retention`: create the time partitions ahead and drop those past retention
-(`workers.retention`). Run it on a schedule, as the database's owner role: the Kubernetes
-CronJob and the systemd timer in deploy/ run it every hour."""
+(`workers.storage.partition_retention`). Run it on a schedule, as the database's owner
+role: the Kubernetes CronJob and the systemd timer in deploy/ run it every hour."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def add_commands(commands: Subcommands) -> None:
 
 
 def run_retention(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.retention import apply_retention
+    from workers.storage.partition_retention import apply_retention
 
     async def run() -> int:
         connection = await asyncpg.connect(settings.database_url)

@@ -28,7 +28,7 @@ def add_commands(commands: Subcommands) -> None:
 
 
 def run_simulate(settings: Settings, args: argparse.Namespace) -> int:
-    from cdrflow.simulate import simulate
+    from cdrflow.operations.simulator import simulate
 
     report = asyncio.run(
         simulate(

@@ -21,7 +21,7 @@ def add_commands(commands: Subcommands) -> None:
 
 
 def run_status(settings: Settings, args: argparse.Namespace) -> int:
-    from cdrflow.status import gather_status, outbox_limit, render
+    from cdrflow.operations.pipeline_status import gather_status, outbox_limit, render
 
     configured = list(sources_of(settings, secrets=False)) if settings.sources else []
     status = asyncio.run(gather_status(settings, configured))

@@ -3,7 +3,7 @@
 A migration that adds a table and forgets its grant passes every test (they connect as
 postgres) and fails in production, where workers connect as cdrflow_worker. Sequences behind
 identity columns need no grant; an explicit CREATE SEQUENCE or a serial column does. Usage
-(from the repository root): python deploy/check/grants_cover.py workers/migrations
+(from the repository root): python deploy/check/grants_cover.py workers/storage/migrations
 deploy/postgres/grants.sql"""
 
 from __future__ import annotations

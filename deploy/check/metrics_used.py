@@ -18,7 +18,7 @@ import yaml
 
 ALERTS = Path("deploy/prometheus/alerts.yaml")
 DASHBOARD = Path("deploy/grafana/cdrflow.json")
-CODE = ("cdrflow", "ingress", "workers")
+CODE = ("cdrflow", "ingress", "workers", "reconciler")
 METRIC = re.compile(r"\bcdrflow_[a-z0-9_]+")
 # What prometheus_client appends to the name a metric is defined with.
 SUFFIXES = ("_total", "_bucket", "_sum", "_count", "_created")

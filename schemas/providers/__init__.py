@@ -16,7 +16,8 @@ from schemas.providers import (
 )
 from schemas.providers.answers import HTTP_STATUS, Answer, Outcome
 from schemas.providers.errors import Reason, Reject, Unauthenticated
-from schemas.providers.protocol import Provider, ProviderConfig, SimulatedCallback
+from schemas.providers.protocol import Provider, SimulatedCallback
+from schemas.source_settings import ProviderConfig
 
 __all__ = [
     "HTTP_STATUS",

@@ -5,7 +5,7 @@ has none): pure parts only, as everything in `schemas/`. How a source's `reconci
 is read, the request for one window and page (with the provider's own authentication), the
 answer read into rows or refused with the provider's code and message, and a row turned
 into the callback the provider would have pushed. The HTTP calls, the rate limit and the
-retries are the reconciler's (`workers.reconcile`)."""
+retries are the reconciler's (`reconciler`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Protocol
 
-from schemas.sources import SourceSettings
+from schemas.source_settings import SourceSettings
 
 # What every `[sources.NAME.reconcile]` table may hold besides its books' own keys, with
 # the defaults of the SPEC's example.

@@ -55,7 +55,8 @@ from schemas.providers.signing import (
 )
 from schemas.providers.values import is_blank, to_int
 from schemas.record import CallRecord, CallType, Direction, HangupBy, Status
-from schemas.sources import Source, SourceSettings
+from schemas.source_settings import SourceSettings
+from schemas.sources import Source
 
 TIME_FORMATS = ("%Y/%m/%d,%H:%M:%S:%f", "%Y/%m/%d,%H:%M:%S", "%Y-%m-%d %H:%M:%S")
 SIGNATURE_FIELDS = frozenset({"timestamp", "nonce", "signature"})

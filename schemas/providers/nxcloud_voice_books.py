@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from schemas.providers.books import Backfill, BooksPage, BooksRefused, BooksRequest, Window
-from schemas.sources import SourceSettings
+from schemas.source_settings import SourceSettings
 
 SUCCESS = "1"
 VOICE_TYPES = (0, 1)  # group call; verification or notification

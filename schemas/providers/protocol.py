@@ -19,7 +19,8 @@ from schemas.providers.answers import Answer, Outcome, text_answers
 from schemas.providers.books import Books
 from schemas.providers.signing import SigningConfig, read_signing
 from schemas.record import CallRecord
-from schemas.sources import Source, SourceSettings
+from schemas.source_settings import ProviderConfig, SourceSettings
+from schemas.sources import Source
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,17 +45,6 @@ def json_callback(document: Mapping[str, Any], external_id: str) -> SimulatedCal
     return SimulatedCallback(
         "POST", dumps(document), "application/json;charset=UTF-8", external_id=external_id
     )
-
-
-class ProviderConfig(Protocol):
-    """A source's settings that belong to its provider, as `Provider.configure` read them."""
-
-    @property
-    def signing(self) -> str:
-        """How the source's requests are signed: a mode of the provider, or "none"."""
-
-    def secrets(self) -> tuple[str, ...]:
-        """Values no log line may show."""
 
 
 class Provider(Protocol):

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from schemas.providers.errors import Unauthenticated
-from schemas.sources import Source, SourceSettings
+from schemas.source_settings import SourceSettings
+from schemas.sources import Source
 
 DEFAULT_MAX_SKEW_SECONDS = 300
 Reading = TypeVar("Reading")

@@ -19,7 +19,7 @@ import asyncpg
 from cdrflow.settings import Settings
 from tests.support.console import console_client, console_server
 from tests.support.env import AMQP_URL, scratch_database
-from workers.migrate import migrate
+from workers.storage.migrate import migrate
 
 ROUNDS = 50
 SOURCES = ["nx-cc", "nx-dr", "nx-voice", "hw"]

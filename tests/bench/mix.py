@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cdrflow.simulate import corrupt
+from cdrflow.operations.simulator import corrupt
 from schemas.envelope import RawEnvelope, stored_headers, uuid7
 from schemas.providers import SimulatedCallback, default_registry
 from schemas.sources import Source

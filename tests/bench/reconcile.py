@@ -30,7 +30,7 @@ from tests.support.env import AMQP_URL, scratch_database, unique
 from tests.support.fake_nxcloud import FakeNXCloud
 from tests.support.processes import start_cdrflow
 from tests.support.workers import settings_env
-from workers.migrate import migrate
+from workers.storage.migrate import migrate
 
 PAGE_SIZE = 100
 DOCUMENTED_SECONDS_PER_REQUEST = 1.0

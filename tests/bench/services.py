@@ -33,7 +33,7 @@ class Services:
 
     async def fresh_database(self, label: str) -> str:
         """A database of its own for one measurement, migrated; dropped by `drop_databases`."""
-        from workers.migrate import migrate
+        from workers.storage.migrate import migrate
 
         url = f"{self.postgres_url}/cdrflow_bench_{label}_{RUN_ID}"
         await self.drop(url)

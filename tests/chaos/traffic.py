@@ -13,7 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from schemas.providers import Registry, SimulatedCallback, default_registry
-from schemas.sources import Source, Sources, parse_sources
+from schemas.sources import Source, Sources
+from schemas.sources_file import parse_sources
 
 PLACEHOLDER = "XCHAOSIDX"  # letters only: it survives URL- and JSON-encoding unchanged
 LOAD_SCRIPT = Path(__file__).with_name("load.lua")

@@ -19,7 +19,7 @@ from cdrflow.settings import Settings
 from schemas.record import MESSAGE_TYPE, SCHEMA_VERSION
 from tests.support.env import AMQP_URL, unique
 from tests.support.waiting import eventually
-from workers.outbox import OutboxEntry
+from workers.batch import OutboxEntry
 from workers.records_publisher import publish_records
 
 

@@ -11,6 +11,7 @@ import orjson
 from aio_pika.abc import AbstractChannel
 
 from cdrflow.amqp import declare
+from cdrflow.operations.dead_letters import list_dead, move, requeue_dead
 from cdrflow.settings import Settings
 from schemas.envelope import RawEnvelope
 from schemas.sources import Sources
@@ -19,7 +20,6 @@ from tests.support.processes import cdrflow, command_env
 from tests.support.samples import envelope, sample
 from tests.support.waiting import eventually, one
 from tests.support.workers import publish_envelopes, running_worker
-from workers.dead_letters import list_dead, move, requeue_dead
 
 
 async def park(channel: AbstractChannel, settings: Settings, count: int) -> int:

@@ -27,9 +27,9 @@ import pytest
 from aio_pika.abc import AbstractChannel
 
 from cdrflow.settings import Settings
-from ingress.app import INGRESS, create_app
 from ingress.edge import EdgeRequestHandler, EdgeServer
-from ingress.server import make_runner
+from ingress.ingress_app import INGRESS, create_app
+from ingress.ingress_server import make_runner
 from schemas.jsoncodec import loads
 from schemas.providers import default_registry
 from schemas.sources import Sources

@@ -14,6 +14,7 @@ import pytest
 from aio_pika.abc import AbstractChannel
 
 from cdrflow.cli import main
+from cdrflow.operations.history import load_history
 from cdrflow.settings import Settings
 from schemas.envelope import BACKFILL
 from schemas.jsoncodec import canonical_json, dumps
@@ -25,10 +26,9 @@ from tests.support.migrations import apply_up_to
 from tests.support.samples import envelope, sample
 from tests.support.waiting import eventually, one
 from tests.support.workers import publish_envelopes, running_worker
-from workers.history import load_history
-from workers.migrate import available, migrate
+from workers.batch import Delivery
 from workers.normalize import normalize_envelope
-from workers.versions import Delivery
+from workers.storage.migrate import available, migrate
 
 
 async def delivered(db: asyncpg.Connection, external_id: str, count: int) -> bool:

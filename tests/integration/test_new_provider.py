@@ -35,7 +35,9 @@ from schemas.providers.answers import text_answers
 from schemas.providers.bodies import json_body
 from schemas.providers.fields import Fields
 from schemas.record import CallRecord, Status
-from schemas.sources import Source, Sources, SourceSettings, parse_sources
+from schemas.source_settings import SourceSettings
+from schemas.sources import Source, Sources
+from schemas.sources_file import parse_sources
 from tests.support.ingress import IngressClient, ingress_client
 from tests.support.samples import Sample, simulated
 from tests.support.waiting import eventually, one

@@ -30,8 +30,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from cdrflow.settings import Settings
-from ingress.app import create_app
-from ingress.server import runner_options
+from ingress.ingress_app import create_app
+from ingress.ingress_server import runner_options
 from schemas.sources import Sources
 from tests.support.sources import TOKENS
 

@@ -21,14 +21,15 @@ from tests.support.broker import record_tap
 from tests.support.env import scratch_database
 from tests.support.migrations import apply_up_to
 from tests.support.samples import envelope, sample
-from workers import ledger_sql
-from workers.db import STAGE_TABLE, DatabaseHold, create_pool
-from workers.migrate import migrate
-from workers.normalize import Normalized, normalize_envelope
-from workers.outbox import PARTITIONS, OutboxEntry, RecordPublisher
-from workers.store import Store
+from workers.batch import Normalized, OutboxEntry
+from workers.normalize import normalize_envelope
+from workers.outbox import PARTITIONS, RecordPublisher
+from workers.storage import transaction_sql as ledger_sql
+from workers.storage.database import STAGE_TABLE, DatabaseHold, create_pool
+from workers.storage.migrate import migrate
+from workers.storage.writer import Store
 
-ROWS_PER_PARTITION = 5_000  # outbox_slot_of in workers/migrations/0006_outbox_ring.sql
+ROWS_PER_PARTITION = 5_000  # outbox_slot_of in workers/storage/migrations/0006_outbox_ring.sql
 RECORDS = 100_000
 BATCH = 1_000
 REGISTRY = default_registry()

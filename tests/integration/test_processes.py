@@ -15,8 +15,9 @@ import asyncpg
 import pytest
 from aio_pika.abc import AbstractChannel
 
+from cdrflow.operations.replay_rejected import ReplaySelection, select_requests
+from cdrflow.operations.simulator import simulate
 from cdrflow.settings import Settings
-from cdrflow.simulate import simulate
 from schemas.jsoncodec import dumps
 from schemas.providers import default_registry
 from schemas.sources import Sources
@@ -29,8 +30,7 @@ from tests.support.samples import Sample, envelope, sample
 from tests.support.sources import ENVIRON, SOURCES_TOML, callback_path
 from tests.support.waiting import eventually
 from tests.support.workers import publish_envelopes, running_worker, settings_env
-from workers.migrate import LATEST, available, migrate, schema_version
-from workers.replay import ReplaySelection, select_requests
+from workers.storage.migrate import LATEST, available, migrate, schema_version
 from workers.worker import Worker
 
 __all__ = ["free_port"]  # tests/integration/test_edge.py takes it from here

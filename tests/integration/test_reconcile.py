@@ -20,15 +20,16 @@ import pytest
 from aio_pika.abc import AbstractChannel
 
 from cdrflow.settings import Settings
+from reconciler.reconciler_metrics import ReconcileMetrics
+from reconciler.runner import Reconciliation
 from schemas.envelope import RawEnvelope, uuid7
 from schemas.providers import default_registry
-from schemas.sources import Sources, parse_sources, parse_zone
+from schemas.sources import Sources, parse_zone
+from schemas.sources_file import parse_sources
 from tests.support.fake_nxcloud import FakeNXCloud
 from tests.support.processes import free_port, start_cdrflow
 from tests.support.waiting import eventually, one
 from tests.support.workers import publish_envelopes, running_worker, settings_env
-from workers.reconcile.metrics import ReconcileMetrics
-from workers.reconcile.runner import Reconciliation
 
 pytestmark = pytest.mark.timeout(120)
 

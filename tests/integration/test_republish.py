@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
+from cdrflow.operations.republish import RepublishError, RepublishSelection, Target, republish
 from cdrflow.settings import Settings
 from schemas.jsoncodec import loads
 from schemas.record import MESSAGE_TYPE
@@ -23,7 +24,6 @@ from tests.support.env import unique
 from tests.support.samples import envelope, sample
 from tests.support.waiting import eventually
 from tests.support.workers import publish_envelopes, running_worker, settings_env
-from workers.republish import RepublishError, RepublishSelection, Target, republish
 
 SOURCES = ("nx-voice", "nx-cc", "nx-dr", "hw")
 BASE = datetime(2025, 3, 1, tzinfo=UTC)

@@ -14,28 +14,28 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from cdrflow.operations.history import find_record, load_history
+from cdrflow.operations.pipeline_status import gather_status, outbox_limit
 from cdrflow.settings import Settings
-from cdrflow.status import gather_status, outbox_limit
 from schemas.providers import default_registry
 from schemas.sources import Sources
 from tests.support.env import scratch_database
 from tests.support.migrations import apply_up_to
 from tests.support.processes import cdrflow
 from tests.support.samples import envelope, sample
-from workers import ledger_sql
-from workers.db import DatabaseHold, create_pool
-from workers.history import find_record, load_history
-from workers.migrate import migrate
 from workers.normalize import normalize_envelope
-from workers.partitions import PARTITIONED, uuid7_floor
-from workers.retention import (
+from workers.storage import transaction_sql as ledger_sql
+from workers.storage.database import DatabaseHold, create_pool
+from workers.storage.migrate import migrate
+from workers.storage.partition_retention import (
     apply_retention,
     bound_in_place,
     ensure_ahead,
     partition_in_place,
     partitions_of,
 )
-from workers.store import Store
+from workers.storage.partitions import PARTITIONED, uuid7_floor
+from workers.storage.writer import Store
 
 DELIVERIES = PARTITIONED["deliveries"]
 REJECTED = PARTITIONED["rejected_callbacks"]

@@ -21,7 +21,7 @@ from tests.support.samples import Sample, sample
 from tests.support.waiting import eventually
 from tests.support.workers import running_worker
 from workers.gauges import DatabaseGauges
-from workers.metrics import WorkerMetrics
+from workers.worker_metrics import WorkerMetrics
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

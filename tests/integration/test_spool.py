@@ -27,7 +27,7 @@ from aio_pika.exceptions import DeliveryError
 from cdrflow.amqp import BrokerLink, declare, raw_message
 from cdrflow.settings import Settings
 from ingress.drainer import SpoolDrainer
-from ingress.metrics import IngressMetrics
+from ingress.ingress_metrics import IngressMetrics
 from ingress.spool import Spool
 from ingress.spool_format import MAGIC, encode_record, scan_records
 from schemas.sources import Sources

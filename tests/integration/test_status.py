@@ -12,15 +12,15 @@ import orjson
 from aio_pika.abc import AbstractChannel
 
 from cdrflow.amqp import declare
+from cdrflow.operations.pipeline_status import gather_status, outbox_limit, render
 from cdrflow.settings import Settings
-from cdrflow.status import gather_status, outbox_limit, render
 from schemas.sources import Sources
 from tests.support.env import scratch_database
 from tests.support.processes import cdrflow, command_env
 from tests.support.samples import envelope, sample
 from tests.support.waiting import eventually
 from tests.support.workers import publish_envelopes, running_worker
-from workers.migrate import LATEST, available, migrate
+from workers.storage.migrate import LATEST, available, migrate
 
 
 async def test_a_healthy_pipeline_says_what_each_source_sent_and_exits_0(

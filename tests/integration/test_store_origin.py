@@ -27,9 +27,10 @@ from schemas.sources import Sources
 from tests.support.samples import envelope, sample
 from tests.support.waiting import eventually, one
 from tests.support.workers import publish_envelopes, running_worker
-from workers.db import create_pool
-from workers.ledger import BatchResult, write_batch
-from workers.normalize import Normalized, normalize_envelope
+from workers.batch import BatchResult, Normalized
+from workers.normalize import normalize_envelope
+from workers.storage.database import create_pool
+from workers.storage.transaction import write_batch
 
 T0 = datetime.now(UTC).replace(microsecond=0)
 REGISTRY = default_registry()

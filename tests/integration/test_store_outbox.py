@@ -18,10 +18,10 @@ from tests.support.broker import record_tap
 from tests.support.samples import envelope, sample
 from tests.support.waiting import eventually
 from tests.support.workers import publish_envelopes, running_worker
-from workers.db import DatabaseHold, create_pool
 from workers.normalize import normalize_envelope
 from workers.outbox import RecordPublisher
-from workers.store import Store
+from workers.storage.database import DatabaseHold, create_pool
+from workers.storage.writer import Store
 
 
 async def test_a_batch_held_open_past_the_grace_period_is_published_once(

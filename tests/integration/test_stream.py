@@ -14,13 +14,13 @@ import pytest
 from aio_pika.abc import AbstractChannel
 
 from cdrflow.amqp import declare
+from cdrflow.operations.tail import StreamStart, TopicPattern, tail
 from cdrflow.settings import Settings
 from schemas.jsoncodec import dumps, loads
 from schemas.sources import Sources
 from tests.support.samples import envelope, record_validator, sample
 from tests.support.waiting import eventually
 from tests.support.workers import publish_envelopes, running_worker
-from workers.tail import StreamStart, TopicPattern, tail
 
 SOURCES = ("nx-voice", "nx-cc", "nx-dr", "hw")
 

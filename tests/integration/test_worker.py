@@ -19,6 +19,8 @@ import asyncpg
 import pytest
 from aio_pika.abc import AbstractChannel
 
+from cdrflow.operations.replay_rejected import ReplaySelection, replay
+from cdrflow.operations.tail import tail
 from cdrflow.settings import Settings
 from schemas.envelope import RawEnvelope
 from schemas.jsoncodec import dumps, loads
@@ -33,12 +35,11 @@ from tests.support.samples import Sample, envelope, record_validator, sample, si
 from tests.support.sources import provider_source
 from tests.support.waiting import eventually, one
 from tests.support.workers import WorkerProcess, publish_envelopes, running_worker, stop_all
-from workers.db import DatabaseHold, create_pool
-from workers.normalize import Normalized, normalize_envelope
+from workers.batch import Normalized
+from workers.normalize import normalize_envelope
 from workers.outbox import RecordPublisher
-from workers.replay import ReplaySelection, replay
-from workers.store import Store
-from workers.tail import tail
+from workers.storage.database import DatabaseHold, create_pool
+from workers.storage.writer import Store
 
 
 async def count(db: asyncpg.Connection, sql: str, *args: Any) -> int:

@@ -14,7 +14,7 @@ import aiohttp
 from aiohttp import web
 
 from cdrflow.settings import Settings
-from console.app import create_app
+from console.console_server import create_app
 from console.users import User, hash_password, read_users, write_users
 
 PASSWORDS = {"olga": "operator password", "victor": "viewer password"}

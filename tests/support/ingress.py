@@ -12,8 +12,8 @@ import aiohttp
 from aiohttp import web
 
 from cdrflow.settings import Settings
-from ingress.app import create_app
-from ingress.server import make_runner
+from ingress.ingress_app import create_app
+from ingress.ingress_server import make_runner
 from schemas.providers import Registry
 from schemas.sources import Sources
 from tests.support.samples import Sample

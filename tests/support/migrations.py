@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from workers.migrate import available
+from workers.storage.migrate import available
 
 
 async def apply_up_to(url: str, version: int) -> None:

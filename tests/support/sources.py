@@ -7,7 +7,8 @@ from __future__ import annotations
 import hashlib
 
 from schemas.providers import default_registry
-from schemas.sources import Sources, parse_sources
+from schemas.sources import Sources
+from schemas.sources_file import parse_sources
 
 TOKENS = {
     "nx-voice": "tok-voice-0123456789",

@@ -15,7 +15,8 @@ import yaml
 from cdrflow.settings import Settings
 from schemas.providers import default_registry
 from schemas.record import MESSAGE_TYPE, Status
-from workers.outbox import OutboxEntry, record_message
+from workers.batch import OutboxEntry
+from workers.outbox import record_message
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 

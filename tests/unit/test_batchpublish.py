@@ -16,7 +16,8 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
 from cdrflow.batchpublish import Outgoing, _frames
-from workers.outbox import OutboxEntry, record_message
+from workers.batch import OutboxEntry
+from workers.outbox import record_message
 from workers.records_publisher import record_outgoing
 
 STAMP = datetime(2026, 5, 4, 3, 2, 1, tzinfo=UTC)

@@ -29,7 +29,8 @@ from schemas.providers import default_registry
 from schemas.record import Ledger, published_body
 from tests.support.samples import Sample, envelope, record_validator
 from tests.support.sources import load_test_sources, provider_source
-from workers.normalize import Normalized, normalize_envelope
+from workers.batch import Normalized
+from workers.normalize import normalize_envelope
 
 REGISTRY = default_registry()
 SOURCES = load_test_sources()

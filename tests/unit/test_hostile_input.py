@@ -19,10 +19,12 @@ from schemas.jsoncodec import dumps, loads
 from schemas.providers import Unauthenticated, default_registry
 from schemas.providers.huawei_aicc_release import render_map, sign
 from schemas.record import CallRecord, Ledger, published_body
-from schemas.sources import Sources, parse_sources
+from schemas.sources import Sources
+from schemas.sources_file import parse_sources
 from tests.support.samples import Sample, envelope, record_validator, sample
 from tests.support.sources import SOURCES_TOML, load_test_sources
-from workers.normalize import Normalized, normalize_envelope
+from workers.batch import Normalized
+from workers.normalize import normalize_envelope
 
 SOURCES = load_test_sources()
 REGISTRY = default_registry()

@@ -21,7 +21,7 @@ from schemas.providers import Unauthenticated
 from schemas.providers.huawei_aicc_release import PROVIDER as HUAWEI_PROVIDER
 from schemas.providers.huawei_aicc_release import render_map, sign
 from schemas.record import CallRecord, Ledger, published_body
-from schemas.sources import parse_sources
+from schemas.sources_file import parse_sources
 from tests.support.samples import Sample, envelope
 from tests.support.sources import SOURCES_TOML, TOKENS
 from tests.unit.test_hostile_input import FORM, REGISTRY, SOURCES, T0, one_record, run

@@ -15,8 +15,9 @@ from schemas.providers import default_registry
 from schemas.record import CONTENT_COLUMNS, LEDGER_COLUMNS, RECORD_COLUMNS, Ledger, published_body
 from tests.support.samples import Sample, envelope, record_validator, sample
 from tests.support.sources import load_test_sources
+from workers.batch import Delivery
 from workers.normalize import normalize_envelope
-from workers.versions import Delivery, plan_versions, set_aside_backfills
+from workers.storage.revisions import plan_versions, set_aside_backfills
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

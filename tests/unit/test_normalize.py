@@ -18,8 +18,8 @@ from schemas.record import CallRecord
 from schemas.sources import Source
 from tests.support.samples import Sample, envelope, sample
 from tests.support.sources import load_test_sources
-from workers.db import is_data_error, is_transient
 from workers.normalize import MAX_EXTERNAL_ID, normalize_envelope
+from workers.storage.database import is_data_error, is_transient
 
 SOURCES = load_test_sources()
 

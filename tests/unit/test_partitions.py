@@ -1,4 +1,4 @@
-"""The calendar of the time partitions (`workers.partitions`) and the retention settings."""
+"""The calendar of the time partitions (`workers.storage.partitions`) and the retention settings."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from cdrflow.settings import Settings, SettingsError
 from schemas.envelope import uuid7
-from workers.partitions import (
+from workers.storage.partitions import (
     PARTITIONED,
     Granularity,
     KeyKind,

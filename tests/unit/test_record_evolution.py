@@ -79,7 +79,8 @@ def test_the_published_body_has_exactly_the_schemas_fields() -> None:
 
 
 def test_the_body_and_the_headers_say_the_version() -> None:
-    from workers.outbox import OutboxEntry, record_message
+    from workers.batch import OutboxEntry
+    from workers.outbox import record_message
 
     record = CallRecord("src", "acme", "nxcloud", "voice_dr", "ext-1", raw={})
     moment = datetime(2025, 1, 1, tzinfo=UTC)

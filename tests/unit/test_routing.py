@@ -7,7 +7,7 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from cdrflow.settings import Settings
-from ingress.app import create_app
+from ingress.ingress_app import create_app
 from ingress.routing import CALLBACK_PATH, CallbackRouter, add_callback_route
 from tests.support.sources import load_test_sources
 

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from cdrflow.simulate import plan
+from cdrflow.operations.simulator import plan
 from schemas.providers import default_registry
 from tests.support.sources import load_test_sources
 

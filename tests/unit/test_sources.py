@@ -11,7 +11,9 @@ import pytest
 from schemas.providers import Registry, default_registry
 from schemas.providers.nxcloud_voice_report import NXCloudVoiceReport
 from schemas.providers.signing import SigningConfig
-from schemas.sources import Sources, SourcesError, SourceSettings, parse_sources, parse_zone
+from schemas.source_settings import SourcesError, SourceSettings
+from schemas.sources import Sources, parse_zone
+from schemas.sources_file import parse_sources
 
 GOOD = """
 [sources.nxcloud-cc]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import ingress.spool_format
-from ingress.metrics import IngressMetrics
+from ingress.ingress_metrics import IngressMetrics
 from ingress.spool import Spool, SpoolFull
 from ingress.spool_format import HEADER, MAGIC, SpoolError, encode_record, scan_records
 

@@ -16,7 +16,8 @@ from typing import Any
 from schemas.envelope import RawEnvelope
 from schemas.providers import Provider, SimulatedCallback, default_registry
 from schemas.record import CallRecord
-from schemas.sources import Source, parse_sources
+from schemas.sources import Source
+from schemas.sources_file import parse_sources
 
 TOKEN = "tok-0123456789abcdef"
 SECRET = "app-secret-for-tests"

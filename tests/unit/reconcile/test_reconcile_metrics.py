@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.reconcile.metrics import ReconcileMetrics
+from reconciler.reconciler_metrics import ReconcileMetrics
 
 
 def test_every_source_has_its_series_from_start_up_and_success_once_it_happened() -> None:

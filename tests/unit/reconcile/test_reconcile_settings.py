@@ -9,7 +9,9 @@ import pytest
 from cdrflow.commands.reconcile import reconciliation_state
 from schemas.providers import default_registry
 from schemas.providers.nxcloud_voice_books import VoiceBooksConfig
-from schemas.sources import Sources, SourcesError, parse_sources
+from schemas.source_settings import SourcesError
+from schemas.sources import Sources
+from schemas.sources_file import parse_sources
 
 ENVIRON = {"NX_APPKEY": "env-appkey-1", "NX_SECRETKEY": "env-secretkey-1"}
 SPEC_EXAMPLE = """

@@ -6,11 +6,11 @@ import itertools
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from reconciler.compare import Difference, differences
+from reconciler.passes import plan, split_at_horizon
 from schemas.providers.books import ReconcileSettings, Window, windows
 from schemas.providers.nxcloud_voice_books import BOOKS, VoiceBooksConfig
 from schemas.record import CallRecord, Status
-from workers.reconcile.compare import Difference, differences
-from workers.reconcile.passes import plan, split_at_horizon
 
 NOW = datetime(2026, 12, 3, 9, 30, 12, 345678, tzinfo=UTC)
 SETTINGS = ReconcileSettings(url="http://books.test", books=VoiceBooksConfig("a", "s"))

@@ -16,13 +16,13 @@ from cdrflow.amqp import BrokerLink
 from cdrflow.backoff import is_loud, retry_fields, retrying
 from cdrflow.logs import get_logger
 from cdrflow.settings import Settings
+from reconciler import tables
+from reconciler.books_client import BooksClient
+from reconciler.passes import SourcePass, WindowOutcome, lock_source
+from reconciler.reconciler_metrics import ReconcileMetrics
 from schemas.providers import Provider
 from schemas.sources import Source
-from workers.db import create_pool, is_transient
-from workers.reconcile import ledger
-from workers.reconcile.books_client import BooksClient
-from workers.reconcile.metrics import ReconcileMetrics
-from workers.reconcile.passes import SourcePass, WindowOutcome, lock_source
+from workers.storage.database import create_pool, is_transient
 
 log = get_logger("cdrflow.reconcile")
 
@@ -145,4 +145,4 @@ class Reconciliation:
                 )
                 return await one_pass.run(since, until)
             finally:
-                await ledger.unlock_source(lock_connection, source.name)
+                await tables.unlock_source(lock_connection, source.name)

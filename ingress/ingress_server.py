@@ -17,8 +17,8 @@ from aiohttp import web
 from cdrflow.gc_tuning import tune_gc
 from cdrflow.logs import get_logger
 from cdrflow.settings import Settings
-from ingress.app import INGRESS, create_app
 from ingress.edge import EdgeRunner
+from ingress.ingress_app import INGRESS, create_app
 from schemas.sources import Sources
 
 log = get_logger("cdrflow.ingress")

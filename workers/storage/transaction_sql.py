@@ -1,11 +1,11 @@
-"""The SQL statements of the batch transaction (`workers.ledger`), in the order it runs
+"""The SQL statements of the batch transaction (`workers.storage.transaction`), in the order it runs
 them. Each takes whole columns as arrays (unnest), or reads the staging table, so a batch
 costs a fixed number of statements whatever it holds."""
 
 from __future__ import annotations
 
 from schemas.record import CONTENT_COLUMNS, RECORD_COLUMNS
-from workers.db import STAGE_TABLE
+from workers.storage.database import STAGE_TABLE
 
 CLAIM = """
 INSERT INTO deliveries (ingest_id, item, record_id, received_at)

@@ -1,9 +1,8 @@
 """The console's web application: its state, the middleware every request passes (session,
-login, CSRF, security headers) and its routes (`console.pages`)."""
+login, CSRF, security headers) and what its pages (`console.pages`) share."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -15,9 +14,9 @@ import jinja2
 from aiohttp import web
 from aiohttp.web_request import FileField
 from multidict import MultiDictProxy
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter
 
-from cdrflow.health import add_health_routes, process_registry
+from cdrflow.health import process_registry
 from cdrflow.logs import get_logger
 from cdrflow.settings import Settings
 from console.masking import Viewer
@@ -99,28 +98,6 @@ def templates() -> jinja2.Environment:
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
-
-
-def create_app(
-    settings: Settings, users: dict[str, User], sources: list[str], secret: str = ""
-) -> web.Application:
-    from console import pages
-
-    signer = SessionSigner(
-        secret or settings.console_secret or secrets.token_urlsafe(32),
-        settings.console_session_minutes * 60,
-    )
-    console = Console(settings, users, signer, sorted(sources), templates())
-    app = web.Application(middlewares=[session_middleware], client_max_size=1024 * 1024)
-    app[CONSOLE] = console
-    app.cleanup_ctx.append(database_ctx)
-    add_health_routes(
-        app,
-        lambda: console.pool is not None,
-        lambda: generate_latest(console.metrics.registry),
-    )
-    pages.add_routes(app)
-    return app
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -23,15 +23,15 @@ import asyncpg
 from cdrflow.amqp import BrokerLink, BrokerUnavailable, raw_message
 from cdrflow.logs import get_logger
 from cdrflow.settings import Settings
+from reconciler import tables
+from reconciler.books_client import Account, BooksClient, BooksUnavailable, Stopped
+from reconciler.compare import Difference, differences
+from reconciler.reconciler_metrics import ReconcileMetrics
 from schemas.envelope import BACKFILL, RawEnvelope, uuid7
 from schemas.providers import Provider, Reject
 from schemas.providers.books import Backfill, Books, ReconcileSettings, Window, windows
 from schemas.record import CallRecord
 from schemas.sources import Source
-from workers.reconcile import ledger
-from workers.reconcile.books_client import Account, BooksClient, BooksUnavailable, Stopped
-from workers.reconcile.compare import Difference, differences
-from workers.reconcile.metrics import ReconcileMetrics
 
 log = get_logger("cdrflow.reconcile")
 
@@ -54,8 +54,8 @@ class BackfillFailed(Exception):
 class WindowOutcome:
     source: str
     window: Window
-    status: str = ledger.RUNNING
-    counts: ledger.WindowCounts = field(default_factory=ledger.WindowCounts)
+    status: str = tables.RUNNING
+    counts: tables.WindowCounts = field(default_factory=tables.WindowCounts)
     error: str | None = None
     would_backfill: list[str] = field(default_factory=list)  # a dry run's
 
@@ -127,7 +127,7 @@ class SourcePass:
         due: list[Window] = []
         if since is None and until is None:
             async with self.pool.acquire() as connection:
-                due = await ledger.windows_still_due(
+                due = await tables.windows_still_due(
                     connection, self.source.name, now - self.reconcile.lookback
                 )
         oldest = now - self.books.horizon + HORIZON_MARGIN
@@ -138,18 +138,18 @@ class SourcePass:
                 outcomes.append(await self._beyond_horizon(beyond))
             if within is not None:
                 outcomes.append(await self._window(within))
-        if not self.dry_run and all(o.status != ledger.FAILED for o in outcomes):
+        if not self.dry_run and all(o.status != tables.FAILED for o in outcomes):
             self.metrics.succeeded(self.source.name)
         return outcomes
 
     async def _beyond_horizon(self, window: Window) -> WindowOutcome:
-        outcome = WindowOutcome(self.source.name, window, ledger.BEYOND_HORIZON)
+        outcome = WindowOutcome(self.source.name, window, tables.BEYOND_HORIZON)
         outcome.error = f"older than the provider keeps ({self.books.horizon.days} days)"
         async with self.pool.acquire() as connection:
-            run_id = await ledger.start_run(
+            run_id = await tables.start_run(
                 connection, self.source.name, window, dry_run=self.dry_run
             )
-            await ledger.finish_run(
+            await tables.finish_run(
                 connection, run_id, outcome.status, outcome.counts, outcome.error
             )
         log.warning("reconcile_beyond_horizon", source=self.source.name, window=window.label())
@@ -158,20 +158,20 @@ class SourcePass:
     async def _window(self, window: Window) -> WindowOutcome:
         outcome = WindowOutcome(self.source.name, window)
         async with self.pool.acquire() as connection:
-            run_id = await ledger.start_run(
+            run_id = await tables.start_run(
                 connection, self.source.name, window, dry_run=self.dry_run
             )
         stopped = False
         try:
             await self._list(window, outcome)
-            outcome.status = ledger.OK
+            outcome.status = tables.OK
         except (BooksUnavailable, BackfillFailed) as exc:
-            outcome.status, outcome.error = ledger.FAILED, str(exc)
+            outcome.status, outcome.error = tables.FAILED, str(exc)
         except Stopped:
-            outcome.status, outcome.error = ledger.FAILED, "stopped before the window was listed"
+            outcome.status, outcome.error = tables.FAILED, "stopped before the window was listed"
             stopped = True
         async with self.pool.acquire() as connection:
-            await ledger.finish_run(
+            await tables.finish_run(
                 connection, run_id, outcome.status, outcome.counts, outcome.error
             )
         log.info(
@@ -232,12 +232,12 @@ class SourcePass:
         counts = outcome.counts
         counts.provider_records += len(listed)
         async with self.pool.acquire() as connection:
-            stored = await ledger.stored_records(connection, self.source.name, listed)
+            stored = await tables.stored_records(connection, self.source.name, listed)
             found = self._compare(stored, listed)
             counts.stored += len(stored)
             counts.discrepancies += len(found)
             if not self.dry_run:
-                fresh = await ledger.keep_discrepancies(connection, self.source.name, stored, found)
+                fresh = await tables.keep_discrepancies(connection, self.source.name, stored, found)
                 for field_name in fresh:
                     self.metrics.discrepancies.labels(self.source.name, field_name).inc()
         missing = [listed[external_id] for external_id in listed if external_id not in stored]
@@ -311,10 +311,10 @@ class SourcePass:
 
 
 async def lock_source(
-    connection: ledger.Connection, source: str, stopping: asyncio.Event, *, wait: bool
+    connection: tables.Connection, source: str, stopping: asyncio.Event, *, wait: bool
 ) -> bool:
     """Take the source's pass lock; with `wait`, wait for another process's pass to end."""
-    while not await ledger.try_lock_source(connection, source):
+    while not await tables.try_lock_source(connection, source):
         if not wait or stopping.is_set():
             return False
         log.info("reconcile_source_busy", source=source)

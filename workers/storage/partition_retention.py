@@ -1,5 +1,5 @@
 """Partitions made ahead, and old ones dropped whole: what `cdrflow retention` and
-`cdrflow migrate` do to the tables of `workers.partitions`.
+`cdrflow migrate` do to the tables of `workers.storage.partitions`.
 
 Every step takes its locks with a short `lock_timeout`: a partition is attached or detached
 under a brief lock of the parent, and a step that would wait behind a long query gives up
@@ -24,7 +24,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from cdrflow.logs import get_logger
 from cdrflow.settings import Settings
-from workers.partitions import (
+from workers.storage.partitions import (
     NOT_PARTITIONED_YET,
     PARTITIONED,
     PartitionedTable,

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from prometheus_client import Counter, Gauge, generate_latest
 
 from cdrflow.health import process_registry
-from workers.reconcile.compare import BILLING_FIELDS
+from reconciler.compare import BILLING_FIELDS
 
 
 class ReconcileMetrics:

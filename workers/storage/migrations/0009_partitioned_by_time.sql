@@ -8,7 +8,7 @@
 --
 -- No row moves. Before this step's transaction, `cdrflow migrate` proves with a CHECK
 -- constraint, validated while reads and writes go on, that every ingest id is below a
--- bound a day or more ahead. In this step (workers/retention.py, partition_in_place) each
+-- bound a day or more ahead. In this step (workers/storage/partition_retention.py, partition_in_place) each
 -- table is renamed <table>_legacy and attached whole, without a scan, as the partition of
 -- every key below that bound; a DEFAULT partition and the partitions ahead are added. The
 -- locks are held for catalog changes only, whatever the tables' size.

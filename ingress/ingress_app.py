@@ -31,7 +31,7 @@ from ingress.coding import BadCoding, codings_of, decode, decodes, undo_transfer
 from ingress.drainer import start_drainer
 from ingress.edge import FIRST_BYTES_LOGGED, body_error_reason, scrub_token
 from ingress.inflight import Hold, InflightBytes, Overloaded
-from ingress.metrics import NO_SOURCE, NOT_FOUND, IngressMetrics
+from ingress.ingress_metrics import NO_SOURCE, NOT_FOUND, IngressMetrics
 from ingress.not_found import NotFoundLog
 from ingress.publisher import CoalescingPublisher, NotDurable
 from ingress.routing import add_callback_route

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import Counter, Gauge, Histogram, generate_latest
 
@@ -16,7 +16,20 @@ from schemas.providers.answers import Outcome
 
 if TYPE_CHECKING:
     from cdrflow.amqp import BrokerLink
-    from ingress.spool import Spool
+
+
+class SpoolGauges(Protocol):
+    """What the spool gauges read from `ingress.spool.Spool` (which imports this module)."""
+
+    @property
+    def records(self) -> int: ...
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def oldest_ms(self) -> int | None: ...
+    @property
+    def max_bytes(self) -> int: ...
+
 
 NO_SOURCE = "-"  # the source label of a request whose path names no source
 NOT_FOUND = "not_found"  # its outcome
@@ -140,7 +153,7 @@ class IngressMetrics:
         for reason in PUBLISH_FAILURES:
             self.publish_failures.labels(reason)
 
-    def watch_spool(self, spool: Spool) -> None:
+    def watch_spool(self, spool: SpoolGauges) -> None:
         self.spool_records.set_function(lambda: spool.records)
         self.spool_bytes.set_function(lambda: spool.bytes)
         self.spool_oldest_age.set_function(

@@ -1,5 +1,6 @@
 """The tables partitioned by time, and their calendar: which partition holds a moment,
-what its bounds are, what it is called. Pure: no I/O (`workers.retention` acts on it).
+what its bounds are, what it is called. Pure: no I/O (`workers.storage.partition_retention`
+acts on it).
 
 Each table is range-partitioned on one column that tells when its row arrived:
 
@@ -51,7 +52,7 @@ class PartitionedTable:
     @property
     def legacy_partition(self) -> str:
         """The table as it was before partitioning, attached whole as its first
-        partition (`workers.retention.partition_in_place`)."""
+        partition (`workers.storage.partition_retention.partition_in_place`)."""
         return f"{self.name}_legacy"
 
     def partition_name(self, start: datetime) -> str:

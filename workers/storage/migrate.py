@@ -1,5 +1,5 @@
 """`cdrflow migrate`: create the database if it is missing, then apply the versioned SQL
-steps in `workers/migrations/` that it has not seen, each in its own transaction, under an
+steps in `workers/storage/migrations/` that it has not seen, each in its own transaction, under an
 advisory lock so that concurrent runs are safe. Running it again changes nothing.
 
 A step that SQL alone cannot do has its Python part in `AFTER_STEP`, run in the step's
@@ -20,8 +20,8 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 
 from cdrflow.logs import get_logger
-from workers.rehash import rehash_stored_contents
-from workers.retention import bound_in_place, ensure_all_ahead, partition_in_place
+from workers.storage.partition_retention import bound_in_place, ensure_all_ahead, partition_in_place
+from workers.storage.rehash import rehash_stored_contents
 
 log = get_logger("cdrflow.migrate")
 
@@ -47,7 +47,7 @@ class Migration:
 
 def available() -> list[Migration]:
     found = []
-    for entry in resources.files("workers.migrations").iterdir():
+    for entry in resources.files("workers.storage.migrations").iterdir():
         match = _STEP.fullmatch(entry.name)
         if match:
             found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))

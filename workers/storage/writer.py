@@ -5,7 +5,7 @@
 - A fault caused by the content (SQLSTATE class 22, 23 or 54) is isolated by bisection:
   the rows that the database refuses become `store_error` rejections; the rest is stored.
 
-The transaction itself is `workers.ledger.write_batch`."""
+The transaction itself is `workers.storage.transaction.write_batch`."""
 
 from __future__ import annotations
 
@@ -17,10 +17,9 @@ from tenacity import RetryCallState
 from cdrflow.backoff import is_loud, retry_fields, retrying
 from cdrflow.logs import get_logger
 from schemas.providers import Reason
-from workers.db import BatchDataError, DatabaseHold, is_data_error, is_transient
-from workers.ledger import BatchResult, write_batch
-from workers.normalize import Normalized, Rejection
-from workers.versions import Delivery
+from workers.batch import BatchResult, Delivery, Normalized, Rejection
+from workers.storage.database import BatchDataError, DatabaseHold, is_data_error, is_transient
+from workers.storage.transaction import write_batch
 
 log = get_logger("cdrflow.worker.store")
 

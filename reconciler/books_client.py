@@ -24,8 +24,8 @@ from tenacity import (
 
 from cdrflow.backoff import sleep_unless
 from cdrflow.logs import get_logger
+from reconciler.tables import reserve_turn
 from schemas.providers.books import Books, BooksPage, BooksRefused, BooksRequest
-from workers.reconcile.ledger import reserve_turn
 
 log = get_logger("cdrflow.reconcile")
 

@@ -19,66 +19,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 
-from schemas.envelope import PUSH, RawEnvelope
-from schemas.record import CallRecord
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One report of one request, normalized."""
-
-    envelope: RawEnvelope
-    item: int
-    record: CallRecord
-    content_hash: bytes
-
-    @property
-    def ingest_id(self) -> uuid.UUID:
-        return self.envelope.ingest_id
-
-    @property
-    def received_at(self) -> datetime:
-        return self.envelope.received_at
-
-    @property
-    def order(self) -> tuple[datetime, uuid.UUID, int]:
-        return (self.received_at, self.ingest_id, self.item)
-
-
-@dataclass(frozen=True, slots=True)
-class Content:
-    """One distinct content of one record within a batch."""
-
-    ordinal: int  # its place among the record's contents in this batch, by newest report
-    brought_by: Delivery  # the first request that carried it (its last item for the record)
-    deliveries: int
-    last_received_at: datetime  # its newest report
-
-    @property
-    def first_received_at(self) -> datetime:
-        return self.brought_by.received_at  # requests are taken oldest first
-
-    @property
-    def record(self) -> CallRecord:
-        return self.brought_by.record
-
-    @property
-    def content_hash(self) -> bytes:
-        return self.brought_by.content_hash
-
-
-@dataclass(frozen=True, slots=True)
-class RecordVersions:
-    """A record's contents in one batch, oldest newest-report first: the last is newest."""
-
-    record_id: uuid.UUID
-    contents: list[Content]
-
-    @property
-    def deliveries(self) -> int:
-        return sum(c.deliveries for c in self.contents)
+from schemas.envelope import PUSH
+from workers.batch import Content, Delivery, RecordVersions
 
 
 @dataclass(slots=True)

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from cdrflow.amqp import connect, declare
 from cdrflow.logs import get_logger
+from cdrflow.operations.tail import TopicPattern
 from cdrflow.settings import Settings
 from schemas.jsoncodec import loads_exact
 from schemas.record import (
@@ -44,8 +45,8 @@ from schemas.record import (
     routing_key,
 )
 from schemas.topology import RECORD_KEY_SHAPE
-from workers.outbox import OutboxEntry, record_message
-from workers.tail import TopicPattern
+from workers.batch import OutboxEntry
+from workers.outbox import record_message
 
 log = get_logger("cdrflow.republish")
 

@@ -13,8 +13,8 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from reconciler.compare import Difference
 from schemas.providers.books import Window
-from workers.reconcile.compare import Difference
 
 # The advisory-lock namespace of reconciliation passes ("CDRF"); the key is the source's.
 LOCK_CLASS = 0x43445246

@@ -3,8 +3,8 @@ SIGTERM, which stops it between two requests (a window it was listing stays due)
 
 Each source has its own loop. A source whose pass another process holds is passed over
 until the next interval: whatever the number of reconcilers, one pass per source at a time
-(`ledger.try_lock_source`), and one shared rate limit per provider account
-(`ledger.reserve_turn`). With no source to reconcile it says so once and idles, serving its
+(`tables.try_lock_source`), and one shared rate limit per provider account
+(`tables.reserve_turn`). With no source to reconcile it says so once and idles, serving its
 health endpoints, so that a deployment of it never crash-loops."""
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from cdrflow.backoff import sleep_unless
 from cdrflow.health import serve_health
 from cdrflow.logs import get_logger
 from cdrflow.settings import Settings
+from reconciler.books_client import Stopped
+from reconciler.reconciler_metrics import ReconcileMetrics
+from reconciler.runner import Reconciliation, reconciled
+from reconciler.tables import FAILED
 from schemas.providers import Provider
 from schemas.sources import Source
-from workers.reconcile.books_client import Stopped
-from workers.reconcile.ledger import FAILED
-from workers.reconcile.metrics import ReconcileMetrics
-from workers.reconcile.runner import Reconciliation, reconciled
 
 log = get_logger("cdrflow.reconciler")
 

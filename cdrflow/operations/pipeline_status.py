@@ -171,7 +171,7 @@ async def read_queues(settings: Settings, status: PipelineStatus) -> None:
 async def read_database(
     connection: asyncpg.Connection, status: PipelineStatus, sources: Iterable[str]
 ) -> None:
-    from workers.migrate import LATEST, schema_version
+    from workers.storage.migrate import LATEST, schema_version
 
     status.latest_schema = LATEST
     status.schema_version = await schema_version(connection)
@@ -189,7 +189,7 @@ async def read_database(
     }
     status.sources = await source_states(connection, sources)
     if status.schema_version >= PARTITIONED_SINCE:
-        from workers.retention import hours_ahead
+        from workers.storage.partition_retention import hours_ahead
 
         now = await connection.fetchval("SELECT now()")
         status.partitions_ahead_hours = await hours_ahead(connection, now)

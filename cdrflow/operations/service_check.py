@@ -37,7 +37,7 @@ async def check_broker(settings: Settings) -> ServiceAnswer:
 
 
 async def check_database(settings: Settings) -> ServiceAnswer:
-    from workers.migrate import LATEST, schema_version
+    from workers.storage.migrate import LATEST, schema_version
 
     try:
         async with asyncio.timeout(ANSWER_TIMEOUT):
