@@ -196,12 +196,11 @@ async def apply_retention(
     """For every partitioned table: create the partitions ahead, drop those past its
     retention. Then say which tables have a retention but no partitions to drop yet."""
     report = Report()
-    verb = "would" if dry_run else ""
     for table in PARTITIONED.values():
         if not await is_partitioned(connection, table):
             report.lines.append(f"{table.name}: not partitioned (run `cdrflow migrate`)")
             continue
-        await _retain(connection, settings, table, now, dry_run, report, verb)
+        await _retain(connection, settings, table, now, dry_run, report)
     for setting, data in NOT_PARTITIONED_YET.items():
         days = getattr(settings, setting)
         kept = f"{days} days" if days else "0: kept forever"
@@ -219,21 +218,20 @@ async def _retain(
     now: datetime,
     dry_run: bool,
     report: Report,
-    verb: str,
 ) -> None:
     try:
         created = await ensure_ahead(connection, table, now, dry_run=dry_run)
     except asyncpg.LockNotAvailableError:
         report.failed.append(table.name)
         report.lines.append(f"{table.name}: busy, partitions not created ahead (next run)")
-        created = []
-    for name in created:
-        report.created.append(name)
-        report.lines.append(f"{table.name}: {verb or 'created'} {'create ' if verb else ''}{name}")
-    ready = periods_ahead(table, now)[-1][1]
-    report.lines.append(
-        f"{table.name}: partitions up to {ready:%Y-%m-%d} {'would ' if verb else ''}exist"
-    )
+    else:
+        for name in created:
+            report.created.append(name)
+            report.lines.append(f"{table.name}: {_did(dry_run, 'create', 'created')} {name}")
+        ready = periods_ahead(table, now)[-1][1]
+        report.lines.append(
+            f"{table.name}: partitions up to {ready:%Y-%m-%d} {_did(dry_run, 'exist', 'exist')}"
+        )
     days = int(getattr(settings, table.retention_setting))
     past = horizon(now, days)
     setting = f"CDRFLOW_{table.retention_setting.upper()}"
@@ -242,7 +240,7 @@ async def _retain(
         return
     old = expired(await partitions_of(connection, table), past)
     for partition in old:
-        line = f"{table.name}: {verb or 'dropped'} {'drop ' if verb else ''}{partition.name}"
+        line = f"{table.name}: {_did(dry_run, 'drop', 'dropped')} {partition.name}"
         line += f" (ends {partition.ends:%Y-%m-%d %H:%M:%S}Z, older than {days} days)"
         if not dry_run:
             try:
@@ -261,6 +259,10 @@ async def _retain(
             f"{table.name}: {stray} rows in {table.default_partition}, which no partition"
             " covers (kept; see docs/storage.md)"
         )
+
+
+def _did(dry_run: bool, doing: str, done: str) -> str:
+    return f"would {doing}" if dry_run else done
 
 
 # Partitioning a plain table in place (`cdrflow migrate`, version 9).
