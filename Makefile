@@ -1,4 +1,4 @@
-# cdrflow — make install | run | test | test-unit | lint | bench | profile
+# cdrflow — make install | run | test | test-unit | lint | schemas | bench | profile
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -64,25 +64,32 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The parts of schemas/call_record.schema.json, asyncapi.yaml and openapi.yaml that name the
+# providers (enums, routing keys, answers), written from the provider registry; the rest of
+# each file is hand-written and left as it is (docs/providers.md, "Adding a provider").
+.PHONY: schemas
+schemas: install
+	$(BIN)/python -m cdrflow.operations.schema_files
+
 # One table of the pipeline against the same-run limits of this machine (docs/benchmarks.md):
 # 8 to 13 minutes; BENCH_ARGS=--full adds a 1,000,000-message backlog (12 to 20). Then the
 # reconciler over a day of 100,000 provider records, and the console's pages over 1,000,000
 # records (a few minutes more).
 bench: install tools
-	$(BIN)/python -m tests.bench $(BENCH_ARGS)
-	$(BIN)/python -m tests.bench.reconcile
-	$(BIN)/python -m tests.bench.console_pages
+	$(BIN)/python -m tools.bench $(BENCH_ARGS)
+	$(BIN)/python -m tools.bench.reconcile
+	$(BIN)/python -m tools.bench.console_pages
 
 # `cdrflow reconcile` over a day of 100,000 records in a local NXCloud voice-record query
 # (docs/reconciliation.md): its own time, CPU and peak RSS against the provider's rate.
 .PHONY: bench-reconcile
 bench-reconcile: install
-	$(BIN)/python -m tests.bench.reconcile $(BENCH_ARGS)
+	$(BIN)/python -m tools.bench.reconcile $(BENCH_ARGS)
 
 # Where one process's CPU goes under the bench's load (py-spy, docs/benchmarks.md): a worker
 # draining a backlog, or PROFILE_ARGS=ingress; the collapsed stacks are left in profile.raw.
 profile: install tools
-	$(BIN)/python -m tests.bench.profile $(PROFILE_ARGS)
+	$(BIN)/python -m tools.bench.profile $(PROFILE_ARGS)
 
 # The pins with hashes, from pyproject.toml at the versions of constraints.txt:
 # requirements/runtime.txt (the image installs it with --require-hashes) and
@@ -109,13 +116,13 @@ deploy-check: install tools
 # (5433), wrk load, six faults one at a time, a table; exit 1 if a success is lost.
 .PHONY: chaos
 chaos: install tools
-	$(BIN)/python -m tests.chaos.run $(CHAOS_ARGS)
+	$(BIN)/python -m tools.chaos.run $(CHAOS_ARGS)
 
 # A three-node RabbitMQ cluster of its own (deploy/cluster/rabbitmq-cluster.sh) loses the node
 # leading cdr.raw under wrk load: nothing answered 200 may be lost (docs/testing.md).
 .PHONY: cluster-failover
 cluster-failover: install tools
-	$(BIN)/python -m tests.cluster.failover $(FAILOVER_ARGS)
+	$(BIN)/python -m tools.cluster.failover $(FAILOVER_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

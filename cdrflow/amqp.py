@@ -217,9 +217,8 @@ class BrokerLink:
 
     def _renew_if_nacked(self, outcomes: Iterable[BaseException | None]) -> None:
         """RabbitMQ 3.10 can nack every later publish of a channel whose publish to a
-        quorum queue came while the queue had no leader: seen once in `make
-        cluster-failover`, where the ingress's new channel was nacked for 2.5 minutes
-        (72,042 callbacks spooled) while the workers' connections used the new leader. A
+        quorum queue came while the queue had no leader, for minutes, while other
+        connections already use the new leader (`make cluster-failover` can show it). A
         new connection asks the queue afresh. At most one renewal every
         NACK_RENEWAL_SECONDS, so a queue that really refuses does not make the link
         reconnect at the rate it publishes."""

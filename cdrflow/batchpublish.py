@@ -1,16 +1,16 @@
 """Publishing many messages in one write on an aiormq channel, each confirmed by the broker.
 
 aio-pika publishes one message per call (a Message object, a task, a lock round and a write
-each), which made publishing one of a worker's largest costs per record (figures in the
-benchmarks docs). Here a batch takes the channel's lock once, takes one delivery tag per
-message as aiormq's `Channel.basic_publish` does, and writes every frame at once. Where
-aiormq keeps a future per tag (`channel.confirmations`), the batch keeps a small
-`_Confirmation` that records the outcome by tag, and one future for the whole batch, so
-aiormq's frame reader settles them (a `multiple` ack settles many; a nack fails its message;
-a basic.return fails a mandatory message, matched by message_id) without a future per
-message. It reaches into aiormq's channel state, so aiormq is pinned in constraints.txt and
-tests/integration/test_batchpublish.py checks confirms, returns, nacks and timeouts against a
-real broker."""
+each), which made publishing one of a worker's largest costs per record (docs/benchmarks.md,
+"Private library internals"). Here a batch takes the channel's lock once, takes one delivery
+tag per message as aiormq's `Channel.basic_publish` does, and writes every frame at once.
+Where aiormq keeps a future per tag, the batch keeps a small `_Confirmation` that records
+the outcome by tag, and one future for the whole batch, so aiormq's frame reader settles
+them (a `multiple` ack settles many; a nack fails its message; a basic.return fails a
+mandatory message, matched by message_id) without a future per message. What this needs of
+aiormq's channel state is in `cdrflow.aiormq_channel`, and nowhere else;
+tests/integration/test_batchpublish.py checks confirms, returns, nacks and timeouts against
+a real broker."""
 
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ import asyncio
 import functools
 import struct
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
 import aiormq
-from aiormq.abc import ChannelFrame
 from pamqp import encode
+
+from cdrflow.aiormq_channel import PublishingChannel
 
 MAX_SHORT_STRING = 255  # bytes: routing keys, message ids, header names
 
@@ -54,9 +55,8 @@ async def publish_batch(
 
     At most two windows of `WINDOW` messages await confirms at a time: aiormq walks every
     pending confirmation on each ack frame the broker sends, so its cost grows with the
-    square of what is in flight (16,000 records at once cost 43 µs each, 3,200 cost 14)."""
-    if not channel.publisher_confirms:
-        raise ValueError("publish_batch needs a channel with publisher confirms")
+    square of what is in flight (docs/benchmarks.md, "Smaller choices")."""
+    publishing = PublishingChannel(channel)
     if not messages:
         return []
     deadline = asyncio.get_running_loop().time() + timeout
@@ -69,7 +69,7 @@ async def publish_batch(
                 break
             window = messages[start : start + WINDOW]
             try:
-                sent.append(await _send(channel, exchange, window, mandatory=mandatory))
+                sent.append(await _send(publishing, exchange, window, mandatory=mandatory))
             except Exception as exc:
                 if not sent:
                     raise  # nothing was sent, as with a batch of one window
@@ -98,14 +98,14 @@ async def _settled_by(batch: _Batch, deadline: float) -> bool:
 
 
 async def _send(
-    channel: aiormq.Channel, exchange: str, messages: Sequence[Outgoing], *, mandatory: bool
+    channel: PublishingChannel, exchange: str, messages: Sequence[Outgoing], *, mandatory: bool
 ) -> _Batch:
-    async with channel.lock:
+    async with channel.lock():
         batch = _Batch(channel, messages, mandatory=mandatory)
         try:
             frames = b"".join(_frames(channel, exchange, m, mandatory=mandatory) for m in messages)
             batch.register()
-            await channel.write_queue.put(ChannelFrame(payload=frames, should_close=False))
+            await channel.write(frames)
         except BaseException:
             batch.withdraw()  # the broker has seen none of it
             raise
@@ -119,29 +119,25 @@ class _Batch:
     future, so aiormq rejects it when the channel closes, as it would each message's."""
 
     def __init__(
-        self, channel: aiormq.Channel, messages: Sequence[Outgoing], *, mandatory: bool
+        self, channel: PublishingChannel, messages: Sequence[Outgoing], *, mandatory: bool
     ) -> None:
         self.channel = channel
         self.messages = messages
         self.mandatory = mandatory
-        self.first_tag = channel.delivery_tag + 1
+        self.first_tag = channel.next_tag()
         self.outcomes: list[BaseException | None] = [_UNSETTLED] * len(messages)
         self.pending = len(messages)
         self.settled: asyncio.Future[None] = channel.create_future()
 
     def register(self) -> None:
-        """Take the next delivery tags, each with a `_Confirmation` where aiormq keeps a
-        publish's future (`channel.confirmations`): its frame reader settles them."""
-        channel = self.channel
+        """Take the next delivery tags, each with a `_Confirmation` that aiormq's frame
+        reader settles."""
         for index, message in enumerate(self.messages):
             if not message.message_id:
                 raise ValueError("a message published in a batch needs a message_id")
-            channel.delivery_tag += 1
-            # Duck-typed: aiormq's reader uses only the part of a future it has.
-            confirmation = cast("asyncio.Future[object]", _Confirmation(self, index))
-            channel.confirmations[channel.delivery_tag] = confirmation
-            if self.mandatory:  # aiormq matches a basic.return to its publish by message_id
-                channel.message_id_delivery_tag[message.message_id] = channel.delivery_tag
+            # aiormq matches a basic.return to its publish by message_id
+            returned_as = message.message_id if self.mandatory else None
+            self.channel.expect_confirm(_Confirmation(self, index), returned_as)
 
     def settle(self, index: int, outcome: BaseException | None) -> None:
         if self.outcomes[index] is not _UNSETTLED:
@@ -165,23 +161,18 @@ class _Batch:
 
     def withdraw(self) -> None:
         """Give the delivery tags back, as aiormq does when a publish is not sent."""
-        channel = self.channel
-        for tag in range(self.first_tag, channel.delivery_tag + 1):
-            channel.confirmations.pop(tag, None)
-        channel.delivery_tag = self.first_tag - 1
+        self.channel.withdraw(self.first_tag)
         self.close()
 
     def _forget_message_id(self, index: int) -> None:
-        message_id = self.messages[index].message_id
-        if self.channel.message_id_delivery_tag.get(message_id) == self.first_tag + index:
-            del self.channel.message_id_delivery_tag[message_id]
+        self.channel.forget_message_id(self.messages[index].message_id, self.first_tag + index)
 
 
 class _Confirmation:
-    """What aiormq's frame reader finds in `channel.confirmations` for one message, in
-    place of a future, and the part of a future it uses: an ack calls `set_result`, a nack
-    or a return (the channel raises on returns) `set_exception`, and a confirm that comes
-    after `done()` is ignored."""
+    """What aiormq's frame reader settles for one message, in place of a future
+    (`cdrflow.aiormq_channel.Settled`): an ack calls `set_result`, a nack or a return (the
+    channel raises on returns) `set_exception`, and a confirm that comes after `done()` is
+    ignored."""
 
     __slots__ = ("batch", "index")
 
@@ -215,10 +206,12 @@ def _unconfirmed(settled: asyncio.Future[None]) -> BaseException:
     return settled.exception() or aiormq.exceptions.ChannelInvalidStateError("channel closed")
 
 
-def _frames(channel: aiormq.Channel, exchange: str, message: Outgoing, *, mandatory: bool) -> bytes:
+def _frames(
+    channel: PublishingChannel, exchange: str, message: Outgoing, *, mandatory: bool
+) -> bytes:
     """The method, header and body frames of one publish, encoded here: pamqp's generic
-    encoder cost about 35 µs per message. tests/unit/test_batchpublish.py checks that the
-    bytes are pamqp's."""
+    encoder costs several times as much (docs/benchmarks.md, "Smaller choices").
+    tests/unit/test_batchpublish.py checks that the bytes are pamqp's."""
     number, body = channel.number, message.body
     publish = b"".join(
         (_PUBLISH_HEAD, _name(exchange), _name(message.routing_key), _MANDATORY[mandatory])

@@ -1,22 +1,35 @@
 """Settings from environment variables (`CDRFLOW_*`), with defaults that reach RabbitMQ and
 PostgreSQL on localhost.
 
-Every value is checked when the settings are made, like the sources file: its type, its
-range (`RULES`; a number without a rule must not be negative) and, for a few, the words it
-may be. An error is one line that names the variable: the process does not start."""
+Each setting is one field of `Settings`, read from `CDRFLOW_<FIELD IN UPPER CASE>`: its type,
+its range (`ge`, `gt`, `le`; no number may be negative) or the words it may be (`Literal`), and
+its default are declared together, and pydantic checks every value when the settings are made,
+like the sources file. An error is one line that names the variable: the process does not
+start."""
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import ipaddress
-import math
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
+import annotated_types
+from pydantic import AfterValidator, BeforeValidator, Field, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources.utils import parse_env_vars
+
+from cdrflow.logs import Redactor
 from schemas.providers import Registry, default_registry
 from schemas.source_settings import SourcesError
 from schemas.sources import IPNetwork, Sources
@@ -26,20 +39,74 @@ from schemas.topology import Topology, TopologyError
 PREFIX = "CDRFLOW_"
 # Variables of this prefix are the test suite's own (tests/support/env.py), not settings.
 NOT_SETTINGS_PREFIX = "CDRFLOW_TEST_"
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-LOG_FORMATS = ("auto", "json", "console")
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+LogFormat = Literal["auto", "json", "console"]
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
+LOG_FORMATS: tuple[str, ...] = get_args(LogFormat)
 
 
 class SettingsError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class Settings:
+def urls(*schemes: str, or_empty: bool = False) -> AfterValidator:
+    """Each comma-separated URL starts with one of `schemes` (the error never repeats the URL:
+    it may hold a password)."""
+    prefixes = tuple(f"{scheme}://" for scheme in schemes)
+
+    def check(value: str) -> str:
+        parts = [part.strip() for part in value.split(",")]
+        if (or_empty and not value) or all(part.startswith(prefixes) for part in parts):
+            return value
+        raise ValueError(f"must be a URL starting with {' or '.join(prefixes)}")
+
+    return AfterValidator(check)
+
+
+def _networks(value: Any) -> Any:
+    """CIDRs as the environment writes them (`10.0.0.0/8, 192.168.0.0/16`); a tuple of
+    networks, as code gives them, passes to the type check as it is."""
+    if not isinstance(value, str):
+        return value
+    parts = [part.strip() for part in value.split(",")]
+    return tuple(ipaddress.ip_network(part, strict=False) for part in parts if part)
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _unset_or_long(value: str) -> str:
+    if value and len(value) < 32:
+        raise ValueError("must be at least 32 characters")
+    return value
+
+
+Port = Annotated[int, Field(ge=0, le=65535)]  # 0: not served
+RetentionDays = Annotated[int, Field(ge=0, le=36500)]  # 0: kept forever
+
+
+class Settings(BaseSettings):
+    """Values given in code must have their field's type (`Settings(batch_size="5")` is an
+    error); `from_env` converts the environment's text. Frozen: `with_` makes a changed copy,
+    checked again."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX,
+        env_ignore_empty=True,  # CDRFLOW_X= is the default, as if unset
+        frozen=True,
+        extra="forbid",
+        strict=True,
+        allow_inf_nan=False,
+        validate_default=True,
+    )
+
     # One URL, or every node of a RabbitMQ cluster separated by commas: each connection
     # tries them in turn, so a lost node is passed over (cdrflow.amqp.connect).
-    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
-    database_url: str = "postgresql://postgres@127.0.0.1:5432/cdrflow"
+    amqp_url: Annotated[str, urls("amqp", "amqps")] = "amqp://guest:guest@127.0.0.1:5672/"
+    database_url: Annotated[str, urls("postgresql", "postgres")] = (
+        "postgresql://postgres@127.0.0.1:5432/cdrflow"
+    )
     sources: str = ""  # path of the sources TOML file
 
     # Topology names (SPEC defaults) and the raw queue's delivery limit.
@@ -47,69 +114,98 @@ class Settings:
     dead_exchange: str = "cdr.dead"
     dead_queue: str = "cdr.dead"
     records_exchange: str = "cdr.records"
-    delivery_limit: int = 20
+    delivery_limit: Annotated[int, Field(ge=1)] = 20
     # The records stream: "" names it after the records exchange (`cdr.records.stream`).
     records_stream: str = ""
-    stream_max_age: str = "7D"  # RabbitMQ x-max-age: Y, M, D, h, m or s
-    stream_max_bytes: int = 20_000_000_000
+    stream_max_age: str = "7D"  # RabbitMQ x-max-age: Y, M, D, h, m or s (Topology checks it)
+    stream_max_bytes: Annotated[int, Field(ge=0)] = 20_000_000_000
 
     # Ingress.
-    max_body_bytes: int = 1024 * 1024
-    header_timeout: float = 10.0  # a client must send its request headers within this
-    body_timeout: float = 10.0  # ... and then its body within this
-    confirm_timeout: float = 5.0  # broker confirm; past it the callback goes to the spool
-    coalesce_max_envelopes: int = 128
-    coalesce_max_bytes: int = 4 * 1024 * 1024
-    coalesce_linger_ms: float = 2.0
-    trusted_proxies: tuple[IPNetwork, ...] = ()
-    shutdown_timeout: float = 30.0
-    drain_seconds: float = 5.0  # after SIGTERM: /readyz 503, still serving, then stop listening
-    max_inflight_bytes: int = 64 * 1024 * 1024  # body bytes read or awaiting durability; 503 past
+    max_body_bytes: Annotated[int, Field(ge=1)] = 1024 * 1024
+    # A client must send its request headers within header_timeout, then its body within
+    # body_timeout; past confirm_timeout without a broker confirm the callback is spooled.
+    header_timeout: Annotated[float, Field(gt=0)] = 10.0
+    body_timeout: Annotated[float, Field(gt=0)] = 10.0
+    confirm_timeout: Annotated[float, Field(gt=0)] = 5.0
+    coalesce_max_envelopes: Annotated[int, Field(ge=1)] = 128
+    coalesce_max_bytes: Annotated[int, Field(ge=1)] = 4 * 1024 * 1024
+    coalesce_linger_ms: Annotated[float, Field(ge=0)] = 2.0
+    trusted_proxies: Annotated[tuple[IPNetwork, ...], NoDecode, BeforeValidator(_networks)] = ()
+    shutdown_timeout: Annotated[float, Field(ge=0)] = 30.0
+    # After SIGTERM: /readyz 503, still serving, then stop listening.
+    drain_seconds: Annotated[float, Field(ge=0)] = 5.0
+    # Body bytes read or awaiting durability; 503 past it.
+    max_inflight_bytes: Annotated[int, Field(ge=1)] = 64 * 1024 * 1024
     # Callbacks RabbitMQ cannot confirm are made durable here instead (one directory per
     # ingress process); 0 bytes: no spool, such callbacks get 503.
     spool_dir: str = "spool"
-    spool_max_bytes: int = 1024 * 1024 * 1024
+    spool_max_bytes: Annotated[int, Field(ge=0)] = 1024 * 1024 * 1024
 
     # Workers.
-    batch_size: int = 500
-    batch_max_bytes: int = 16 * 1024 * 1024  # a batch also closes at this many bytes of messages
-    batch_wait_ms: float = 50.0
-    prefetch: int = 0  # 0: same as batch_size
-    db_pool_size: int = 4
-    db_retry_max_seconds: float = 30.0
-    outbox_grace_seconds: float = 15.0
-    outbox_interval_seconds: float = 5.0
+    batch_size: Annotated[int, Field(ge=1)] = 500
+    batch_max_bytes: Annotated[int, Field(ge=1)] = 16 * 1024 * 1024  # a batch closes at it too
+    batch_wait_ms: Annotated[float, Field(ge=0)] = 50.0
+    prefetch: Annotated[int, Field(ge=0)] = 0  # 0: same as batch_size
+    db_pool_size: Annotated[int, Field(ge=1)] = 4
+    db_retry_max_seconds: Annotated[float, Field(gt=0)] = 30.0
+    outbox_grace_seconds: Annotated[float, Field(ge=0)] = 15.0
+    outbox_interval_seconds: Annotated[float, Field(gt=0)] = 5.0
     # Days the deliveries ledger keeps (which re-sent raw messages it still recognizes).
-    delivery_retention_days: int = 35
+    delivery_retention_days: Annotated[int, Field(ge=1)] = 35
 
     # Retention (`cdrflow retention`, on a schedule): days kept, whole partitions dropped
     # past them; 0 keeps forever. Records, and the original bytes with the revision history,
     # are not partitioned yet: their settings are checked and reported, nothing is dropped.
-    retention_records_days: int = 0
-    retention_originals_days: int = 0
-    retention_rejected_days: int = 0
-    worker_port: int = 0  # /healthz, /readyz, /metrics of a worker; 0: not served
+    retention_records_days: RetentionDays = 0
+    retention_originals_days: RetentionDays = 0
+    retention_rejected_days: RetentionDays = 0
+    worker_port: Port = 0  # /healthz, /readyz, /metrics of a worker
 
     # Reconciler (`cdrflow reconciler`).
-    reconciler_port: int = 0  # its /healthz, /readyz, /metrics; 0: not served
+    reconciler_port: Port = 0  # its /healthz, /readyz, /metrics
 
-    log_level: str = "info"
-    log_format: str = "auto"  # auto: console on a terminal, JSON otherwise
+    log_level: Annotated[LogLevel, BeforeValidator(_lower)] = "info"
+    log_format: LogFormat = "auto"  # auto: console on a terminal, JSON otherwise
 
     # Console (`cdrflow console`): its users file (`cdrflow console-user`), the key that signs
     # its session cookies ("": a new one each start, which logs everyone out; set it when
     # several replicas serve one address), how long a login lasts, and the read-only
     # database role it browses with ("": database_url; the actions always use database_url).
     console_users: str = "console-users"
-    console_secret: str = ""
-    console_session_minutes: int = 480
-    console_database_url: str = ""
+    console_secret: Annotated[str, AfterValidator(_unset_or_long), Field(repr=False)] = ""
+    console_session_minutes: Annotated[int, Field(ge=1)] = 480
+    console_database_url: Annotated[str, urls("postgresql", "postgres", or_empty=True)] = ""
 
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            problem = _problem(f, getattr(self, f.name))
-            if problem:
-                raise SettingsError(f"{PREFIX}{f.name.upper()}: {problem}")
+    if not TYPE_CHECKING:
+        # At run time only, so that type checkers still see each field in the signature.
+        def __init__(self, **values: Any) -> None:
+            try:
+                super().__init__(**values)
+            except ValidationError as exc:
+                raise SettingsError(_one_line(exc)) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # `Settings(...)` is the values given and the defaults, whatever the shell exports
+        # (`make` exports CDRFLOW_SOURCES to the tests): only `from_env` reads variables.
+        return (init_settings,)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings of `environ` (os.environ unless given); a number's text is read as
+        the field's type first, the rest is checked as for values given in code."""
+        found = _Variables(cls, os.environ if environ is None else environ)()
+        return cls(**{name: _from_text(name, value) for name, value in found.items()})
+
+    def with_(self, **changes: Any) -> Settings:
+        return type(self)(**{**dict(self), **changes})
 
     @property
     def effective_prefetch(self) -> int:
@@ -133,26 +229,21 @@ class Settings:
             stream_max_bytes=self.stream_max_bytes,
         )
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = environ.get(PREFIX + f.name.upper())
-            if raw is not None and raw != "":
-                values[f.name] = _convert(f, raw)
-        values.update(overrides)
-        return cls(**values)
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # A URL's password never reaches a repr (console_secret is left out of it whole).
+        for name, value in super().__repr_args__():
+            yield name, _SCRUB.scrub(value) if isinstance(value, str) else value
 
-    def with_(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **changes)
+    @classmethod
+    def variable(cls, field: str) -> str:
+        return PREFIX + field.upper()
 
     @classmethod
     def unknown_variables(cls, environ: Mapping[str, str] | None = None) -> list[str]:
         """One line for each `CDRFLOW_*` variable that is not a setting (a typo is ignored
         otherwise), with the setting it most likely meant."""
         environ = os.environ if environ is None else environ
-        known = [PREFIX + f.name.upper() for f in dataclasses.fields(cls)]
+        known = [cls.variable(name) for name in cls.model_fields]
         lines = []
         for name in sorted(environ):
             if not name.startswith(PREFIX) or name in known:
@@ -165,115 +256,82 @@ class Settings:
         return lines
 
 
-Check = Callable[[Any], str | None]
+_SCRUB = Redactor()
 
 
-def at_least(bound: float) -> Check:
-    return lambda value: None if value >= bound else f"must be at least {bound}"
+class _Variables(EnvSettingsSource):
+    """pydantic-settings' reading of the `CDRFLOW_*` variables, from a mapping given (a
+    test's) as well as from os.environ; its `.env` file reader is built the same way."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # Names as the settings are written, in capitals: pydantic-settings would read
+        # `cdrflow_batch_size` too, which `unknown_variables` calls not a setting.
+        named = {k: v for k, v in self.environ.items() if k.startswith(PREFIX) and k.isupper()}
+        return parse_env_vars(named, self.case_sensitive, self.env_ignore_empty)
 
 
-def above(bound: float) -> Check:
-    return lambda value: None if value > bound else f"must be more than {bound}"
+_NUMBERS: dict[Any, TypeAdapter[Any]] = {int: TypeAdapter(int), float: TypeAdapter(float)}
 
 
-def between(low: int, high: int) -> Check:
-    return lambda value: None if low <= value <= high else f"must be {low} to {high}"
-
-
-def one_of(*words: str, ignore_case: bool = False) -> Check:
-    def check(value: str) -> str | None:
-        word = value.lower() if ignore_case else value
-        return None if word in words else f"must be one of {', '.join(words)}"
-
-    return check
-
-
-def url(*schemes: str) -> Check:
-    """Each comma-separated URL starts with one of `schemes` (the URL itself is never
-    repeated in the error: it may hold a password)."""
-
-    def check(value: str) -> str | None:
-        parts = [part.strip() for part in value.split(",")]
-        if all(part.startswith(tuple(f"{s}://" for s in schemes)) for part in parts):
-            return None
-        return f"must be a URL starting with {' or '.join(f'{s}://' for s in schemes)}"
-
-    return check
-
-
-# The range of each setting that has one more precise than "not negative".
-RULES: dict[str, Check] = {
-    "amqp_url": url("amqp", "amqps"),
-    "database_url": url("postgresql", "postgres"),
-    "delivery_limit": at_least(1),
-    "max_body_bytes": at_least(1),
-    "header_timeout": above(0),
-    "body_timeout": above(0),
-    "confirm_timeout": above(0),
-    "coalesce_max_envelopes": at_least(1),
-    "coalesce_max_bytes": at_least(1),
-    "max_inflight_bytes": at_least(1),
-    "batch_size": at_least(1),
-    "batch_max_bytes": at_least(1),
-    "db_pool_size": at_least(1),
-    "db_retry_max_seconds": above(0),
-    "outbox_interval_seconds": above(0),
-    "delivery_retention_days": at_least(1),
-    "retention_records_days": between(0, 36500),
-    "retention_originals_days": between(0, 36500),
-    "retention_rejected_days": between(0, 36500),
-    "worker_port": between(0, 65535),
-    "reconciler_port": between(0, 65535),
-    "log_level": one_of(*LOG_LEVELS, ignore_case=True),
-    "console_secret": lambda value: (
-        None if not value or len(value) >= 32 else "must be at least 32 characters"
-    ),
-    "console_session_minutes": at_least(1),
-    "console_database_url": lambda value: value and url("postgresql", "postgres")(value),
-    "log_format": one_of(*LOG_FORMATS),
-}
-_NOT_NEGATIVE = at_least(0)
-_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "str": (str,)}
-
-
-def _problem(f: dataclasses.Field[Any], value: Any) -> str | None:
-    kind = str(f.type)
-    expected = _TYPES.get(kind)
-    if expected is not None:
-        if isinstance(value, bool) or not isinstance(value, expected):
-            return f"must be {_KIND_WORDS[kind]} (got {value!r})"
-        if isinstance(value, float) and not math.isfinite(value):
-            return f"must be a finite number (got {value})"
-    rule = RULES.get(f.name) or (_NOT_NEGATIVE if kind in ("int", "float") else None)
-    problem = rule(value) if rule else None
-    if problem and not f.name.endswith(("_url", "_secret")):
-        problem += f" (got {value!r})" if isinstance(value, str) else f" (got {value})"
-    return problem
-
-
-_KIND_WORDS = {"int": "a whole number", "float": "a number", "str": "text"}
-
-
-def _convert(f: dataclasses.Field[Any], raw: str) -> Any:
-    kind = str(f.type)
-    name = PREFIX + f.name.upper()
+def _from_text(name: str, text: Any) -> Any:
+    """An int or float field's value from the environment's text (other fields take text)."""
+    kind = Settings.model_fields[name].annotation
+    if kind not in _NUMBERS or not isinstance(text, str):
+        return text
     try:
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-    except ValueError:
-        raise SettingsError(f"{name}: must be {_KIND_WORDS[kind]} (got {raw!r})") from None
-    if "IPNetwork" in kind:
-        try:
-            return tuple(
-                ipaddress.ip_network(part.strip(), strict=False)
-                for part in raw.split(",")
-                if part.strip()
-            )
-        except ValueError as exc:
-            raise SettingsError(f"{name}: {exc}") from None
-    return raw
+        return _NUMBERS[kind].validate_strings(text)
+    except ValidationError:
+        problem = f"must be {_KIND_WORDS[kind]} (got {text!r})"
+        raise SettingsError(f"{Settings.variable(name)}: {problem}") from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    """The first problem, as `CDRFLOW_X: what is wrong (got the value)`."""
+    error = exc.errors(include_url=False)[0]
+    name = str(error["loc"][0]) if error["loc"] else ""
+    field = Settings.model_fields.get(name)
+    if field is None:
+        return f"{Settings.variable(name)}: not a setting" if name else error["msg"]
+    return f"{Settings.variable(name)}: {_problem(name, field, error)}"
+
+
+_KIND_WORDS: dict[Any, str] = {int: "a whole number", float: "a number", str: "text"}
+_TYPE_ERRORS = {"int_type", "int_parsing", "int_from_float", "float_type", "float_parsing"}
+_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+
+
+def _problem(name: str, field: FieldInfo, error: ErrorDetails) -> str:
+    kind, given = error["type"], error["input"]
+    if kind == "value_error":  # our own check's words, which never repeat a secret
+        return str(error.get("ctx", {}).get("error", error["msg"]))
+    if kind in _TYPE_ERRORS or kind == "string_type":
+        problem = f"must be {_KIND_WORDS.get(field.annotation, 'text')}"
+    elif kind == "finite_number":
+        problem = "must be a finite number"
+    elif kind in _RANGE_ERRORS:
+        problem = _range(field)
+    elif kind == "literal_error":
+        problem = f"must be one of {', '.join(get_args(field.annotation))}"
+    else:
+        problem = error["msg"]
+    if name.endswith(("_url", "_secret")):  # the value may hold a password
+        return problem
+    return f"{problem} (got {given!r})" if isinstance(given, str) else f"{problem} (got {given})"
+
+
+def _range(field: FieldInfo) -> str:
+    low = next((rule.ge for rule in field.metadata if isinstance(rule, annotated_types.Ge)), None)
+    high = next((rule.le for rule in field.metadata if isinstance(rule, annotated_types.Le)), None)
+    above = next((rule.gt for rule in field.metadata if isinstance(rule, annotated_types.Gt)), None)
+    if low is not None and high is not None:
+        return f"must be {low} to {high}"
+    if low is not None:
+        return f"must be at least {low}"
+    return f"must be more than {above}"
 
 
 def load_sources(

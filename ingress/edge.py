@@ -15,21 +15,25 @@
    and logged on one line with the client address and the first bytes of the request,
    token scrubbed, instead of aiohttp's ERROR with a traceback.
 
-`EdgeRunner` is `web.AppRunner` whose server builds `EdgeRequestHandler`s."""
+`edge_runner` is `web.AppRunner` whose server builds `EdgeRequestHandler`s. What this needs
+of aiohttp's private internals is in `ingress.aiohttp_server`, and nowhere else."""
 
 from __future__ import annotations
 
 import enum
+import functools
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import hdrs, http_exceptions, web
 from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
-from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+from aiohttp.web_protocol import RequestPayloadError
 from aiohttp.web_request import BaseRequest
 
 from cdrflow.logs import CALLBACK_PATH, REDACTOR, get_logger
+from ingress.aiohttp_server import Parsed, ParsingHandler, ProtocolRunner
 from ingress.ingress_metrics import IngressMetrics
 from ingress.requestline import repair_request_line
 
@@ -54,7 +58,7 @@ class _Framing(enum.Enum):
     PASS_THROUGH = enum.auto()
 
 
-class EdgeRequestHandler(RequestHandler):
+class EdgeRequestHandler(ParsingHandler):
     def __init__(self, manager: web.Server, *, metrics: IngressMetrics, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._edge_metrics = metrics
@@ -116,14 +120,10 @@ class EdgeRequestHandler(RequestHandler):
     def _feed_one(self, data: bytes, length: int) -> bool:
         """Feed bytes that end one request by our framing, or stop inside its body; whether
         the parser saw exactly that: one new request, of that length, with a plain body."""
-        requests_before = self._request_count
-        super().data_received(data)
-        if self._request_count != requests_before + 1:
-            self._took(self._request_count - requests_before)
-            return False
-        message, payload = self._messages[-1]
+        parsed = self.parse(data)
+        message, payload = parsed[0] if len(parsed) == 1 else (None, None)
         if not isinstance(message, RawRequestMessage):
-            self._took(1)
+            self._took(parsed)
             return False
         self._open_payload = payload
         return (
@@ -153,16 +153,11 @@ class EdgeRequestHandler(RequestHandler):
         return rest
 
     def _feed(self, data: bytes) -> None:
-        requests_before = self._request_count
-        super().data_received(data)
-        self._took(self._request_count - requests_before)
+        self._took(self.parse(data))
 
-    def _took(self, parsed: int) -> None:
-        """Note the last `parsed` messages the parser gave: the body a bad chunk must fail."""
-        if not parsed:
-            return
-        new = [self._messages[-1]] if parsed == 1 else list(self._messages)[-parsed:]
-        for message, payload in new:
+    def _took(self, parsed: Sequence[Parsed]) -> None:
+        """Note the messages the parser gave: the body a bad chunk must fail."""
+        for message, payload in parsed:
             if isinstance(message, RawRequestMessage):
                 self._open_payload = payload
             elif self._open_payload is not None and not self._open_payload.is_eof():
@@ -227,26 +222,6 @@ def scrub_token(text: str | bytes) -> str:
     return REDACTOR.scrub(CALLBACK_PATH.sub(r"\1[redacted]", text))
 
 
-class EdgeServer(web.Server):
-    metrics: IngressMetrics
-
-    def __call__(self) -> RequestHandler:
-        return EdgeRequestHandler(self, metrics=self.metrics, loop=self._loop, **self._kwargs)
-
-
-class EdgeRunner(web.AppRunner):
-    """`web.AppRunner` serving through `EdgeRequestHandler`. aiohttp builds its `Server`
-    from the app's private handler and request factory; rather than copy that, the server
-    it built becomes an `EdgeServer`, which differs only in the protocol it creates
-    (pinned by tests/integration/test_edge.py)."""
-
-    def __init__(self, app: web.Application, metrics: IngressMetrics, **kwargs: Any) -> None:
-        super().__init__(app, **kwargs)
-        self._edge_metrics = metrics
-
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        server.__class__ = EdgeServer
-        assert isinstance(server, EdgeServer)
-        server.metrics = self._edge_metrics
-        return server
+def edge_runner(app: web.Application, metrics: IngressMetrics, **kwargs: Any) -> web.AppRunner:
+    """`web.AppRunner` serving every connection through an `EdgeRequestHandler`."""
+    return ProtocolRunner(app, functools.partial(EdgeRequestHandler, metrics=metrics), **kwargs)

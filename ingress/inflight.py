@@ -30,7 +30,7 @@ class InflightBytes:
 
 
 class Hold:
-    # A class rather than @contextmanager: a generator per request costs ~1.5 µs more.
+    # A class rather than @contextmanager: a generator per request costs more.
     __slots__ = ("_bound", "size")
 
     def __init__(self, bound: InflightBytes) -> None:

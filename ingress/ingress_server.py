@@ -17,7 +17,7 @@ from aiohttp import web
 from cdrflow.gc_tuning import tune_gc
 from cdrflow.logs import get_logger
 from cdrflow.settings import Settings
-from ingress.edge import EdgeRunner
+from ingress.edge import edge_runner
 from ingress.ingress_app import INGRESS, create_app
 from schemas.sources import Sources
 
@@ -46,9 +46,9 @@ def runner_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def make_runner(app: web.Application, settings: Settings) -> EdgeRunner:
+def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
     """The runner `serve` uses, with the ingress's own connection layer (ingress/edge.py)."""
-    return EdgeRunner(app, app[INGRESS].metrics, **runner_options(settings))
+    return edge_runner(app, app[INGRESS].metrics, **runner_options(settings))
 
 
 def serve(settings: Settings, sources: Sources, host: str, port: int) -> None:

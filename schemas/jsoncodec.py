@@ -91,7 +91,7 @@ _INT_LOW, _INT_HIGH = -(10**17), 10**18
 
 
 def _orjson_when_exact(text: str | bytes) -> Any:
-    """orjson's reading (~4 times faster than the standard library's with its hooks) when
+    """orjson's reading (several times faster than the standard library's with its hooks) when
     it is the one the standard library's gives, else `_INEXACT`. It is when orjson accepts
     the text and every number in it is an integer `_parse_int` keeps as int: orjson makes
     any other number a float (a fraction, an exponent, an integer beyond 64 bits). What

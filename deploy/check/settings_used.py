@@ -6,24 +6,18 @@ python deploy/check/settings_used.py deploy"""
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import sys
 from pathlib import Path
 
-from cdrflow.settings import PREFIX, Settings
+from cdrflow.settings import Settings
 
 MENTION = re.compile(r"\bCDRFLOW_[A-Z0-9_]*[A-Z0-9]\b")
 SKIPPED_PARTS = {".tools", "__pycache__"}
 
 
 def known_variables() -> set[str]:
-    model_fields = getattr(Settings, "model_fields", None)  # should it become pydantic-settings
-    if model_fields is not None:
-        names = list(model_fields)
-    else:
-        names = [field.name for field in dataclasses.fields(Settings)]
-    return {PREFIX + name.upper() for name in names}
+    return {Settings.variable(name) for name in Settings.model_fields}
 
 
 def mentions(root: Path) -> dict[str, set[str]]:

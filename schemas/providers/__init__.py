@@ -1,6 +1,7 @@
 """Provider adapters, one module per kind of push, and the registry that names them.
 
-Adding a provider is adding one module beside these and one line in `default_registry`.
+Adding a provider is adding one module beside these and one line in `PROVIDERS`, then
+`make schemas` to write the schema files' parts that name the providers.
 The contract every module meets (`Provider`) and what the ingress and the workers need
 of it (outcomes, answers, errors) are importable from here."""
 
@@ -21,6 +22,7 @@ from schemas.source_settings import ProviderConfig
 
 __all__ = [
     "HTTP_STATUS",
+    "PROVIDERS",
     "Answer",
     "Outcome",
     "Provider",
@@ -52,12 +54,14 @@ class Registry(Mapping[str, Provider]):
         return len(self._by_name)
 
 
+# One line per provider. The order is that of the enums in the schema files.
+PROVIDERS: tuple[Provider, ...] = (
+    nxcloud_voice_report.PROVIDER,
+    nxcloud_call_center_report.PROVIDER,
+    nxcloud_voice_dr.PROVIDER,
+    huawei_aicc_release.PROVIDER,
+)
+
+
 def default_registry() -> Registry:
-    return Registry(
-        [
-            nxcloud_voice_report.PROVIDER,
-            nxcloud_call_center_report.PROVIDER,
-            nxcloud_voice_dr.PROVIDER,
-            huawei_aicc_release.PROVIDER,
-        ]
-    )
+    return Registry(PROVIDERS)

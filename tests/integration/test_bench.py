@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bench.table import NOT_ALWAYS, ROWS
+from tools.bench.table import NOT_ALWAYS, ROWS
 
 
 @pytest.mark.timeout(600)
@@ -21,7 +21,7 @@ def test_the_bench_smoke_run_fills_every_row(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "tests.bench",
+            "tools.bench",
             "--smoke",
             "--shared",
             "--workers",

@@ -1,5 +1,5 @@
 """The revision history: `cdrflow history`, and the upgrade of a database stored before
-it existed (migration 3), on the real RabbitMQ and PostgreSQL (issue 8)."""
+it existed (migration 3), on the real RabbitMQ and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -157,7 +157,7 @@ async def test_an_upgraded_database_keeps_its_records_as_their_current_revision(
         await apply_up_to(url, 2)
         await _insert_as_version_2(url, delivery, payload_hash)
         assert await migrate(url) == [m.version for m in available() if m.version > 2]
-        again = dataclasses.replace(settings, database_url=url)
+        again = settings.with_(database_url=url)
         connection = await asyncpg.connect(url)
         try:
             history = await one(connection, "SELECT * FROM record_revisions")

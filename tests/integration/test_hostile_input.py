@@ -1,7 +1,7 @@
-"""Issue 8, the parsing side, against the real RabbitMQ and PostgreSQL: what one callback
-costs to store and to read back stays a small multiple of its bytes, a value out of a
-column's range is kept in `extra` rather than losing the record, and the same content in
-another spelling is a delivery, not a revision."""
+"""The parsing side of hostile input, against the real RabbitMQ and PostgreSQL: what one
+callback costs to store and to read back stays a small multiple of its bytes, a value out
+of a column's range is kept in `extra` rather than losing the record, and the same content
+in another spelling is a delivery, not a revision."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ def test_make_profile_samples_a_draining_worker(tmp_path: Path) -> None:
     raw.write_text("stale (cdrflow/old.py) 999\n")  # an earlier run's file is never summarized
     run = subprocess.run(
         [
-            *(sys.executable, "-m", "tests.bench.profile", "worker", "--shared"),
+            *(sys.executable, "-m", "tools.bench.profile", "worker", "--shared"),
             *("--callbacks", "2000", "--raw", str(raw), "--top", "50"),
         ],
         capture_output=True,

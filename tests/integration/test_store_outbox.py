@@ -1,10 +1,9 @@
 """The outbox publishes a committed record once: the relay never takes the rows of a batch
-whose own publisher is alive, however long the batch's transaction stayed open (issue 8)."""
+whose own publisher is alive, however long the batch's transaction stayed open."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections import Counter
 
 import asyncpg
@@ -27,7 +26,7 @@ from workers.storage.writer import Store
 async def test_a_batch_held_open_past_the_grace_period_is_published_once(
     settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
 ) -> None:
-    settings = dataclasses.replace(settings, outbox_grace_seconds=0.2, outbox_interval_seconds=0.02)
+    settings = settings.with_(outbox_grace_seconds=0.2, outbox_interval_seconds=0.02)
     held = sample("nx-voice")
     others = [sample("nx-voice") for _ in range(300)]
     async with record_tap(channel, settings) as tap, running_worker(settings, sources):

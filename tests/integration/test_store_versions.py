@@ -1,6 +1,6 @@
 """Several versions of one record, through a worker on the real RabbitMQ and PostgreSQL:
 inside one request, across the requests of one batch, and an earlier content pushed again
-after later ones (issue 8)."""
+after later ones."""
 
 from __future__ import annotations
 

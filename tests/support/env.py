@@ -54,7 +54,7 @@ def child_env(*overrides: Mapping[str, str]) -> dict[str, str]:
     When this run measures coverage (`make test`), the command is measured too: this is
     what coverage's `patch = subprocess` exports to every child, given here only to the
     commands. The fault tests' busy worker processes stay unmeasured: tracing them made
-    those tests 2.5 times slower, for lines their in-process twins cover anyway."""
+    those tests several times slower, for lines their in-process twins cover anyway."""
     env = dict(os.environ)
     for override in overrides:
         env.update(override)

@@ -188,7 +188,12 @@ def envelope(
 def record_validator() -> jsonschema.Draft202012Validator:
     """The published schema, closed: consumers must accept fields added within a
     schema_version, but what cdrflow publishes has only the fields the schema names."""
-    schema = json.loads((SCHEMA_DIR / "call_record.schema.json").read_text())
+    return strict_record_validator(SCHEMA_DIR)
+
+
+def strict_record_validator(schema_dir: Path) -> jsonschema.Draft202012Validator:
+    """The record schema in `schema_dir`, closed (as `record_validator`)."""
+    schema = json.loads((schema_dir / "call_record.schema.json").read_text())
     strict = {**schema, "additionalProperties": False}
     return jsonschema.Draft202012Validator(strict, format_checker=jsonschema.FormatChecker())
 

@@ -4,7 +4,6 @@ processes (for SIGKILL and SIGTERM)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import aiormq
 from aio_pika.abc import AbstractChannel
 
 from cdrflow.amqp import declare, raw_message
-from cdrflow.settings import PREFIX, Settings
+from cdrflow.settings import Settings
 from schemas.envelope import RawEnvelope
 from schemas.providers import Provider, default_registry
 from schemas.sources import Source
@@ -43,11 +42,10 @@ async def running_worker(
 
 def settings_env(settings: Settings) -> dict[str, str]:
     env = {}
-    for field in dataclasses.fields(settings):
-        value = getattr(settings, field.name)
+    for name, value in settings:
         if isinstance(value, tuple):
             value = ",".join(str(v) for v in value)
-        env[PREFIX + field.name.upper()] = str(value)
+        env[Settings.variable(name)] = str(value)
     return env
 
 

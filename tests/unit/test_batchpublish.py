@@ -8,13 +8,13 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import cast
 
-import aiormq
 import pytest
 from aiormq.abc import ChannelFrame
 from pamqp import commands as spec
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
+from cdrflow.aiormq_channel import PublishingChannel
 from cdrflow.batchpublish import Outgoing, _frames
 from workers.batch import OutboxEntry
 from workers.outbox import record_message
@@ -23,8 +23,8 @@ from workers.records_publisher import record_outgoing
 STAMP = datetime(2026, 5, 4, 3, 2, 1, tzinfo=UTC)
 
 
-def fake_channel(max_content_size: int = 131_064) -> aiormq.Channel:
-    return cast(aiormq.Channel, SimpleNamespace(number=7, max_content_size=max_content_size))
+def fake_channel(max_content_size: int = 131_064) -> PublishingChannel:
+    return cast(PublishingChannel, SimpleNamespace(number=7, max_content_size=max_content_size))
 
 
 def pamqp_bytes(entry: OutboxEntry, *, mandatory: bool, chunk: int) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.bench.table import median_round, spread
+from tools.bench.table import median_round, spread
 
 
 def test_the_row_shows_the_round_whose_ratio_is_the_median() -> None:

@@ -1,6 +1,6 @@
-"""Issue 8, the parsing side: hostile or careless input ends as the record it means, or as a
-rejection with a reason replay can act on. Each test drives `normalize_envelope`, the path
-every callback takes in a worker."""
+"""The parsing side of hostile input: hostile or careless input ends as the record it means,
+or as a rejection with a reason replay can act on. Each test drives `normalize_envelope`,
+the path every callback takes in a worker."""
 
 from __future__ import annotations
 

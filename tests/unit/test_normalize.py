@@ -151,6 +151,8 @@ def test_json_rejects_nan_and_overlong_numbers() -> None:
         (asyncpg.UniqueViolationError("x"), False),
         (asyncpg.CharacterNotInRepertoireError("x"), False),
         (OverflowError(), False),
+        # what asyncpg raises for an argument it cannot encode (not exported elsewhere)
+        (asyncpg.exceptions._base.DataError("invalid input for query argument $1"), False),
     ],
 )
 def test_only_the_databases_state_is_retried_its_refusals_are_isolated(

@@ -1,6 +1,6 @@
-"""`make profile`'s summary of py-spy's collapsed stacks (tests/bench/profile.py)."""
+"""`make profile`'s summary of py-spy's collapsed stacks (tools/bench/profile.py)."""
 
-from tests.bench.profile import render, summarize
+from tools.bench.profile import render, summarize
 
 # As py-spy writes them: every stack starts in runpy, outside our code.
 OUTER = "_run_module_as_main (<frozen runpy>);_run_code (<frozen runpy>);"

@@ -4,7 +4,10 @@ a value out of range or a word not allowed; an unknown CDRFLOW_* variable is nam
 from __future__ import annotations
 
 import io
+import re
+from pathlib import Path
 
+import pydantic_settings
 import pytest
 
 from cdrflow.progress import Progress
@@ -76,8 +79,8 @@ def test_values_given_in_code_are_checked_too() -> None:
 
 
 def test_allowed_words_and_limits_pass() -> None:
-    for level in (*LOG_LEVELS, "DEBUG"):
-        assert Settings.from_env({"CDRFLOW_LOG_LEVEL": level}).log_level == level
+    for level in (*LOG_LEVELS, "DEBUG"):  # any case, kept as the list writes it
+        assert Settings.from_env({"CDRFLOW_LOG_LEVEL": level}).log_level == level.lower()
     for fmt in LOG_FORMATS:
         assert Settings.from_env({"CDRFLOW_LOG_FORMAT": fmt}).log_format == fmt
     edge = Settings.from_env(
@@ -105,6 +108,66 @@ def test_unknown_variables_are_named_with_the_likely_setting() -> None:
         "CDRFLOW_BATCH_SZE: not a setting, ignored; did you mean CDRFLOW_BATCH_SIZE?",
         "CDRFLOW_COLOUR: not a setting, ignored",
     ]
+
+
+@pytest.mark.parametrize(
+    "name", [name for name, f in Settings.model_fields.items() if f.annotation in (int, float)]
+)
+def test_no_number_may_be_negative(name: str) -> None:
+    """A new numeric setting cannot leave out its range: a floor of 0 at least."""
+    with pytest.raises(SettingsError, match=f"^{Settings.variable(name)}: must be "):
+        Settings.from_env({Settings.variable(name): "-1"})
+
+
+def test_from_env_reads_the_mapping_it_is_given_not_os_environ(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """cdrflow.settings points pydantic-settings' environment reader at a mapping by
+    overriding EnvSettingsSource._load_env_vars, as its own .env reader does."""
+    monkeypatch.setenv("CDRFLOW_BATCH_SIZE", "7")
+    read = Settings.from_env({"CDRFLOW_BATCH_SIZE": "9"}).batch_size
+    assert read == 9, (
+        f"pydantic-settings {pydantic_settings.__version__} no longer reads the mapping "
+        "given: see _Variables in cdrflow/settings.py"
+    )
+
+
+def test_settings_in_code_ignore_the_environment_which_only_from_env_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CDRFLOW_BATCH_SIZE", "7")
+    monkeypatch.setenv("CDRFLOW_LOG_FORMAT", "")  # empty: the default
+    monkeypatch.setenv("cdrflow_prefetch", "3")  # not a setting's name: ignored
+    assert Settings().batch_size == 500
+    from_env = Settings.from_env()
+    assert (from_env.batch_size, from_env.log_format, from_env.prefetch) == (7, "auto", 0)
+    assert from_env.with_(batch_size=9).batch_size == 9
+
+
+def test_secrets_are_left_out_of_the_repr() -> None:
+    settings = Settings(
+        amqp_url="amqp://cdr:rabbit-pw@a/,amqp://cdr:rabbit-pw@b/",
+        database_url="postgresql://cdr:db-pw@db/cdr",
+        console_database_url="postgresql://viewer:view-pw@db/cdr",
+        console_secret="k" * 40,
+    )
+    shown = repr(settings)
+    for secret in ("rabbit-pw", "db-pw", "view-pw", "k" * 40):
+        assert secret not in shown
+    assert "amqp://cdr:[redacted]@b/" in shown
+    assert "console_secret" not in shown
+
+
+def test_every_setting_is_in_a_settings_table_of_the_docs() -> None:
+    rows = "\n".join(
+        line
+        for doc in (Path(__file__).parents[2] / "docs").glob("*.md")
+        for line in doc.read_text(encoding="utf-8").splitlines()
+        if line.startswith("|")
+    )
+    documented = set(re.findall(r"`(CDRFLOW_[A-Z0-9_]+)`", rows))
+    variables = [Settings.variable(name) for name in Settings.model_fields]
+    assert [name for name in variables if name not in documented] == []
 
 
 class Terminal(io.StringIO):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
-from asyncpg.exceptions import _base as asyncpg_base
 
 from schemas.record import RECORD_COLUMNS
 
@@ -61,10 +60,11 @@ _DATA_CLASSES = ("22", "23", "54")
 
 def is_data_error(exc: BaseException) -> bool:
     """The database or its driver refused what the batch holds. COPY raises a bare
-    OverflowError, TypeError or ValueError for a value its column cannot take."""
+    OverflowError, TypeError or ValueError for a value its column cannot take; the driver's
+    own refusal of an argument ("invalid input for query argument") is a ValueError too."""
     if isinstance(exc, asyncpg.PostgresError):
         return str(exc.sqlstate or "")[:2] in _DATA_CLASSES
-    return isinstance(exc, asyncpg_base.DataError | OverflowError | TypeError | ValueError)
+    return isinstance(exc, OverflowError | TypeError | ValueError)
 
 
 def is_transient(exc: BaseException) -> bool:

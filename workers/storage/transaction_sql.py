@@ -56,9 +56,9 @@ WHERE s.record_id = ANY($1::uuid[])
 def _content_object(alias: str) -> str:
     """A revision's content: the record's columns but `raw` (kept in a column of its own),
     as jsonb. Built from those columns alone: `to_jsonb(s) - ARRAY[...]` made the same
-    value from the whole staged row, raw callback included, then dropped keys, at 52.5
-    against 41.4 µs a row (same jsonb for every row of the bench mix). At most 40 pairs a
-    call: a function takes at most 100 arguments."""
+    value from the whole staged row, raw callback included, then dropped keys: a quarter
+    more time a row for the same jsonb. At most 40 pairs a call: a function takes at most
+    100 arguments."""
     pairs = [f"'{c}', {alias}.{c}" for c in RECORD_COLUMNS if c != "raw"]
     calls = [pairs[i : i + 40] for i in range(0, len(pairs), 40)]
     return " || ".join(f"jsonb_build_object({', '.join(call)})" for call in calls)

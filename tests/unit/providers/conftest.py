@@ -9,12 +9,13 @@ import json
 import random
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from schemas.envelope import RawEnvelope
-from schemas.providers import Provider, SimulatedCallback, default_registry
+from schemas.providers import HTTP_STATUS, Outcome, Provider, SimulatedCallback, default_registry
 from schemas.record import CallRecord
 from schemas.sources import Source
 from schemas.sources_file import parse_sources
@@ -166,3 +167,31 @@ def simulated_records(
         payload = parse_one(provider_name, envelope, source)
         out.append((payload, adapter.normalize(payload, source), callback.external_id))
     return out
+
+
+@dataclass(frozen=True)
+class IngressContract:
+    """What a provider's document asks of the ingress, stated in the provider's own test
+    module: methods, zone, signing, the fields that change on every push, and answers."""
+
+    methods: frozenset[str]
+    signing_modes: frozenset[str]
+    volatile_fields: frozenset[str]
+    # outcome -> (body, content type)
+    answers: Mapping[Outcome, tuple[bytes, str]]
+    default_timezone: str = "+08:00"
+
+
+def assert_ingress_contract(provider_name: str, contract: IngressContract) -> None:
+    adapter = provider(provider_name)
+    assert adapter.methods == contract.methods
+    assert adapter.default_timezone == contract.default_timezone
+    assert adapter.signing_modes == contract.signing_modes
+    assert adapter.volatile_fields == contract.volatile_fields
+    for outcome, (body, content_type) in contract.answers.items():
+        answer = adapter.answer(outcome)
+        assert (answer.status, answer.body, answer.content_type) == (
+            HTTP_STATUS[outcome],
+            body,
+            content_type,
+        ), outcome

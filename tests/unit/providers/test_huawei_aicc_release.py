@@ -36,7 +36,9 @@ from schemas.sources import Source
 from .conftest import (
     NOW,
     SECRET,
+    IngressContract,
     assert_every_field_lands,
+    assert_ingress_contract,
     make_envelope,
     make_source,
     parse_one,
@@ -686,3 +688,25 @@ def test_a_release_reason_outside_the_table_is_a_failure(reason: str) -> None:
 def test_a_13_digit_epoch_sent_as_a_json_number_is_read() -> None:
     record = normalize({**event(), "talkingTime": 1645524270418})
     assert record.answered_at == utc(2022, 2, 22, 10, 4, 30, 418000)
+
+
+def test_ingress_contract() -> None:
+    assert_ingress_contract(
+        "huawei.aicc_release",
+        IngressContract(
+            methods=frozenset({"POST"}),
+            signing_modes=frozenset({"sha256", "hmac-sha256"}),
+            volatile_fields=frozenset({"timestamp", "nonce", "signature"}),
+            answers={
+                Outcome.ACCEPTED: (b'{"retCode":"0","retMsg":"success"}', "application/json"),
+                Outcome.UNAUTHORIZED: (
+                    b'{"retCode":"401","retMsg":"unauthorized"}',
+                    "application/json",
+                ),
+                Outcome.UNAVAILABLE: (
+                    b'{"retCode":"503","retMsg":"unavailable"}',
+                    "application/json",
+                ),
+            },
+        ),
+    )

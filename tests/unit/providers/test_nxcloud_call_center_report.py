@@ -9,14 +9,16 @@ from typing import Any
 
 import pytest
 
-from schemas.providers import Reason, Reject
+from schemas.providers import Outcome, Reason, Reject
 from schemas.providers.nxcloud_call_center_report import DOCUMENTED_SAMPLE
 from schemas.record import CallRecord, CallType, Direction, HangupBy, Status, record_id_for
 from schemas.sources import Source
 
 from .conftest import (
     NOW,
+    IngressContract,
     assert_every_field_lands,
+    assert_ingress_contract,
     exact_json,
     make_envelope,
     make_source,
@@ -395,3 +397,19 @@ def test_simulate_round_trips(zone: str) -> None:
         assert record.call_type is not None
         statuses.add(record.status)
     assert {Status.ANSWERED, Status.NO_ANSWER} <= statuses
+
+
+def test_ingress_contract() -> None:
+    assert_ingress_contract(
+        "nxcloud.call_center_report",
+        IngressContract(
+            methods=frozenset({"POST"}),
+            signing_modes=frozenset(),
+            volatile_fields=frozenset(),
+            answers={
+                Outcome.ACCEPTED: (b"success", "text/plain"),
+                Outcome.UNAVAILABLE: (b"error", "text/plain"),
+                Outcome.TIMEOUT: (b"error", "text/plain"),
+            },
+        ),
+    )

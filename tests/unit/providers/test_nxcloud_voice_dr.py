@@ -10,14 +10,16 @@ from urllib.parse import urlencode
 
 import pytest
 
-from schemas.providers import Reason, Reject
+from schemas.providers import Outcome, Reason, Reject
 from schemas.providers.nxcloud_voice_dr import DOCUMENTED_URL
 from schemas.record import CallRecord, CallType, Direction, HangupBy, Status, record_id_for
 from schemas.sources import Source
 
 from .conftest import (
     NOW,
+    IngressContract,
     assert_every_field_lands,
+    assert_ingress_contract,
     make_envelope,
     make_source,
     parse_one,
@@ -492,3 +494,19 @@ def test_send_writes_the_documented_url_query_as_given_raw_spaces_and_all() -> N
     assert request.query == DOC_URL.partition("?")[2]
     assert "start_time=2020-12-01 00:00:00" in request.query
     assert ADAPTER.documented(make_source(NAME), NOW, "a=1&b=x y\n").query == "a=1&b=x y"
+
+
+def test_ingress_contract() -> None:
+    assert_ingress_contract(
+        "nxcloud.voice_dr",
+        IngressContract(
+            methods=frozenset({"POST", "GET"}),
+            signing_modes=frozenset(),
+            volatile_fields=frozenset(),
+            answers={
+                Outcome.ACCEPTED: (b"success", "text/plain"),
+                Outcome.UNAVAILABLE: (b"error", "text/plain"),
+                Outcome.UNAUTHORIZED: (b"error", "text/plain"),
+            },
+        ),
+    )

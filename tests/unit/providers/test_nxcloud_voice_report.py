@@ -8,12 +8,14 @@ from typing import Any
 
 import pytest
 
-from schemas.providers import Reason, Reject
+from schemas.providers import Outcome, Reason, Reject
 from schemas.providers.nxcloud_voice_report import DOCUMENTED_SAMPLE
 from schemas.record import CallRecord, CallType, Direction, Status, record_id_for
 
 from .conftest import (
+    IngressContract,
     assert_every_field_lands,
+    assert_ingress_contract,
     exact_json,
     make_envelope,
     make_source,
@@ -370,3 +372,19 @@ def test_simulate_round_trips() -> None:
 def test_a_blank_cost_beside_cost_eur_counts_as_absent(blank: Any) -> None:
     record = normalize(report(cost=blank, costEur="0.007875"))
     assert (record.currency, record.cost) == ("EUR", Decimal("0.007875"))
+
+
+def test_ingress_contract() -> None:
+    assert_ingress_contract(
+        "nxcloud.voice_report",
+        IngressContract(
+            methods=frozenset({"POST"}),
+            signing_modes=frozenset(),
+            volatile_fields=frozenset(),
+            answers={
+                Outcome.ACCEPTED: (b"success", "text/plain"),
+                Outcome.UNAVAILABLE: (b"error", "text/plain"),
+                Outcome.TOO_LARGE: (b"error", "text/plain"),
+            },
+        ),
+    )

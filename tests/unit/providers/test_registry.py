@@ -1,97 +1,65 @@
-"""What every registered provider must agree on with the rest of cdrflow: the record
-schema's `provider` and `event` enums, its own name, `simulate()` round trips, and its
-contract with the ingress (methods, zone, signing, answers), stated once per provider."""
+"""What every registered provider must agree on with the rest of cdrflow, whichever
+providers are registered: its name, `simulate()` round trips, and answers the ingress can
+give. Each provider's own contract (methods, zone, signing, exact answers) is stated in its
+own test module (`test_ingress_contract`); the schema files' enums are generated from the
+registry (tests/unit/test_schema_files.py)."""
 
 from __future__ import annotations
 
-import json
+import importlib
+import pkgutil
 import random
-from dataclasses import dataclass
-from pathlib import Path
+import re
 
 import pytest
 
+import schemas.providers
 from schemas.providers import HTTP_STATUS, Outcome, default_registry
+from schemas.sources import parse_zone
 
 from .conftest import NOW, envelope_of, make_envelope, make_source, simulated_records
 
-SCHEMA = Path(__file__).resolve().parents[3] / "schemas" / "call_record.schema.json"
 REGISTRY = default_registry()
+# "vendor.event": each part one word of a routing key `{tenant}.{provider}.{event}.{status}`
+NAME = re.compile(r"[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*")
+HTTP_METHODS = {"GET", "POST", "PUT"}
 
 
-@dataclass(frozen=True)
-class IngressContract:
-    methods: frozenset[str]
-    signing_modes: frozenset[str]
-    volatile_fields: frozenset[str]
-    # (outcome, HTTP status, body, content type): the answers the provider's document asks for
-    answers: tuple[tuple[Outcome, int, bytes, str], ...]
-    default_timezone: str = "+08:00"
-    # a body an unsigned provider's `authenticate` lets through unread
-    unsigned_body: str = "garbage"
+def test_every_provider_module_is_registered() -> None:
+    """A module that defines a `PROVIDER` and is left out of the registry is a provider no
+    source can name: the one registry line was forgotten."""
+    package = schemas.providers
+    defined = {
+        module.PROVIDER.name
+        for info in pkgutil.iter_modules(package.__path__, f"{package.__name__}.")
+        if hasattr(module := importlib.import_module(info.name), "PROVIDER")
+    }
+    assert defined
+    assert defined <= set(REGISTRY), defined - set(REGISTRY)
 
 
-_TEXT = "text/plain"
-_JSON = "application/json"
-CONTRACTS = {
-    "huawei.aicc_release": IngressContract(
-        methods=frozenset({"POST"}),
-        signing_modes=frozenset({"sha256", "hmac-sha256"}),
-        volatile_fields=frozenset({"timestamp", "nonce", "signature"}),
-        answers=((Outcome.ACCEPTED, 200, b'{"retCode":"0","retMsg":"success"}', _JSON),),
-    ),
-    "nxcloud.call_center_report": IngressContract(
-        methods=frozenset({"POST"}),
-        signing_modes=frozenset(),
-        volatile_fields=frozenset(),
-        answers=(
-            (Outcome.ACCEPTED, 200, b"success", _TEXT),
-            (Outcome.UNAVAILABLE, 503, b"error", _TEXT),
-            (Outcome.TIMEOUT, 408, b"error", _TEXT),
-        ),
-        unsigned_body="anything",
-    ),
-    "nxcloud.voice_dr": IngressContract(
-        methods=frozenset({"POST", "GET"}),
-        signing_modes=frozenset(),
-        volatile_fields=frozenset(),
-        answers=(
-            (Outcome.ACCEPTED, 200, b"success", _TEXT),
-            (Outcome.UNAVAILABLE, 503, b"error", _TEXT),
-            (Outcome.UNAUTHORIZED, 401, b"error", _TEXT),
-        ),
-        unsigned_body="x=1",
-    ),
-    "nxcloud.voice_report": IngressContract(
-        methods=frozenset({"POST"}),
-        signing_modes=frozenset(),
-        volatile_fields=frozenset(),
-        answers=(
-            (Outcome.ACCEPTED, 200, b"success", _TEXT),
-            (Outcome.UNAVAILABLE, 503, b"error", _TEXT),
-            (Outcome.TOO_LARGE, 413, b"error", _TEXT),
-        ),
-    ),
-}
-ANSWERS = [(name, *answer) for name, contract in CONTRACTS.items() for answer in contract.answers]
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_the_registry_key_is_the_providers_name_and_a_routing_key_part(name: str) -> None:
+    assert REGISTRY[name].name == name
+    assert NAME.fullmatch(name)
 
 
-def test_the_record_schema_enums_are_the_registry() -> None:
-    properties = json.loads(SCHEMA.read_text())["properties"]
-    vendors = {name.split(".", 1)[0] for name in REGISTRY}
-    events = {name.split(".", 1)[1] for name in REGISTRY}
-    assert set(properties["provider"]["enum"]) == vendors
-    assert set(properties["event"]["enum"]) == events
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_methods_and_zone_are_ones_the_ingress_serves(name: str) -> None:
+    provider = REGISTRY[name]
+    assert provider.methods
+    assert provider.methods <= HTTP_METHODS
+    parse_zone(provider.default_timezone)
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("name", list(REGISTRY))
 def test_records_are_named_as_the_provider_is_registered(name: str) -> None:
     for _, record, external_id in simulated_records(name, make_source(name), range(5)):
         assert f"{record.provider}.{record.event}" == name
         assert record.external_id == external_id
 
 
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+@pytest.mark.parametrize("name", list(REGISTRY))
 def test_simulate_reports_the_call_it_is_asked_for(name: str) -> None:
     provider, source = REGISTRY[name], make_source(name)
     callback = provider.simulate(random.Random(7), NOW, source, "call-42")
@@ -102,27 +70,16 @@ def test_simulate_reports_the_call_it_is_asked_for(name: str) -> None:
     assert provider.normalize(payload, source).external_id == "call-42"
 
 
-def test_every_registered_provider_states_its_ingress_contract() -> None:
-    assert set(CONTRACTS) == set(REGISTRY)
-
-
-@pytest.mark.parametrize("name", sorted(CONTRACTS))
-def test_methods_zone_and_signing(name: str) -> None:
-    provider, contract = REGISTRY[name], CONTRACTS[name]
-    assert provider.methods == contract.methods
-    assert provider.default_timezone == contract.default_timezone
-    assert provider.signing_modes == contract.signing_modes
-    assert provider.volatile_fields == contract.volatile_fields
-
-
-@pytest.mark.parametrize("name", sorted(n for n, c in CONTRACTS.items() if not c.signing_modes))
+@pytest.mark.parametrize("name", [n for n, p in REGISTRY.items() if not p.signing_modes])
 def test_an_unsigned_provider_authenticates_any_body(name: str) -> None:
-    envelope = make_envelope(name, CONTRACTS[name].unsigned_body)
-    REGISTRY[name].authenticate(envelope, {}, make_source(name), 0.0)
+    REGISTRY[name].authenticate(make_envelope(name, "garbage"), {}, make_source(name), 0.0)
 
 
-@pytest.mark.parametrize(("name", "outcome", "status", "body", "content_type"), ANSWERS)
-def test_answer(name: str, outcome: Outcome, status: int, body: bytes, content_type: str) -> None:
+@pytest.mark.parametrize("name", list(REGISTRY))
+@pytest.mark.parametrize("outcome", list(Outcome))
+def test_every_outcome_is_answered_with_its_status(name: str, outcome: Outcome) -> None:
     answer = REGISTRY[name].answer(outcome)
-    assert (answer.status, answer.body, answer.content_type) == (status, body, content_type)
     assert answer.status == HTTP_STATUS[outcome]
+    assert answer.content_type
+    accepted = REGISTRY[name].answer(Outcome.ACCEPTED)
+    assert (answer.body == accepted.body) is (outcome is Outcome.ACCEPTED)

@@ -1,4 +1,4 @@
--- cdrflow schema, version 3: every revision of every record is kept (issue 8).
+-- cdrflow schema, version 3: every revision of every record is kept.
 --
 -- record_revisions holds each distinct content a record has had: a delivery whose content
 -- equals an earlier revision counts on that revision and changes nothing else. call_records
