@@ -189,7 +189,8 @@ async def record(request: web.Request) -> web.Response:
         history = await load_history(connection, record_id)
     show = viewer_of(request)
     columns = {k: _json_column(v) for k, v in dict(row).items() if k != "content_hash"}
-    payload = columns.pop("raw")
+    columns.pop("raw")
+    payload = columns.pop("payload")
     fields = show.record(columns)
     changes = [
         (

@@ -133,7 +133,11 @@ async def search(connection: asyncpg.Connection, query: Search) -> list[asyncpg.
     return list(await connection.fetch(sql, *args))
 
 
-_RECORD = "SELECT * FROM call_records WHERE record_id = $1"
+# `raw` of a record stored from schema 8 on is NULL: its parsed payload is in `originals`.
+_RECORD = """
+SELECT c.*, (SELECT p.raw FROM record_payloads p WHERE p.record_id = c.record_id) AS payload
+FROM call_records c WHERE c.record_id = $1
+"""
 
 
 async def record(connection: asyncpg.Connection, record_id: uuid.UUID) -> asyncpg.Record | None:

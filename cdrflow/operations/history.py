@@ -22,13 +22,13 @@ import asyncpg
 from schemas.envelope import PUSH
 from schemas.jsoncodec import dumps, loads_exact
 
+# The view gives every revision's content, the shown one's from call_records (migration 8).
 REVISIONS = """
-SELECT c.source, c.external_id, h.revision, h.content_hash, h.ingest_id, h.item,
-    h.received_at, h.first_seen_at, h.last_seen_at, h.delivery_count, h.content,
-    h.revision = c.revision AS shown
-FROM call_records c JOIN record_revisions h USING (record_id)
-WHERE c.record_id = $1
-ORDER BY h.revision
+SELECT source, external_id, revision, content_hash, ingest_id, item, received_at,
+    first_seen_at, last_seen_at, delivery_count, content, shown
+FROM record_history
+WHERE record_id = $1
+ORDER BY revision
 """
 DELIVERIES = """
 SELECT ingest_id, item, received_at FROM deliveries WHERE record_id = $1

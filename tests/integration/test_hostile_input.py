@@ -45,8 +45,8 @@ async def test_a_mebibyte_of_exponents_costs_a_small_multiple_of_its_bytes(
         async with running_worker(settings, sources):
             await tap.wait_for(2)
     rows = await db.fetch(
-        "SELECT external_id, length(raw::text) AS raw, length(extra::text) AS extra,"
-        " length(c::text) AS stored FROM call_records c"
+        "SELECT c.external_id, length(p.raw::text) AS raw, length(extra::text) AS extra,"
+        " length(c::text) AS stored FROM call_records c JOIN record_payloads p USING (record_id)"
     )
     assert sorted(r["external_id"] for r in rows) == sorted(bodies)
     for row in rows:
@@ -102,7 +102,11 @@ async def test_money_that_differs_only_in_trailing_zeros_is_a_delivery_not_a_rev
 
             assert await eventually(counted)
         await tap.wait_for(1)
-    row = await one(db, "SELECT delivery_count, revision, raw FROM call_records")
+    row = await one(
+        db,
+        "SELECT c.delivery_count, c.revision, p.raw"
+        " FROM call_records c JOIN record_payloads p USING (record_id)",
+    )
     assert (row["delivery_count"], row["revision"]) == (3, 1)
     assert json.loads(row["raw"])["cost"] == "0.01350"  # raw keeps what was first sent
     assert len(tap.messages) == 1

@@ -120,7 +120,15 @@ async def test_a_callback_becomes_one_row_and_one_message(
     assert body["external_id"] == item.external_id
     assert body["delivery_count"] == 1
     assert "raw" not in body
-    assert loads(row["raw"]) is not None
+    kept = await one(
+        pipeline.db,
+        "SELECT raw, body, method, content_type, query FROM record_payloads WHERE record_id = $1",
+        row["record_id"],
+    )
+    assert loads(kept["raw"]) is not None
+    # The request as the provider sent it, to be parsed again (`cdrflow reprocess`).
+    assert bytes(kept["body"]) == item.body
+    assert kept["method"] == item.method
     # the published record is the stored one
     for column in ("status", "callee", "talk_seconds", "currency", "hangup_cause"):
         assert body[column] == row[column], column

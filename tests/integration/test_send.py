@@ -85,7 +85,8 @@ async def test_each_providers_documented_example_is_answered_200_and_stored(
         assert await eventually(lambda: _stored(db, keys), timeout=30)
     assert await db.fetchval("SELECT count(*) FROM rejected_callbacks") == 0
     chinese = await db.fetchrow(
-        "SELECT status, raw FROM call_records WHERE external_id = 'dr-in-chinese'"
+        "SELECT c.status, p.raw FROM call_records c JOIN record_payloads p USING (record_id)"
+        " WHERE c.external_id = 'dr-in-chinese'"
     )
     assert chinese is not None
     assert chinese["status"] == "answered"

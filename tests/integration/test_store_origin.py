@@ -79,7 +79,7 @@ async def record(db: asyncpg.Connection, external_id: str) -> dict[str, Any]:
 
 async def revisions(db: asyncpg.Connection, external_id: str) -> list[tuple[int, str, int]]:
     rows = await db.fetch(
-        "SELECT revision, content->>'origin' AS origin, delivery_count FROM record_revisions"
+        "SELECT revision, content->>'origin' AS origin, delivery_count FROM record_history"
         " WHERE record_id = $1 ORDER BY revision",
         record_id_for("nx-dr", external_id),
     )
@@ -90,7 +90,7 @@ async def claimed(db: asyncpg.Connection, external_id: str) -> list[str]:
     """The origins of the record's deliveries in the ledger (`cdrflow history` lists them)."""
     rows = await db.fetch(
         "SELECT coalesce(r.content->>'origin', 'push') AS origin FROM deliveries d"
-        " LEFT JOIN record_revisions r ON r.record_id = d.record_id AND r.ingest_id = d.ingest_id"
+        " LEFT JOIN record_history r ON r.record_id = d.record_id AND r.ingest_id = d.ingest_id"
         " WHERE d.record_id = $1 ORDER BY d.received_at",
         record_id_for("nx-dr", external_id),
     )
@@ -232,7 +232,7 @@ async def test_pushes_and_backfills_of_the_same_records_at_once(
     rows = await db.fetch(
         "SELECT c.external_id, c.origin, c.revision, c.delivery_count,"
         " array_agg(coalesce(r.content->>'origin', 'push') ORDER BY r.revision) AS history"
-        " FROM call_records c JOIN record_revisions r USING (record_id)"
+        " FROM call_records c JOIN record_history r USING (record_id)"
         " GROUP BY c.external_id, c.origin, c.revision, c.delivery_count"
     )
     assert sorted(r["external_id"] for r in rows) == sorted(ids)

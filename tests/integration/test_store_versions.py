@@ -36,9 +36,8 @@ async def stored(db: asyncpg.Connection, external_id: str, deliveries: int) -> b
 
 async def history(db: asyncpg.Connection, external_id: str) -> list[dict[str, Any]]:
     rows = await db.fetch(
-        "SELECT h.revision, h.delivery_count, h.content->>'talk_seconds' AS talk"
-        " FROM record_revisions h JOIN call_records c USING (record_id)"
-        " WHERE c.external_id = $1 ORDER BY h.revision",
+        "SELECT revision, delivery_count, content->>'talk_seconds' AS talk"
+        " FROM record_history WHERE external_id = $1 ORDER BY revision",
         external_id,
     )
     return [dict(row) for row in rows]
@@ -132,9 +131,9 @@ async def test_a_revision_holds_the_record_columns_as_the_upgrade_backfill_wrote
         "SELECT c.source, h.content AS live, to_jsonb(c) - ARRAY['raw', 'received_at',"
         " 'stored_at', 'updated_at', 'first_seen_at', 'last_seen_at', 'delivery_count',"
         " 'revision', 'content_hash', 'content_received_at', 'content_ingest_id',"
-        " 'content_item'] AS backfill"
-        " FROM call_records c JOIN record_revisions h USING (record_id)"
-        " WHERE c.external_id = ANY($1::text[]) AND h.revision = c.revision",
+        " 'content_item', 'bundle_id', 'original_item', 'payload_item'] AS backfill"
+        " FROM call_records c JOIN record_history h USING (record_id)"
+        " WHERE c.external_id = ANY($1::text[]) AND h.shown",
         [r.external_id for r in requests],
     )
     assert sorted(row["source"] for row in rows) == ["hw", "nx-cc", "nx-dr", "nx-voice"]
@@ -167,4 +166,5 @@ async def test_record_history_shows_every_revision_and_which_one_is_shown(
     assert loads(rows[1]["content"])["talk_seconds"] == shown["talk_seconds"]
     assert loads(rows[0]["content"]) != loads(rows[1]["content"])
     assert loads(rows[0]["raw"]) == loads(first.body)
-    assert loads(rows[1]["raw"]) == loads(shown["raw"])
+    assert loads(rows[1]["raw"]) == loads(changed.body)
+    assert shown["raw"] is None  # in `originals`: record_history and record_payloads read it

@@ -20,13 +20,17 @@ STAGE_ONLY_COLUMNS: tuple[str, ...] = (
     "ingest_id",
     "item",
     "content_hash",
+    # Where the content's original request and parsed payload are (`workers.storage.originals`).
+    "bundle_id",
+    "original_item",
+    "payload_item",
 )
 _CREATE_STAGE = f"""
 CREATE TEMP TABLE IF NOT EXISTS {STAGE_TABLE} ON COMMIT DELETE ROWS AS
 SELECT 0::integer AS ordinal, 0::integer AS deliveries,
        received_at AS first_received_at, received_at AS last_received_at,
        content_ingest_id AS ingest_id, content_item AS item, content_hash,
-       {", ".join(RECORD_COLUMNS)}
+       bundle_id, original_item, payload_item, {", ".join(RECORD_COLUMNS)}
 FROM call_records WITH NO DATA
 """  # noqa: S608 (identifiers are constants)
 

@@ -5,7 +5,10 @@ advisory lock so that concurrent runs are safe. Running it again changes nothing
 A step that SQL alone cannot do has its Python part in `AFTER_STEP`, run in the step's
 transaction right after its SQL, and may have one in `BEFORE_STEP`, run before that
 transaction (for work that must not hold its locks, such as validating a constraint while
-writes go on). A `BEFORE_STEP` part must be safe to run again."""
+writes go on). A `BEFORE_STEP` part must be safe to run again. A step that rewrites rows of
+the live tables has its data step in `DATA_STEPS` instead: run after the SQL steps, in
+short transactions of its own while workers keep writing, and gone on with by the next run
+when interrupted. Every run ends by creating the time partitions ahead."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import asyncpg
 
 from cdrflow.logs import get_logger
 from workers.storage.partition_retention import bound_in_place, ensure_all_ahead, partition_in_place
+from workers.storage.payloads_migration import move_payloads
 from workers.storage.rehash import rehash_stored_contents
 
 log = get_logger("cdrflow.migrate")
@@ -28,13 +32,17 @@ log = get_logger("cdrflow.migrate")
 _LOCK_KEY = 0x63647266  # "cdrf": serializes concurrent migrate runs
 _STEP = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 # 3: the content hash now covers the normalized record, not the payload.
-# 9: deliveries and rejected_callbacks partitioned by time, in place (workers.retention).
+# 9: deliveries and rejected_callbacks partitioned by time, in place (partition_retention).
 AFTER_STEP: dict[int, Callable[[asyncpg.Connection], Awaitable[int]]] = {
     3: rehash_stored_contents,
     9: partition_in_place,
 }
 BEFORE_STEP: dict[int, Callable[[asyncpg.Connection], Awaitable[None]]] = {
     9: lambda connection: bound_in_place(connection, datetime.now(UTC)),
+}
+# 8: each payload once, in `originals`; the shown content only in call_records.
+DATA_STEPS: dict[int, Callable[[asyncpg.Connection], Awaitable[bool]]] = {
+    8: move_payloads,
 }
 
 
@@ -136,6 +144,9 @@ async def migrate(url: str) -> list[int]:
                 )
             applied.append(step.version)
             log.info("migration_applied", version=step.version, name=step.name)
+        for version, data_step in DATA_STEPS.items():
+            if version in done or version in applied:
+                await data_step(connection)
         await _partitions_ahead(connection)
     finally:
         await connection.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)

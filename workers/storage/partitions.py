@@ -82,7 +82,7 @@ PARTITIONED: dict[str, PartitionedTable] = {
 # `cdrflow retention` says so and drops nothing.
 NOT_PARTITIONED_YET: dict[str, str] = {
     "retention_records_days": "records (call_records)",
-    "retention_originals_days": "original bytes and revision history (record_revisions)",
+    "retention_originals_days": "original bytes and revision history (originals, record_revisions)",
 }
 
 

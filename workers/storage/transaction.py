@@ -12,7 +12,8 @@
      a backfill of an existing one changes nothing (it is locked, not returned);
    - look up which contents are earlier revisions (`record_revisions`, by content hash):
      those count as deliveries of that revision and change nothing else;
-   - every other content becomes a new revision (numbered in order of its newest report);
+   - every other content becomes a new revision (numbered in order of its newest report),
+     its original request and parsed payload stored in `originals` (`workers.storage.originals`);
      if it is newer than the content shown, it replaces the record's fields, and the
      newest of them is what `call_records` shows; a late one (older than the content
      shown) is kept in the history only. Pushed content always wins: a push for a record
@@ -50,6 +51,7 @@ from workers.batch import (
     as_request,
 )
 from workers.sanitize import sanitize
+from workers.storage import originals
 from workers.storage import transaction_sql as sql
 from workers.storage.database import STAGE_ONLY_COLUMNS, STAGE_TABLE
 from workers.storage.revisions import plan_versions, set_aside_backfills
@@ -114,7 +116,7 @@ _COPY_COLUMNS = (*STAGE_ONLY_COLUMNS, "record_id", *_AS_HELD, *_RENDERED)
 _held_values = operator.attrgetter(*_AS_HELD)  # one call reads them all
 
 
-def _stage_row(content: Content) -> tuple[Any, ...]:
+def _stage_row(content: Content, place: originals.Place) -> tuple[Any, ...]:
     record = content.record
     brought_by = content.brought_by
     return (
@@ -125,9 +127,12 @@ def _stage_row(content: Content) -> tuple[Any, ...]:
         brought_by.ingest_id,
         brought_by.item,
         brought_by.content_hash,
+        place.bundle_id,
+        place.original_item,
+        place.payload_item,
         record.record_id,
         *_held_values(record),
-        dumps(record.raw).decode(),
+        None,  # raw: in `originals`, with the request that brought it
         dumps(record.extra).decode(),
         record.labels,
     )
@@ -138,6 +143,10 @@ class _Writes:
     """What a batch does to the history and the latest view, decided from what is stored."""
 
     new_revisions: list[tuple[uuid.UUID, int, int]] = field(default_factory=list)
+    # The contents whose original request and payload are stored: every new revision's.
+    stored: list[Content] = field(default_factory=list)
+    # The new revisions call_records shows after the batch: their content is its columns.
+    shown_new: set[tuple[uuid.UUID, int]] = field(default_factory=set)
     earlier: list[tuple[uuid.UUID, int, int, datetime, datetime]] = field(default_factory=list)
     shown: list[tuple[uuid.UUID, int, int]] = field(default_factory=list)
     published: list[OutboxEntry] = field(default_factory=list)
@@ -159,9 +168,12 @@ async def _store_versions(
     connection: Connection, records: list[RecordVersions]
 ) -> tuple[list[OutboxEntry], set[uuid.UUID]]:
     """The entries to publish, and the records a backfill found stored (left alone)."""
+    contents = [c for r in records for c in r.contents]
+    bundles = originals.Bundles([(c.brought_by.envelope, dumps(c.record.raw)) for c in contents])
+    await bundles.reserve(connection)
     await connection.copy_records_to_table(
         STAGE_TABLE,
-        records=[_stage_row(c) for r in records for c in r.contents],
+        records=[_stage_row(c, bundles.place(n)) for n, c in enumerate(contents)],
         columns=_COPY_COLUMNS,
     )
     upserted = {row["record_id"]: row for row in await connection.fetch(sql.UPSERT)}
@@ -178,6 +190,8 @@ async def _store_versions(
         else:
             _plan_stored_record(versions, row, known, last.get(versions.record_id), writes)
     await _apply(connection, writes)
+    index = {id(content): n for n, content in enumerate(contents)}
+    await bundles.write(connection, {index[id(content)] for content in writes.stored})
     return writes.published, left_alone
 
 
@@ -203,13 +217,17 @@ def _ledger(row: asyncpg.Record, **changes: Any) -> Ledger:
 
 
 def _plan_new_record(versions: RecordVersions, row: asyncpg.Record, writes: _Writes) -> None:
-    """Every content is a revision, in order; the upsert showed the newest."""
+    """Every content is a revision, in order; the upsert showed the newest. A record with
+    one content is its one revision: the upsert wrote all of it into call_records."""
     counted = 0
     for content in versions.contents:
         revision = content.ordinal + 1
         counted += content.deliveries
-        writes.new_revisions.append((versions.record_id, content.ordinal, revision))
+        writes.stored.append(content)
+        if len(versions.contents) > 1:
+            writes.new_revisions.append((versions.record_id, content.ordinal, revision))
         if content is versions.contents[-1]:
+            writes.shown_new.add((versions.record_id, revision))
             writes.publish(content, _ledger(row, revision=revision))
         else:
             as_then = {"delivery_count": counted, "last_seen_at": content.last_received_at}
@@ -241,6 +259,7 @@ def _plan_stored_record(
             continue
         last += 1
         writes.new_revisions.append((record_id, content.ordinal, last))
+        writes.stored.append(content)
         if over_backfill or content.last_received_at >= row["content_received_at"]:
             moved.append((content, last, counted))
     for content, revision, counted_then in moved[:-1]:
@@ -249,12 +268,17 @@ def _plan_stored_record(
     if moved:
         content, revision, _ = moved[-1]
         writes.shown.append((record_id, content.ordinal, revision))
+        writes.shown_new.add((record_id, revision))
         writes.publish(content, _ledger(row, revision=revision))
 
 
 async def _apply(connection: Connection, writes: _Writes) -> None:
     if writes.new_revisions:
-        await connection.execute(sql.NEW_REVISIONS, *_columns(writes.new_revisions))
+        await connection.execute(
+            sql.NEW_REVISIONS,
+            *_columns(writes.new_revisions),
+            [(rid, rev) not in writes.shown_new for rid, _, rev in writes.new_revisions],
+        )
     if writes.earlier:
         await connection.execute(sql.EARLIER_DELIVERED, *_columns(writes.earlier))
     if writes.shown:

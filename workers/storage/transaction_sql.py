@@ -14,7 +14,9 @@ ON CONFLICT DO NOTHING
 RETURNING ingest_id, item
 """
 
-# One row per record: its newest content, and the batch's counts. A backfill (the
+# One row per record: its newest content, and the batch's counts. Updating a record that
+# has no record_revisions row yet writes it first, as the record was (migration 8's
+# trigger), so that what follows finds every revision there. A backfill (the
 # provider's books) of a record stored already changes nothing: its row is locked, so that
 # a push and a backfill of one id in two transactions are decided here, in one order, but
 # neither updated nor returned. A push for a stored record returns the row as stored
@@ -22,10 +24,14 @@ RETURNING ingest_id, item
 UPSERT = f"""
 INSERT INTO call_records AS c (
     {", ".join(RECORD_COLUMNS)}, received_at, first_seen_at, last_seen_at, delivery_count,
-    revision, content_hash, content_received_at, content_ingest_id, content_item)
+    revision, content_hash, content_received_at, content_ingest_id, content_item, bundle_id,
+    original_item, payload_item)
 SELECT {", ".join(f"s.{c}" for c in RECORD_COLUMNS)}, t.first_received_at,
     t.first_received_at, t.last_received_at, t.deliveries, s.ordinal + 1, s.content_hash,
-    s.last_received_at, s.ingest_id, s.item
+    s.last_received_at, s.ingest_id, s.item,
+    -- a new record with one content is its one revision: no record_revisions row yet
+    CASE WHEN t.newest = 0 THEN s.bundle_id END, CASE WHEN t.newest = 0 THEN s.original_item END,
+    CASE WHEN t.newest = 0 THEN s.payload_item END
 FROM {STAGE_TABLE} s JOIN (
     SELECT record_id, max(ordinal) AS newest, sum(deliveries)::integer AS deliveries,
         min(first_received_at) AS first_received_at, max(last_received_at) AS last_received_at
@@ -54,24 +60,32 @@ WHERE s.record_id = ANY($1::uuid[])
 
 
 def _content_object(alias: str) -> str:
-    """A revision's content: the record's columns but `raw` (kept in a column of its own),
-    as jsonb. Built from those columns alone: `to_jsonb(s) - ARRAY[...]` made the same
-    value from the whole staged row, raw callback included, then dropped keys: a quarter
-    more time a row for the same jsonb. At most 40 pairs a call: a function takes at most
-    100 arguments."""
+    """A revision's content: the record's columns but `raw` (kept in `originals`), as
+    jsonb: the same object as migration 8's `record_content` (a migration that adds a
+    record column changes both). Built from those columns alone: `to_jsonb(s) - ARRAY[...]`
+    made the same value from the whole staged row, raw callback included, then dropped
+    keys: a quarter more time a row for the same jsonb. At most 40 pairs a call: a function
+    takes at most 100 arguments."""
     pairs = [f"'{c}', {alias}.{c}" for c in RECORD_COLUMNS if c != "raw"]
     calls = [pairs[i : i + 40] for i in range(0, len(pairs), 40)]
     return " || ".join(f"jsonb_build_object({', '.join(call)})" for call in calls)
 
 
+# A revision's content is kept here only when the revision is not the one call_records
+# shows (`u.keep`): the shown content is call_records' own columns, and the trigger of
+# migration 8 writes it here when call_records moves on. Its original request and parsed
+# payload are in `originals` (`workers.storage.originals`).
 NEW_REVISIONS = f"""
-INSERT INTO record_revisions (record_id, revision, content_hash, content, raw, ingest_id,
-    item, received_at, first_seen_at, last_seen_at, delivery_count)
+INSERT INTO record_revisions (record_id, revision, content_hash, content, ingest_id,
+    item, received_at, first_seen_at, last_seen_at, delivery_count, bundle_id,
+    original_item, payload_item)
 SELECT s.record_id, u.revision, s.content_hash,
-    {_content_object("s")}, s.raw, s.ingest_id, s.item,
-    s.first_received_at, s.first_received_at, s.last_received_at, s.deliveries
+    CASE WHEN u.keep THEN {_content_object("s")} END, s.ingest_id, s.item,
+    s.first_received_at, s.first_received_at, s.last_received_at, s.deliveries,
+    s.bundle_id, s.original_item, s.payload_item
 FROM {STAGE_TABLE} s
-JOIN unnest($1::uuid[], $2::integer[], $3::integer[]) AS u(record_id, ordinal, revision)
+JOIN unnest($1::uuid[], $2::integer[], $3::integer[], $4::boolean[])
+    AS u(record_id, ordinal, revision, keep)
     ON s.record_id = u.record_id AND s.ordinal = u.ordinal
 """  # noqa: S608
 

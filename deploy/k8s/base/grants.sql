@@ -15,6 +15,10 @@
 GRANT SELECT, INSERT, UPDATE ON call_records TO cdrflow_worker;
 GRANT SELECT, INSERT, UPDATE ON record_revisions TO cdrflow_worker;
 GRANT SELECT ON record_history TO cdrflow_worker;
+-- The request bytes and parsed payloads of new revisions (and, through record_history,
+-- of the old ones), their ids taken ahead from its sequence.
+GRANT SELECT, INSERT ON originals TO cdrflow_worker;
+GRANT USAGE ON SEQUENCE originals_bundle_seq TO cdrflow_worker;
 GRANT SELECT, INSERT, DELETE ON deliveries TO cdrflow_worker;
 GRANT SELECT, INSERT, UPDATE ON rejected_callbacks TO cdrflow_worker;
 GRANT SELECT, INSERT, UPDATE, DELETE ON outbox TO cdrflow_worker;
@@ -31,8 +35,8 @@ GRANT SELECT, INSERT, UPDATE ON reconciliation_rate_limits TO cdrflow_worker;
 
 -- Downstream readers: the records, their revisions and what the providers' books say
 -- otherwise about them; nothing of the pipeline's bookkeeping.
-GRANT SELECT ON call_records, record_revisions, record_history, reconciliation_discrepancies
-    TO cdrflow_reader;
+GRANT SELECT ON call_records, record_revisions, record_history, record_payloads, originals,
+    reconciliation_discrepancies TO cdrflow_reader;
 
 -- The console (`cdrflow console`) browses with cdrflow_console: it reads, never writes. Its
 -- actions (replay, requeue) use CDRFLOW_DATABASE_URL, the worker role, as `cdrflow replay`
@@ -41,7 +45,8 @@ GRANT SELECT ON call_records, record_revisions, record_history, reconciliation_d
 DO $$
 BEGIN
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'cdrflow_console') THEN
-        GRANT SELECT ON call_records, record_revisions, record_history, deliveries,
+        GRANT SELECT ON call_records, record_revisions, record_history, record_payloads,
+            originals, deliveries,
             rejected_callbacks, outbox, cdrflow_migrations, reconciliation_runs,
             reconciliation_discrepancies TO cdrflow_console;
     END IF;
