@@ -83,6 +83,7 @@ def _unset_or_long(value: str) -> str:
 
 
 Port = Annotated[int, Field(ge=0, le=65535)]  # 0: not served
+RetentionDays = Annotated[int, Field(ge=0, le=36500)]  # 0: kept forever
 
 
 class Settings(BaseSettings):
@@ -149,7 +150,15 @@ class Settings(BaseSettings):
     db_retry_max_seconds: Annotated[float, Field(gt=0)] = 30.0
     outbox_grace_seconds: Annotated[float, Field(ge=0)] = 15.0
     outbox_interval_seconds: Annotated[float, Field(gt=0)] = 5.0
+    # Days the deliveries ledger keeps (which re-sent raw messages it still recognizes).
     delivery_retention_days: Annotated[int, Field(ge=1)] = 35
+
+    # Retention (`cdrflow retention`, on a schedule): days kept, whole partitions dropped
+    # past them; 0 keeps forever. Records, and the original bytes with the revision history,
+    # are not partitioned yet: their settings are checked and reported, nothing is dropped.
+    retention_records_days: RetentionDays = 0
+    retention_originals_days: RetentionDays = 0
+    retention_rejected_days: RetentionDays = 0
     worker_port: Port = 0  # /healthz, /readyz, /metrics of a worker
 
     # Reconciler (`cdrflow reconciler`).

@@ -43,9 +43,6 @@ log = get_logger("cdrflow.worker.outbox")
 Connection = asyncpg.Connection | PoolConnectionProxy
 
 RELAY_BATCH = 500
-PRUNE_EVERY = 60.0  # seconds between prunes of the deliveries ledger
-PRUNE_CHUNK = 10_000
-PRUNE_BUDGET = 10.0  # seconds a prune may keep deleting chunks before it yields
 
 # The outbox's partitions, by slot (workers/storage/migrations/0006_outbox_ring.sql).
 PARTITIONS = tuple(f"outbox_{slot}" for slot in range(4))
@@ -63,11 +60,6 @@ FOR UPDATE SKIP LOCKED
 _DELETE = "DELETE FROM {partition} WHERE outbox_id = ANY($1::bigint[])"
 _WRITTEN_TO = "SELECT outbox_slot_of(last_value) FROM outbox_slot_seq"
 _HAS_PAGES = "SELECT pg_relation_size($1::regclass) > 0"
-_PRUNE = """
-DELETE FROM deliveries WHERE (ingest_id, item) IN (
-    SELECT ingest_id, item FROM deliveries
-    WHERE received_at < now() - make_interval(days => $1) LIMIT $2)
-"""
 
 
 def record_message(entry: OutboxEntry) -> aio_pika.Message:
@@ -95,7 +87,6 @@ class RecordPublisher:
         confirm_timeout: float,
         grace_seconds: float,
         interval_seconds: float,
-        retention_days: int,
         retry_max_seconds: float = 30.0,
     ) -> None:
         self.link = link
@@ -104,10 +95,8 @@ class RecordPublisher:
         self.confirm_timeout = confirm_timeout
         self.grace_seconds = grace_seconds
         self.interval_seconds = interval_seconds
-        self.retention_days = retention_days
         self.retry_max_seconds = retry_max_seconds
         self.database_ok = True  # as of the relay's last look at the database
-        self._last_prune = float("-inf")
 
     async def publish(self, entries: Sequence[OutboxEntry]) -> int:
         """Publish committed records and forget the confirmed ones. Returns how many were
@@ -192,19 +181,6 @@ class RecordPublisher:
                     truncated += 1
         return truncated
 
-    async def prune_deliveries(self) -> int:
-        """Delete ledger rows past the retention, chunk after chunk until caught up or out
-        of budget (short transactions: pruning never holds locks for long)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + PRUNE_BUDGET
-        pruned = 0
-        while True:
-            status = await self.pool.execute(_PRUNE, self.retention_days, PRUNE_CHUNK)
-            deleted = int(status.split()[-1])
-            pruned += deleted
-            if deleted < PRUNE_CHUNK or loop.time() > deadline:
-                return pruned
-
     async def run(self, stopping: asyncio.Event) -> None:
         """The relay loop, until `stopping` is set. It also tells, through `database_ok`,
         whether the database answers, for an idle worker's readiness."""
@@ -233,12 +209,6 @@ class RecordPublisher:
         truncated = await self.reclaim_drained()
         if truncated:
             log.debug("outbox_partitions_truncated", count=truncated)
-        loop = asyncio.get_running_loop()
-        if loop.time() - self._last_prune > PRUNE_EVERY:
-            pruned = await self.prune_deliveries()
-            self._last_prune = loop.time()
-            if pruned:
-                log.info("deliveries_pruned", count=pruned, older_than_days=self.retention_days)
 
     def _deferred(self, state: RetryCallState) -> None:
         self.database_ok = False

@@ -117,7 +117,6 @@ class Worker:
             confirm_timeout=settings.confirm_timeout,
             grace_seconds=settings.outbox_grace_seconds,
             interval_seconds=settings.outbox_interval_seconds,
-            retention_days=settings.delivery_retention_days,
             retry_max_seconds=settings.db_retry_max_seconds,
         )
 

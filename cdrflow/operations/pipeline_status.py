@@ -56,6 +56,10 @@ class SourceState:
     last_hour: int
 
 
+PARTITIONS_AHEAD_MIN_HOURS = 48
+PARTITIONED_SINCE = 9  # the schema version that partitions deliveries and rejected_callbacks
+
+
 @dataclass
 class PipelineStatus:
     raw: QueueState | None = None  # None: RabbitMQ did not answer
@@ -67,6 +71,8 @@ class PipelineStatus:
     sources: list[SourceState] = field(default_factory=list)
     schema_version: int | None = None
     latest_schema: int = 0
+    # Per time-partitioned table: hours its partitions still cover (`cdrflow retention`).
+    partitions_ahead_hours: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
     def problems(self, outbox_limit_seconds: float) -> list[str]:
@@ -84,6 +90,12 @@ class PipelineStatus:
                 f"outbox rows waiting {oldest:.0f} s (past {outbox_limit_seconds:.0f} s):"
                 " records committed but not published"
             )
+        for table, hours in self.partitions_ahead_hours.items():
+            if hours < PARTITIONS_AHEAD_MIN_HOURS:
+                found.append(
+                    f"{table}: partitions cover only {hours:.0f} h ahead (a week when"
+                    " `cdrflow retention` runs hourly): is its schedule running?"
+                )
         if self.schema_version is not None and self.schema_version < self.latest_schema:
             found.append(
                 f"database schema version {self.schema_version}, this release needs"
@@ -108,6 +120,7 @@ class PipelineStatus:
             ],
             "schema_version": self.schema_version,
             "latest_schema_version": self.latest_schema,
+            "partitions_ahead_hours": self.partitions_ahead_hours,
             "problems": self.problems(outbox_limit_seconds),
         }
 
@@ -175,6 +188,11 @@ async def read_database(
         row["reason"]: int(row["open"]) for row in await connection.fetch(_OPEN_REJECTIONS)
     }
     status.sources = await source_states(connection, sources)
+    if status.schema_version >= PARTITIONED_SINCE:
+        from workers.storage.partition_retention import hours_ahead
+
+        now = await connection.fetchval("SELECT now()")
+        status.partitions_ahead_hours = await hours_ahead(connection, now)
 
 
 async def source_states(

@@ -48,7 +48,6 @@ async def publisher_of(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[
             confirm_timeout=30,
             grace_seconds=0,
             interval_seconds=1,
-            retention_days=35,
         )
     finally:
         await link.close()

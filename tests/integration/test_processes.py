@@ -15,7 +15,6 @@ import asyncpg
 import pytest
 from aio_pika.abc import AbstractChannel
 
-from cdrflow.amqp import BrokerLink
 from cdrflow.operations.replay_rejected import ReplaySelection, select_requests
 from cdrflow.operations.simulator import simulate
 from cdrflow.settings import Settings
@@ -31,8 +30,6 @@ from tests.support.samples import Sample, envelope, sample
 from tests.support.sources import ENVIRON, SOURCES_TOML, callback_path
 from tests.support.waiting import eventually
 from tests.support.workers import publish_envelopes, running_worker, settings_env
-from workers.outbox import RecordPublisher
-from workers.storage.database import create_pool
 from workers.storage.migrate import LATEST, available, migrate, schema_version
 from workers.worker import Worker
 
@@ -342,34 +339,3 @@ async def test_migrate_upgrades_a_version_1_database_and_keeps_its_rows() -> Non
             assert key == "PRIMARY KEY (source, external_id)"
         finally:
             await connection.close()
-
-
-async def test_the_deliveries_ledger_is_pruned_past_retention_in_chunks(
-    settings: Settings, db: asyncpg.Connection
-) -> None:
-    old, recent = 25_000, 10
-    await db.execute(
-        "INSERT INTO deliveries SELECT gen_random_uuid(), 0, gen_random_uuid(),"
-        " now() - interval '40 days' FROM generate_series(1, $1)",
-        old,
-    )
-    await db.execute(
-        "INSERT INTO deliveries SELECT gen_random_uuid(), 0, gen_random_uuid(), now()"
-        " FROM generate_series(1, $1)",
-        recent,
-    )
-    pool = await create_pool(settings.database_url, 1)
-    try:
-        publisher = RecordPublisher(
-            BrokerLink(settings.amqp_url, settings.topology(), name="test-prune"),
-            pool,
-            exchange=settings.records_exchange,
-            confirm_timeout=5,
-            grace_seconds=1,
-            interval_seconds=1,
-            retention_days=35,
-        )
-        assert await publisher.prune_deliveries() == old  # more than one chunk
-    finally:
-        await pool.close()
-    assert await db.fetchval("SELECT count(*) FROM deliveries") == recent

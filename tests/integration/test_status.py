@@ -20,7 +20,7 @@ from tests.support.processes import cdrflow, command_env
 from tests.support.samples import envelope, sample
 from tests.support.waiting import eventually
 from tests.support.workers import publish_envelopes, running_worker
-from workers.storage.migrate import LATEST, migrate
+from workers.storage.migrate import LATEST, available, migrate
 
 
 async def test_a_healthy_pipeline_says_what_each_source_sent_and_exits_0(
@@ -109,7 +109,8 @@ async def test_a_database_behind_the_release_needs_a_human(settings: Settings) -
             await connection.close()
         status = await gather_status(settings.with_(database_url=url), [])
 
-    assert status.schema_version == LATEST - 1
+    previous = available()[-2].version  # version numbers may have gaps
+    assert status.schema_version == previous
     assert status.problems(outbox_limit(settings))[-1] == (
-        f"database schema version {LATEST - 1}, this release needs {LATEST}: `cdrflow migrate`"
+        f"database schema version {previous}, this release needs {LATEST}: `cdrflow migrate`"
     )

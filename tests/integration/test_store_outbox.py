@@ -71,7 +71,6 @@ async def test_rows_the_relay_took_are_not_published_again_by_their_batch(
             confirm_timeout=5,
             grace_seconds=0,  # as if the batch had been open longer than the grace period
             interval_seconds=1,
-            retention_days=35,
         )
         async with record_tap(channel, settings) as tap:
             relayed = await publisher.relay_once()

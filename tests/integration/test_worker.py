@@ -504,7 +504,6 @@ async def test_records_committed_but_never_published_are_relayed(
             confirm_timeout=5,
             grace_seconds=0,
             interval_seconds=1,
-            retention_days=35,
         )
         async with record_tap(channel, settings) as tap:
             assert await publisher.relay_once() == 1

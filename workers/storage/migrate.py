@@ -3,9 +3,12 @@ steps in `workers/storage/migrations/` that it has not seen, each in its own tra
 advisory lock so that concurrent runs are safe. Running it again changes nothing.
 
 A step that SQL alone cannot do has its Python part in `AFTER_STEP`, run in the step's
-transaction right after its SQL. A step that rewrites rows of the live tables has its data
-step in `DATA_STEPS` instead: run after the SQL steps, in short transactions of its own
-while workers keep writing, and gone on with by the next run when interrupted."""
+transaction right after its SQL, and may have one in `BEFORE_STEP`, run before that
+transaction (for work that must not hold its locks, such as validating a constraint while
+writes go on). A `BEFORE_STEP` part must be safe to run again. A step that rewrites rows of
+the live tables has its data step in `DATA_STEPS` instead: run after the SQL steps, in
+short transactions of its own while workers keep writing, and gone on with by the next run
+when interrupted. Every run ends by creating the time partitions ahead."""
 
 from __future__ import annotations
 
@@ -13,12 +16,14 @@ import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import resources
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
 from cdrflow.logs import get_logger
+from workers.storage.partition_retention import bound_in_place, ensure_all_ahead, partition_in_place
 from workers.storage.payloads_migration import move_payloads
 from workers.storage.rehash import rehash_stored_contents
 
@@ -27,8 +32,13 @@ log = get_logger("cdrflow.migrate")
 _LOCK_KEY = 0x63647266  # "cdrf": serializes concurrent migrate runs
 _STEP = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 # 3: the content hash now covers the normalized record, not the payload.
+# 9: deliveries and rejected_callbacks partitioned by time, in place (partition_retention).
 AFTER_STEP: dict[int, Callable[[asyncpg.Connection], Awaitable[int]]] = {
     3: rehash_stored_contents,
+    9: partition_in_place,
+}
+BEFORE_STEP: dict[int, Callable[[asyncpg.Connection], Awaitable[None]]] = {
+    9: lambda connection: bound_in_place(connection, datetime.now(UTC)),
 }
 # 8: each payload once, in `originals`; the shown content only in call_records.
 DATA_STEPS: dict[int, Callable[[asyncpg.Connection], Awaitable[bool]]] = {
@@ -102,7 +112,8 @@ async def schema_version(connection: asyncpg.Connection) -> int:
 
 
 async def migrate(url: str) -> list[int]:
-    """Bring the schema to the latest version; returns the versions applied now."""
+    """Bring the schema to the latest version, and the time partitions ahead
+    (`workers.retention`); returns the versions applied now."""
     await ensure_database(url)
     connection = await asyncpg.connect(url)
     applied = []
@@ -120,6 +131,8 @@ async def migrate(url: str) -> list[int]:
         for step in available():
             if step.version in done:
                 continue
+            if step.version in BEFORE_STEP:
+                await BEFORE_STEP[step.version](connection)
             async with connection.transaction():
                 await connection.execute(step.sql)
                 if step.version in AFTER_STEP:
@@ -134,7 +147,19 @@ async def migrate(url: str) -> list[int]:
         for version, data_step in DATA_STEPS.items():
             if version in done or version in applied:
                 await data_step(connection)
+        await _partitions_ahead(connection)
     finally:
         await connection.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
         await connection.close()
     return applied
+
+
+async def _partitions_ahead(connection: asyncpg.Connection) -> None:
+    try:
+        created = await ensure_all_ahead(connection, datetime.now(UTC))
+    except asyncpg.LockNotAvailableError:
+        # A table busy past the lock timeout: `cdrflow retention` makes them on its next run.
+        log.warning("partitions_ahead_deferred")
+        return
+    if created:
+        log.info("partitions_created_ahead", partitions=created)

@@ -4,11 +4,13 @@
 --   psql -v ON_ERROR_STOP=1 "$OWNER_DATABASE_URL" -f deploy/postgres/grants.sql
 
 -- Workers: the upsert of call_records, every revision of a record (a new one inserted, a
--- repeated one counted; `cdrflow history` reads them), the deliveries ledger (and its
--- pruning), rejected callbacks (stored, resolved, marked replayed), the outbox (claimed FOR
+-- repeated one counted; `cdrflow history` reads them), the deliveries ledger (a backfill
+-- that changed nothing takes its claim back), rejected callbacks (stored, resolved, marked replayed), the outbox (claimed FOR
 -- UPDATE, deleted once published, from the partition named; a drained partition truncated:
 -- nothing a DELETE could not do, without the dead rows), the schema version they wait for.
--- No DDL, no other TRUNCATE, no other table. The identity columns (rejected_callbacks,
+-- No DDL, no other TRUNCATE, no other table. The time partitions of deliveries and
+-- rejected_callbacks need no grant: every role reads and writes them through their parent
+-- (the owner's `cdrflow retention` creates and drops them). The identity columns (rejected_callbacks,
 -- outbox) need no sequence grant; the outbox's slot counter does.
 GRANT SELECT, INSERT, UPDATE ON call_records TO cdrflow_worker;
 GRANT SELECT, INSERT, UPDATE ON record_revisions TO cdrflow_worker;

@@ -1,5 +1,5 @@
 """`cdrflow reprocess`: derive a source's stored records again from their original bytes
-(the lifecycle of stored data: docs/operations.md, "Reprocessing")."""
+(docs/operations.md, "Reprocessing")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
--- cdrflow schema, version 9: a revision re-derived by `cdrflow reprocess` says so.
+-- cdrflow schema, version 10: a revision re-derived by `cdrflow reprocess` says so.
 --
 -- `reprocessed_at` is set on a revision that `cdrflow reprocess` made from the original
 -- request of the revision shown before it, with the providers and sources file of that
