@@ -18,6 +18,7 @@ from cdrflow.cli import main
 from cdrflow.operations.history import load_history
 from cdrflow.operations.reprocess import ReprocessSelection, reprocess
 from cdrflow.settings import Settings
+from schemas.jsoncodec import loads
 from schemas.providers import default_registry
 from schemas.sources import Sources
 from schemas.sources_file import parse_sources
@@ -203,3 +204,41 @@ async def test_records_without_original_bytes_are_skipped(
     )
     assert code == 0
     assert "0 record(s) examined" in capsys.readouterr().out
+
+
+async def test_a_record_with_revisions_gets_the_next_one_and_keeps_the_others(
+    settings: Settings, sources: Sources, db: asyncpg.Connection
+) -> None:
+    pool = await create_pool(settings.database_url, 1, name="test-reprocess")
+    try:
+        for variant, minutes in ((0, 0), (1, 30)):
+            normalized = Normalized()
+            stored = envelope(sample("nx-cc", "moved", variant), T0 + timedelta(minutes=minutes))
+            normalized.extend(normalize_envelope(stored, sources, REGISTRY))
+            async with pool.acquire() as connection:
+                await write_batch(connection, normalized)
+    finally:
+        await pool.close()
+    (before,) = await snapshot(db, "nx-cc")
+    assert before["revision"] == 2
+    kept = await db.fetch(
+        "SELECT revision, content FROM record_history WHERE external_id = 'moved' ORDER BY revision"
+    )
+
+    done = await reprocess(
+        settings.database_url, fixed_sources(), REGISTRY, ReprocessSelection("nx-cc")
+    )
+    assert (done.changed, done.unchanged) == (1, 0)
+    (after,) = await snapshot(db, "nx-cc")
+    assert after["revision"] == 3
+    assert after["started_at"] == before["started_at"] + timedelta(hours=1)
+    history = await db.fetch(
+        "SELECT revision, content, reprocessed_at FROM record_history"
+        " WHERE external_id = 'moved' ORDER BY revision"
+    )
+    assert [row["content"] for row in history[:2]] == [row["content"] for row in kept]
+    assert [row["reprocessed_at"] is not None for row in history] == [False, False, True]
+    # The new revision was read from revision 2's request: its labels, the new zone's times.
+    third = loads(history[2]["content"])
+    assert third["labels"] == loads(kept[1]["content"])["labels"]
+    assert (await db.fetchval("SELECT count(*) FROM outbox")) == 3  # 2 stored + 1 reprocessed
