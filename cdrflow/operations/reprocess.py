@@ -43,7 +43,7 @@ WHERE c.source = $1
 _COUNT = f"SELECT count(*) FROM call_records c {_WHERE}"  # noqa: S608 (constants)
 # The shown revision's original request: in the bundle call_records names while the record
 # has one revision and no record_revisions row, else in its record_revisions row's.
-_PAGE = f"""
+_SELECT = """
 SELECT c.record_id, c.source, c.external_id, c.origin, c.content_hash, c.content_ingest_id,
     c.content_item, c.content_received_at,
     o.items[coalesce(c.original_item, r.original_item)] AS original
@@ -51,11 +51,26 @@ FROM call_records c
 LEFT JOIN record_revisions r
     ON c.bundle_id IS NULL AND r.record_id = c.record_id AND r.revision = c.revision
 LEFT JOIN originals o ON o.bundle_id = coalesce(c.bundle_id, r.bundle_id)
+"""
+_PAGE = f"""{_SELECT}
 {_WHERE} AND c.external_id > $4
 ORDER BY c.source, c.external_id
 LIMIT {PAGE}
+"""
+# Locked first, read after: a statement that waited for a row's lock would see the row as
+# the other transaction left it but the revision and original it joined as they were
+# before, so the rows are read by a statement of their own once they are locked.
+_LOCK = f"""
+SELECT c.external_id FROM call_records c
+{_WHERE} AND c.external_id > $4
+ORDER BY c.source, c.external_id
+LIMIT {PAGE}
+FOR UPDATE
 """  # noqa: S608
-_LOCKED = _PAGE + " FOR UPDATE OF c"
+_LOCKED = f"""{_SELECT}
+WHERE c.source = $1 AND c.external_id = ANY($2::text[])
+ORDER BY c.source, c.external_id
+"""
 
 
 class ReprocessError(Exception):
@@ -109,8 +124,7 @@ async def reprocess(
             after = ""
             while True:
                 async with connection.transaction():
-                    query = _PAGE if selection.dry_run else _LOCKED
-                    rows = await connection.fetch(query, *window, after)
+                    rows = await _page(connection, window, after, locked=not selection.dry_run)
                     if not rows:
                         break
                     changed = _derive(rows, sources, providers, counts)
@@ -125,6 +139,19 @@ async def reprocess(
     finally:
         await pool.close()
     return counts
+
+
+async def _page(
+    connection: Connection,
+    window: tuple[str, datetime | None, datetime | None],
+    after: str,
+    *,
+    locked: bool,
+) -> list[asyncpg.Record]:
+    if not locked:
+        return list(await connection.fetch(_PAGE, *window, after))
+    keys = [row["external_id"] for row in await connection.fetch(_LOCK, *window, after)]
+    return list(await connection.fetch(_LOCKED, window[0], keys)) if keys else []
 
 
 def _derive(

@@ -242,3 +242,44 @@ async def test_a_record_with_revisions_gets_the_next_one_and_keeps_the_others(
     third = loads(history[2]["content"])
     assert third["labels"] == loads(kept[1]["content"])["labels"]
     assert (await db.fetchval("SELECT count(*) FROM outbox")) == 3  # 2 stored + 1 reprocessed
+
+
+async def test_a_push_holding_the_record_is_waited_for_and_reprocess_reads_its_content(
+    settings: Settings, sources: Sources, db: asyncpg.Connection
+) -> None:
+    """A worker's batch holds the record's row (its upsert's lock) and writes revision 2:
+    reprocess waits, then derives revision 3 from revision 2's request, never a second
+    revision 2 nor one from the request it would have read before the push."""
+    pool = await create_pool(settings.database_url, 2, name="test-reprocess")
+    try:
+        first = Normalized()
+        first.extend(normalize_envelope(envelope(sample("nx-cc", "raced"), T0), sources, REGISTRY))
+        async with pool.acquire() as connection:
+            await write_batch(connection, first)
+        later = envelope(sample("nx-cc", "raced", 1), T0 + timedelta(minutes=30))
+        push = Normalized()
+        push.extend(normalize_envelope(later, sources, REGISTRY))
+        async with pool.acquire() as worker, worker.transaction():
+            await worker.execute(
+                "SELECT 1 FROM call_records WHERE external_id = 'raced' FOR UPDATE"
+            )
+            task = asyncio.create_task(
+                reprocess(
+                    settings.database_url, fixed_sources(), REGISTRY, ReprocessSelection("nx-cc")
+                )
+            )
+            await asyncio.sleep(0.5)
+            assert not task.done()  # waiting for the record's lock
+            await write_batch(worker, push)  # revision 2, in the same transaction
+        done = await asyncio.wait_for(task, 10)
+    finally:
+        await pool.close()
+    assert (done.changed, done.unchanged) == (1, 0)
+    rows = await db.fetch(
+        "SELECT revision, content, reprocessed_at FROM record_history"
+        " WHERE external_id = 'raced' ORDER BY revision"
+    )
+    assert [row["revision"] for row in rows] == [1, 2, 3]
+    assert [row["reprocessed_at"] is not None for row in rows] == [False, False, True]
+    second, third = loads(rows[1]["content"]), loads(rows[2]["content"])
+    assert third["labels"] == second["labels"] == ["Intended customers", "High level"]
