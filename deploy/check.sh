@@ -114,7 +114,7 @@ for sources in deploy/sources.*.toml deploy/k8s/overlays/*/sources.toml; do
 import sys
 from pathlib import Path
 from schemas.providers import default_registry
-from schemas.sources import parse_sources
+from schemas.sources_file import parse_sources
 path = sys.argv[1]
 sources = parse_sources(Path(path).read_text(encoding="utf-8"), origin=path, environ={},
                         providers=default_registry(), resolve_secrets=False)

@@ -25,6 +25,9 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON outbox TO cdrflow_worker;
 GRANT SELECT, UPDATE, DELETE, TRUNCATE ON outbox_0, outbox_1, outbox_2, outbox_3 TO cdrflow_worker;
 GRANT USAGE, SELECT ON SEQUENCE outbox_slot_seq TO cdrflow_worker;
 GRANT SELECT ON cdrflow_migrations TO cdrflow_worker;
+-- Where `cdrflow migrate`'s data steps stand: read like the schema version, written only by
+-- the owner's `cdrflow migrate`.
+GRANT SELECT ON cdrflow_data_steps TO cdrflow_worker;
 
 -- The reconciler (`cdrflow reconcile`, `cdrflow reconciler`) connects as cdrflow_worker: it
 -- reads call_records (above), keeps each window's run and each discrepancy (a discrepancy
@@ -47,7 +50,7 @@ BEGIN
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'cdrflow_console') THEN
         GRANT SELECT ON call_records, record_revisions, record_history, record_payloads,
             originals, deliveries,
-            rejected_callbacks, outbox, cdrflow_migrations, reconciliation_runs,
+            rejected_callbacks, outbox, cdrflow_migrations, cdrflow_data_steps, reconciliation_runs,
             reconciliation_discrepancies TO cdrflow_console;
     END IF;
 END
