@@ -169,7 +169,10 @@ async def test_an_encoded_token_on_a_path_that_does_not_route_is_not_logged(
 ) -> None:
     token = TOKENS["nx-cc"]
     target = path.format(encoded=percent(token), upper=percent(token).upper())
-    answer = await exchange(client, f"POST {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    # Connection: close, so that the answer ends the exchange: a kept-alive connection would
+    # wait out the ingress's header timeout for a next request.
+    request = f"POST {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    answer = await exchange(client, request.encode())
     assert statuses(answer) == [404]
     logged = log_output.getvalue()
     [event] = [e for e in map(loads, logged.splitlines()) if e["event"] == "request_unroutable"]
@@ -231,7 +234,7 @@ async def test_a_token_that_straddles_the_logged_bytes_is_not_logged_in_part(
     # must not leave its first half there.
     token = TOKENS["nx-cc"]
     padding = "p" * (160 - len("POST /nowhere/") - len(token) // 2)
-    head = b"Host: x\r\nBad Header: 1\r\n" if refused else b"Host: x\r\n"
+    head = b"Host: x\r\nBad Header: 1\r\n" if refused else b"Host: x\r\nConnection: close\r\n"
     request = f"POST /nowhere/{padding}{token}/more HTTP/1.1\r\n".encode() + head + b"\r\n"
     answer = await exchange(client, request)
     assert statuses(answer) == ([400] if refused else [404])
