@@ -1,4 +1,4 @@
-# cdrflow — make install | run | test | test-unit | lint | schemas | bench | profile
+# cdrflow — make install | run | test | test-unit | lint | schemas | bench | profile | tools-check
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -117,6 +117,13 @@ deploy-check: install tools
 .PHONY: chaos
 chaos: install tools
 	$(BIN)/python -m tools.chaos.run $(CHAOS_ARGS)
+
+# The tools' own smoke runs (tools/checks/): the bench fills every row of its table, the
+# profile samples a draining worker. They test the tools, not cdrflow, so `make test` leaves
+# them out; CI runs them (.ci/run). About two minutes.
+.PHONY: tools-check
+tools-check: install tools
+	$(BIN)/pytest tools/checks $(PYTEST_ARGS)
 
 # A three-node RabbitMQ cluster of its own (deploy/cluster/rabbitmq-cluster.sh) loses the node
 # leading cdr.raw under wrk load: nothing answered 200 may be lost (docs/testing.md).

@@ -22,7 +22,6 @@ PRODUCT = tuple(
 SHARED_SUPPORT = "tests.support"
 # The tests of a tool, each with the tool it tests: the only tests that import from tools/.
 TOOL_TESTS = {
-    "tests/integration/test_bench.py": "tools.bench",
     "tests/unit/test_bench_table.py": "tools.bench",
     "tests/unit/test_profile_summary.py": "tools.bench",
 }
