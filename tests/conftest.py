@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -46,8 +47,13 @@ LONGER_TIMEOUTS = {
     "test_every_answer_the_ingress_gives_matches_the_openapi_document": 60,
 }
 
+# `make test` runs the suite on several pytest-xdist workers sharing the cores, so a test
+# may take that many times as long as it does alone: its limit, there to end a hang, is
+# scaled by as much.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark the tests that need the real services, so `-m "not integration"` is the pure run;
     give the few long ones their limit."""
     for item in items:
@@ -57,6 +63,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         seconds = LONGER_TIMEOUTS.get(getattr(item, "originalname", item.name))
         if seconds is not None:
             item.add_marker(pytest.mark.timeout(seconds))
+        if WORKERS > 1:
+            item.add_marker(pytest.mark.timeout(limit(config, item) * WORKERS), append=False)
+
+
+def limit(config: pytest.Config, item: pytest.Item) -> float:
+    """The test's pytest-timeout limit: its marker's, or the run's."""
+    marker = item.get_closest_marker("timeout")
+    if marker is not None and (marker.args or "timeout" in marker.kwargs):
+        return float(marker.args[0] if marker.args else marker.kwargs["timeout"])
+    return float(config.getoption("timeout", None) or config.getini("timeout"))
 
 
 @pytest.fixture(scope="session")
