@@ -48,9 +48,9 @@ run: install
 
 # Every test, against the real RabbitMQ and PostgreSQL, with coverage (of the `cdrflow`
 # commands the tests run, too), on TEST_WORKERS pytest-xdist workers: most tests wait on
-# sockets, processes and the services, so three workers keep two cores busy
+# sockets, processes and the services, so four workers keep two cores busy
 # (docs/testing.md, "How the suite runs"). TEST_WORKERS=0 runs it in this one process.
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 4
 test: install tools
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal --cov --cov-report=term $(PYTEST_ARGS)
 
