@@ -177,7 +177,7 @@ async def _storage(table: Table, options: Options, where: Services, workdir: Pat
         f"bytes on disk per call ({kept.calls:,} calls, {kept.callbacks:,} callbacks)",
         kept.as_left,
         "B",
-        f"{payload}: {ratio(kept.as_left, kept.body_bytes)} x; no vacuum since the run",
+        f"{payload}: {ratio(kept.as_left, kept.body_bytes)} x; no vacuum, the worker idle",
     )
     table.add(
         "storage.bytes_per_call.vacuumed",
