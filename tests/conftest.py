@@ -22,6 +22,7 @@ from workers.storage.migrate import migrate
 
 TABLES = (
     "call_records",
+    "call_keys",
     "record_revisions",
     "deliveries",
     "rejected_callbacks",

@@ -10,10 +10,10 @@ written at all; one whose content changes becomes the next revision, shown and w
 to the outbox, from which the workers' relay publishes it like any other revision.
 
 Pages of `PAGE` records of the source, in key order (keyset: no offset, no long
-snapshot), one short transaction each. The page's rows are locked first, in the order the
-workers' upsert locks them (`FOR UPDATE`, by source and external id): a push of the same
-call waits for the page, or the page for the push, and only one of them writes the next
-revision. `--dry-run` reads without locking and writes nothing."""
+snapshot), one short transaction each. The page's records are locked first, in the order
+the workers' batches lock them (their keys in `call_keys`, `FOR UPDATE`, by record_id): a
+push of the same call waits for the page, or the page for the push, and only one of them
+writes the next revision. `--dry-run` reads without locking and writes nothing."""
 
 from __future__ import annotations
 
@@ -59,16 +59,21 @@ LIMIT {PAGE}
 """
 # Locked first, read after: a statement that waited for a row's lock would see the row as
 # the other transaction left it but the revision and original it joined as they were
-# before, so the rows are read by a statement of their own once they are locked.
+# before, so the rows are read by a statement of their own once they are locked. What is
+# locked is the records' keys (`call_keys`), in record_id order, as the workers' batches
+# lock them before they touch a record.
 _LOCK = f"""
-SELECT c.external_id FROM call_records c
-{_WHERE} AND c.external_id > $4
-ORDER BY c.source, c.external_id
-LIMIT {PAGE}
+SELECT k.record_id FROM call_keys k
+WHERE k.record_id IN (
+    SELECT c.record_id FROM call_records c
+    {_WHERE} AND c.external_id > $4
+    ORDER BY c.source, c.external_id
+    LIMIT {PAGE})
+ORDER BY k.record_id
 FOR UPDATE
 """  # noqa: S608
 _LOCKED = f"""{_SELECT}
-WHERE c.source = $1 AND c.external_id = ANY($2::text[])
+WHERE c.record_id = ANY($1::uuid[])
 ORDER BY c.source, c.external_id
 """
 
@@ -150,8 +155,8 @@ async def _page(
 ) -> list[asyncpg.Record]:
     if not locked:
         return list(await connection.fetch(_PAGE, *window, after))
-    keys = [row["external_id"] for row in await connection.fetch(_LOCK, *window, after)]
-    return list(await connection.fetch(_LOCKED, window[0], keys)) if keys else []
+    keys = [row["record_id"] for row in await connection.fetch(_LOCK, *window, after)]
+    return list(await connection.fetch(_LOCKED, keys)) if keys else []
 
 
 def _derive(

@@ -25,6 +25,8 @@ import asyncpg
 from cdrflow.logs import get_logger
 from workers.storage.partition_retention import bound_in_place, ensure_all_ahead, partition_in_place
 from workers.storage.payloads_migration import move_payloads
+from workers.storage.records_partitioning import partition as partition_records
+from workers.storage.records_partitioning import prepare as prepare_records
 from workers.storage.rehash import rehash_stored_contents
 
 log = get_logger("cdrflow.migrate")
@@ -33,12 +35,15 @@ _LOCK_KEY = 0x63647266  # "cdrf": serializes concurrent migrate runs
 _STEP = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 # 3: the content hash now covers the normalized record, not the payload.
 # 9: deliveries and rejected_callbacks partitioned by time, in place (partition_retention).
+# 12: call_records, record_revisions and originals too, and call_keys (records_partitioning).
 AFTER_STEP: dict[int, Callable[[asyncpg.Connection], Awaitable[int]]] = {
     3: rehash_stored_contents,
     9: partition_in_place,
+    12: partition_records,
 }
 BEFORE_STEP: dict[int, Callable[[asyncpg.Connection], Awaitable[None]]] = {
     9: lambda connection: bound_in_place(connection, datetime.now(UTC)),
+    12: prepare_records,
 }
 # 8: each payload once, in `originals`; the shown content only in call_records.
 DATA_STEPS: dict[int, Callable[[asyncpg.Connection], Awaitable[bool]]] = {
