@@ -25,8 +25,10 @@ import asyncpg
 from cdrflow.logs import get_logger
 from workers.storage.partition_retention import bound_in_place, ensure_all_ahead, partition_in_place
 from workers.storage.payloads_migration import move_payloads
+from workers.storage.records_partitioning import STEP as STEP_RECORDS
 from workers.storage.records_partitioning import partition as partition_records
 from workers.storage.records_partitioning import prepare as prepare_records
+from workers.storage.records_partitioning import tidy as tidy_records
 from workers.storage.rehash import rehash_stored_contents
 
 log = get_logger("cdrflow.migrate")
@@ -152,6 +154,8 @@ async def migrate(url: str) -> list[int]:
         for version, data_step in DATA_STEPS.items():
             if version in done or version in applied:
                 await data_step(connection)
+        if STEP_RECORDS in done or STEP_RECORDS in applied:
+            await tidy_records(connection)
         await _partitions_ahead(connection)
     finally:
         await connection.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)

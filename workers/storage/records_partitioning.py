@@ -99,18 +99,25 @@ WITH page AS (
 SELECT record_id FROM page ORDER BY record_id DESC LIMIT 1
 """
 
-# The indexes of the partitioned tables that the plain ones lack: their unique keys, which
-# must hold the partition key, and (source, external_id), unique no more (call_keys is the
-# key). Built on the plain tables while they are read and written, attached as they are.
+# The unique keys of the partitioned tables, which must hold the partition key. Built on
+# the plain tables while they are read and written, attached as they are.
 INDEXES = {
     "call_records_record_key":
         "UNIQUE INDEX CONCURRENTLY {} ON call_records (record_id, stored_at)",
-    "call_records_source_external_id_idx":
-        "INDEX CONCURRENTLY {} ON call_records (source, external_id)",
     "record_revisions_record_key":
         "UNIQUE INDEX CONCURRENTLY {} ON record_revisions (record_id, revision, stored_at)",
     "originals_bundle_key": "UNIQUE INDEX CONCURRENTLY {} ON originals (bundle_id, stored_at)",
 }  # fmt: skip
+# (source, external_id) is no index of the partitioned table: every reader finds a record
+# by its id, the uuid5 of that key. Schema 8's data step, while it has records left to
+# move, walks call_records in that order: the legacy partition keeps this index for it
+# alone (unique, so not copied to the parent), dropped once the step is done (`tidy`).
+LEGACY_KEY = "call_records_source_external_id_key"
+LEGACY_KEY_ATTACHED = "call_records_legacy_source_external_id_key"
+_STEP_8_DONE = """
+SELECT to_regclass('cdrflow_data_steps') IS NOT NULL AND EXISTS (
+    SELECT FROM cdrflow_data_steps WHERE version = 8 AND finished_at IS NOT NULL)
+"""
 
 
 async def prepare(connection: asyncpg.Connection, now: datetime | None = None) -> None:
@@ -144,6 +151,24 @@ async def prepare(connection: asyncpg.Connection, now: datetime | None = None) -
             await connection.execute(f"DROP INDEX CONCURRENTLY {name}")
         await connection.execute(f"CREATE {definition.format(name)}")
         log.info("index_built", index=name)
+    if not await connection.fetchval(_STEP_8_DONE):
+        valid = await connection.fetchval(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)", LEGACY_KEY
+        )
+        if valid is False:
+            await connection.execute(f"DROP INDEX CONCURRENTLY {LEGACY_KEY}")
+        if not valid:
+            await connection.execute(
+                f"CREATE UNIQUE INDEX CONCURRENTLY {LEGACY_KEY} ON call_records"
+                " (source, external_id)"
+            )
+
+
+async def tidy(connection: asyncpg.Connection) -> None:
+    """After the data steps (every `cdrflow migrate`): once schema 8's data step is done,
+    the legacy partition's (source, external_id) index has no reader left."""
+    if await connection.fetchval(_STEP_8_DONE):
+        await connection.execute(f"DROP INDEX IF EXISTS {LEGACY_KEY_ATTACHED}")
 
 
 async def partition(connection: asyncpg.Connection) -> int:
