@@ -17,6 +17,12 @@
 
 SET LOCAL lock_timeout = '10s';
 
+-- Made and filled before this transaction (prepare); here for the record of the schema.
+CREATE TABLE IF NOT EXISTS call_keys (
+    record_id   uuid PRIMARY KEY,
+    stored_at   timestamptz NOT NULL
+);
+
 -- From now on the workers write the keys themselves.
 DROP TRIGGER call_records_key ON call_records;
 DROP FUNCTION call_key_of_record();
