@@ -15,8 +15,9 @@ loses the database, between the broker's confirm and the delete's commit. `messa
 The outbox is a ring of partitions (migration 6), written in turn, 5,000 rows each, so that
 its deleted rows never pile up waiting for a vacuum: each relay round truncates every
 partition that is not being written to and holds no row left to publish
-(`reclaim_drained`). Publishers and relays name the partition they claim from, so that a
-partition nobody writes to is locked by nobody and its TRUNCATE never waits."""
+(`reclaim_drained`), and, once no row was written for a whole round, the one being written
+to as well. Publishers and relays name the partition they claim from, so that a partition
+nobody writes to is locked by nobody and its TRUNCATE never waits."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ ORDER BY outbox_id
 FOR UPDATE SKIP LOCKED
 """
 _DELETE = "DELETE FROM {partition} WHERE outbox_id = ANY($1::bigint[])"
-_WRITTEN_TO = "SELECT outbox_slot_of(last_value) FROM outbox_slot_seq"
+_WRITTEN_TO = "SELECT last_value, outbox_slot_of(last_value) AS slot FROM outbox_slot_seq"
 _HAS_PAGES = "SELECT pg_relation_size($1::regclass) > 0"
 
 
@@ -97,6 +98,8 @@ class RecordPublisher:
         self.interval_seconds = interval_seconds
         self.retry_max_seconds = retry_max_seconds
         self.database_ok = True  # as of the relay's last look at the database
+        # The outbox rows counted when the last reclaim looked (outbox_slot_seq).
+        self._rows_counted: int | None = None
 
     async def publish(self, entries: Sequence[OutboxEntry]) -> int:
         """Publish committed records and forget the confirmed ones. Returns how many were
@@ -172,12 +175,20 @@ class RecordPublisher:
     async def reclaim_drained(self) -> int:
         """TRUNCATE each outbox partition that is not being written to and holds no row
         left to publish: the space of its deleted rows comes back now, not at the next
-        vacuum. Returns how many were truncated."""
+        vacuum. The partition being written to is truncated too once the outbox is idle:
+        no row was written since the previous call (a relay interval ago). Under load it
+        is left alone, so that writers never wait behind its lock; it holds at most its
+        5,000 rows. Returns how many were truncated."""
         truncated = 0
         async with self.pool.acquire() as connection:
-            written_to = await connection.fetchval(_WRITTEN_TO)
+            written = await connection.fetchrow(_WRITTEN_TO)
+            assert written is not None
+            idle = written["last_value"] == self._rows_counted
+            self._rows_counted = written["last_value"]
             for slot, partition in enumerate(PARTITIONS):
-                if slot != written_to and await _truncate_if_drained(connection, partition):
+                if (idle or slot != written["slot"]) and await _truncate_if_drained(
+                    connection, partition
+                ):
                     truncated += 1
         return truncated
 

@@ -109,7 +109,7 @@ async def partitioned_since(
     """A database whose records were partitioned at `since` (schema 12 applied then, its
     legacy partitions ending the month after), with every month's partitions up to now."""
     async with scratch_database(label) as url:
-        with schema_up_to(10):
+        with schema_up_to(11):
             await migrate(url)
         connection = await asyncpg.connect(url)
         try:
@@ -307,11 +307,11 @@ async def test_schema_12_in_place_keeps_every_record_and_revision_and_dedups_old
     sources: Sources,
 ) -> None:
     async with scratch_database("records_in_place") as url:
-        with schema_up_to(10):
+        with schema_up_to(11):
             await migrate(url)
         connection = await asyncpg.connect(url)
         try:
-            # Records as the workers store them at schema 10 (the writer's statements, given
+            # Records as the workers store them at schema 11 (the writer's statements, given
             # the key table and index they need, taken away again before the upgrade).
             await connection.execute(
                 "CREATE TABLE call_keys (record_id uuid PRIMARY KEY, stored_at timestamptz);"

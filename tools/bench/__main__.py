@@ -177,7 +177,7 @@ async def _storage(table: Table, options: Options, where: Services, workdir: Pat
         f"bytes on disk per call ({kept.calls:,} calls, {kept.callbacks:,} callbacks)",
         kept.as_left,
         "B",
-        f"{payload}: {ratio(kept.as_left, kept.body_bytes)} x; no vacuum since the run",
+        f"{payload}: {ratio(kept.as_left, kept.body_bytes)} x; no vacuum, the worker idle",
     )
     table.add(
         "storage.bytes_per_call.vacuumed",
@@ -242,6 +242,8 @@ async def _end_to_end(
         f"{_wrapped(result.load, options)}",
     )
     _add_cpu(table, f"{key}.cpu", result.cpu, result.callbacks)
+    if where.private:  # the shared PostgreSQL's processes are not told apart from others'
+        _add_database_cpu(table, f"{key}.postgres", result, limit)
 
 
 def _rate(run: design.DesignLimit | flow.EndToEnd) -> float:
@@ -271,6 +273,23 @@ def _add_cpu(table: Table, key: str, account: cpu.Account, callbacks: int) -> No
         "µs",
         ", ".join(f"{kind} {spent[kind]:.0f}" for kind in cpu.CLASSES)
         + f"; cores {account.busy:.0%} busy",
+    )
+
+
+def _add_database_cpu(
+    table: Table, key: str, result: flow.EndToEnd, limit: design.DesignLimit
+) -> None:
+    """PostgreSQL's own share, beside the design limit's: what cdrflow's statements and the
+    bytes it writes cost the database per callback, against the same design's bare minimum
+    on the same machine in the same round."""
+    spent = result.cpu.per_callback(result.callbacks)["postgres"]
+    floor = limit.cpu.per_callback(limit.callbacks)["postgres"]
+    table.add(
+        key,
+        "... PostgreSQL's CPU per callback",
+        spent,
+        "µs",
+        f"{ratio(spent, floor)} x the design limit's {floor:.0f} µs in the same round",
     )
 
 

@@ -23,10 +23,12 @@ ROWS = (
     "limit.design.cpu",
     "end_to_end",
     "end_to_end.cpu",
+    "end_to_end.postgres",
     "limit.design.2",
     "limit.design.2.cpu",
     "end_to_end.2",
     "end_to_end.2.cpu",
+    "end_to_end.2.postgres",
     "drain.rate",
     "drain.cpu",
     "drain.rss",
@@ -46,10 +48,12 @@ ROWS = (
     "hostile.numbers",
 )
 OPTIONAL_ROWS = ("drain.rss_million",)
-# Only in some runs: a second end-to-end worker count, lag rates past the smoke run's three.
+# Only in some runs: a second end-to-end worker count, lag rates past the smoke run's three,
+# PostgreSQL's own CPU (measured only on the bench's private PostgreSQL, not with --shared).
 NOT_ALWAYS = frozenset(
     {
         *("limit.design.2", "limit.design.2.cpu", "end_to_end.2", "end_to_end.2.cpu"),
+        *("end_to_end.postgres", "end_to_end.2.postgres"),
         *("lag.4", "lag.5", *OPTIONAL_ROWS),
     }
 )

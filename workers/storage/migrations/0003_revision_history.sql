@@ -23,7 +23,7 @@ CREATE TABLE record_revisions (
 
 -- An existing record becomes its current revision. Its earlier contents were never kept:
 -- the deliveries counted before the upgrade all count on the revision it shows now.
--- content_hash is rewritten by `cdrflow migrate` after this step (workers/migrate.py):
+-- content_hash is rewritten by `cdrflow migrate` after this step (workers/storage/migrate.py):
 -- the hash now covers the normalized record (schemas/content.py), not the payload.
 INSERT INTO record_revisions (record_id, revision, content_hash, content, raw, ingest_id,
     item, received_at, stored_at, first_seen_at, last_seen_at, delivery_count)

@@ -5,7 +5,7 @@
 -- outbox grew by the size of every message ever sent. Now the rows go to four partitions in
 -- turn, 5,000 rows each (a sequence counts them: nothing is updated to rotate), and a
 -- worker's relay round truncates each partition it does not write to that holds no row
--- left to publish (workers/outbox.py): its space comes back at once, vacuum or not.
+-- left to publish (workers/outbox.py and workers/records_publisher.py): its space comes back at once, vacuum or not.
 --
 -- Workers of the previous release keep working during a rolling upgrade: they insert into
 -- `outbox` without a slot (the default picks it), and claim and delete through the parent.
