@@ -125,7 +125,7 @@ async def migrate(url: str) -> list[int]:
     connection = await asyncpg.connect(url)
     applied = []
     try:
-        await connection.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+        await _lock(connection)
         await connection.execute(
             "CREATE TABLE IF NOT EXISTS cdrflow_migrations ("
             " version integer PRIMARY KEY, name text NOT NULL,"
@@ -161,6 +161,14 @@ async def migrate(url: str) -> list[int]:
         await connection.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
         await connection.close()
     return applied
+
+
+async def _lock(connection: asyncpg.Connection) -> None:
+    """Wait for the other runs, without a statement open meanwhile: a run that builds an
+    index CONCURRENTLY (step 12) waits for every open statement of the database, a
+    `pg_advisory_lock` waiting for it among them."""
+    while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
+        await asyncio.sleep(0.1)
 
 
 async def _partitions_ahead(connection: asyncpg.Connection) -> None:
