@@ -167,7 +167,9 @@ async def _lock(connection: asyncpg.Connection) -> None:
     """Wait for the other runs, without a statement open meanwhile: a run that builds an
     index CONCURRENTLY (step 12) waits for every open statement of the database, a
     `pg_advisory_lock` waiting for it among them."""
-    while not await connection.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
+    while True:
+        if await connection.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
+            return
         await asyncio.sleep(0.1)
 
 
