@@ -168,9 +168,12 @@ async def ensure_all_ahead(connection: Connection, now: datetime) -> list[str]:
 
 async def hours_ahead(connection: Connection, now: datetime) -> dict[str, float]:
     """For each partitioned table, how many hours its partitions still cover from `now`
-    (0 when the current period has none, or the table is not partitioned yet)."""
+    (0 when the current period has none). A table a later schema step partitions is left
+    out until then."""
     ahead = {}
     for table in PARTITIONED.values():
+        if not await is_partitioned(connection, table):
+            continue
         ends = [p.ends for p in await partitions_of(connection, table) if p.ends is not None]
         newest = max(ends, default=now)
         ahead[table.name] = max(0.0, (newest - now).total_seconds() / 3600)
