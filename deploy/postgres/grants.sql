@@ -1,6 +1,8 @@
 -- Table rights of cdrflow's roles (deploy/postgres/roles.sql creates them). Idempotent: run
 -- as cdrflow_owner after every `cdrflow migrate` (the Kubernetes migration Job and
--- compose.yaml do). A migration that adds a table adds its line here.
+-- compose.yaml do). A migration that adds a table adds its line here. Functions need none:
+-- PUBLIC executes a function unless revoked, and roles.sql revokes no such right
+-- (record_id_for, a record's id from its source and external id, is for every reader).
 --   psql -v ON_ERROR_STOP=1 "$OWNER_DATABASE_URL" -f deploy/postgres/grants.sql
 
 -- Workers: the upsert of call_records, every revision of a record (a new one inserted, a
