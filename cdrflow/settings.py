@@ -154,8 +154,8 @@ class Settings(BaseSettings):
     delivery_retention_days: Annotated[int, Field(ge=1)] = 35
 
     # Retention (`cdrflow retention`, on a schedule): days kept, whole partitions dropped
-    # past them; 0 keeps forever. Records, and the original bytes with the revision history,
-    # are not partitioned yet: their settings are checked and reported, nothing is dropped.
+    # past them; 0 keeps forever. Records go with their revisions and their keys; the
+    # original bytes (`originals`) may go sooner, the revisions keeping their content.
     retention_records_days: RetentionDays = 0
     retention_originals_days: RetentionDays = 0
     retention_rejected_days: RetentionDays = 0

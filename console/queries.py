@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from cdrflow.operations.pipeline_status import received_within
+from schemas.record import record_id_for
 
 PAGE = 50
 STATUSES = ("answered", "no_answer", "busy", "rejected", "cancelled", "failed", "unknown")
@@ -72,9 +73,12 @@ class Search:
         if self.source:
             clauses.append(f"source = {bind(self.source)}")
         if self.external_id:
-            if not self.source and self.known_sources:
-                # The key is (source, external_id): one probe per source, not a scan.
-                clauses.append(f"source = ANY({bind(list(self.known_sources))}::text[])")
+            # A record's id is the uuid5 of (source, external_id): one probe of the primary
+            # key per source, not a scan.
+            sources = [self.source] if self.source else list(self.known_sources)
+            if sources:
+                ids = [record_id_for(source, self.external_id) for source in sources]
+                clauses.append(f"record_id = ANY({bind(ids)}::uuid[])")
             clauses.append(f"external_id = {bind(self.external_id)}")
         if self.number:
             clauses.append(_number_clause(self.number, bind))

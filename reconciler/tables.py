@@ -15,6 +15,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from reconciler.compare import Difference
 from schemas.providers.books import Window
+from schemas.record import record_id_for
 
 # The advisory-lock namespace of reconciliation passes ("CDRF"); the key is the source's.
 LOCK_CLASS = 0x43445246
@@ -121,14 +122,16 @@ async def windows_still_due(connection: Connection, source: str, before: datetim
 _STORED = """
 SELECT external_id, record_id, status, talk_seconds, billed_seconds, rate, cost, base_cost
 FROM call_records
-WHERE source = $1 AND external_id = ANY($2::text[])
+WHERE record_id = ANY($2::uuid[]) AND source = $1
 """
 
 
 async def stored_records(
     connection: Connection, source: str, external_ids: Collection[str]
 ) -> dict[str, asyncpg.Record]:
-    rows = await connection.fetch(_STORED, source, list(external_ids))
+    # By primary key: a record's id is the uuid5 of its source and external id.
+    ids = [record_id_for(source, external_id) for external_id in external_ids]
+    rows = await connection.fetch(_STORED, source, ids)
     return {row["external_id"]: row for row in rows}
 
 

@@ -23,6 +23,7 @@ from workers.storage.migrate import migrate
 
 TABLES = (
     "call_records",
+    "call_keys",
     "record_revisions",
     "deliveries",
     "rejected_callbacks",

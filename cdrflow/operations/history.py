@@ -21,6 +21,7 @@ import asyncpg
 
 from schemas.envelope import PUSH
 from schemas.jsoncodec import dumps, loads_exact
+from schemas.record import record_id_for
 
 # The view gives every revision's content, the shown one's from call_records (migration 8).
 REVISIONS = """
@@ -38,7 +39,10 @@ DISCREPANCIES = """
 SELECT field, ours, theirs, found_at FROM reconciliation_discrepancies WHERE record_id = $1
 ORDER BY field
 """
-_RECORD_ID = "SELECT record_id FROM call_records WHERE source = $1 AND external_id = $2"
+# The record's id is the uuid5 of its key (schemas.record): the look-up is by primary key.
+_RECORD_ID = """
+SELECT record_id FROM call_records WHERE record_id = $1 AND source = $2 AND external_id = $3
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +173,9 @@ class RecordHistory:
 async def find_record(
     connection: asyncpg.Connection, source: str, external_id: str
 ) -> uuid.UUID | None:
-    found: uuid.UUID | None = await connection.fetchval(_RECORD_ID, source, external_id)
+    found: uuid.UUID | None = await connection.fetchval(
+        _RECORD_ID, record_id_for(source, external_id), source, external_id
+    )
     return found
 
 

@@ -9,14 +9,15 @@ makes is marked `reprocessed_at`. A record whose content hash comes out the same
 written at all; one whose content changes becomes the next revision, shown and written
 to the outbox, from which the workers' relay publishes it like any other revision.
 
-Pages of `PAGE` records of the source, in key order (keyset: no offset, no long
-snapshot), one short transaction each. The page's rows are locked first, in the order the
-workers' upsert locks them (`FOR UPDATE`, by source and external id): a push of the same
-call waits for the page, or the page for the push, and only one of them writes the next
-revision. `--dry-run` reads without locking and writes nothing."""
+Pages of `PAGE` records of the source, in record_id order (keyset: no offset, no long
+snapshot), one short transaction each. The page's records are locked first, in the order
+the workers' batches lock them (their keys in `call_keys`, `FOR UPDATE`, by record_id): a
+push of the same call waits for the page, or the page for the push, and only one of them
+writes the next revision. `--dry-run` reads without locking and writes nothing."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -53,23 +54,28 @@ LEFT JOIN record_revisions r
 LEFT JOIN originals o ON o.bundle_id = coalesce(c.bundle_id, r.bundle_id)
 """
 _PAGE = f"""{_SELECT}
-{_WHERE} AND c.external_id > $4
-ORDER BY c.source, c.external_id
+{_WHERE} AND ($4::uuid IS NULL OR c.record_id > $4)
+ORDER BY c.record_id
 LIMIT {PAGE}
 """
 # Locked first, read after: a statement that waited for a row's lock would see the row as
 # the other transaction left it but the revision and original it joined as they were
-# before, so the rows are read by a statement of their own once they are locked.
+# before, so the rows are read by a statement of their own once they are locked. What is
+# locked is the records' keys (`call_keys`), in record_id order, as the workers' batches
+# lock them before they touch a record.
 _LOCK = f"""
-SELECT c.external_id FROM call_records c
-{_WHERE} AND c.external_id > $4
-ORDER BY c.source, c.external_id
-LIMIT {PAGE}
+SELECT k.record_id FROM call_keys k
+WHERE k.record_id IN (
+    SELECT c.record_id FROM call_records c
+    {_WHERE} AND ($4::uuid IS NULL OR c.record_id > $4)
+    ORDER BY c.record_id
+    LIMIT {PAGE})
+ORDER BY k.record_id
 FOR UPDATE
 """  # noqa: S608
 _LOCKED = f"""{_SELECT}
-WHERE c.source = $1 AND c.external_id = ANY($2::text[])
-ORDER BY c.source, c.external_id
+WHERE c.record_id = ANY($1::uuid[])
+ORDER BY c.record_id
 """
 
 
@@ -121,7 +127,7 @@ async def reprocess(
         async with pool.acquire() as connection:
             if progress is not None:
                 progress.expect(await connection.fetchval(_COUNT, *window))
-            after = ""
+            after: uuid.UUID | None = None
             while True:
                 async with connection.transaction():
                     rows = await _page(connection, window, after, locked=not selection.dry_run)
@@ -132,7 +138,7 @@ async def reprocess(
                         await _store(connection, changed, counts)
                     elif changed:
                         counts.changed += len(changed)
-                after = rows[-1]["external_id"]
+                after = rows[-1]["record_id"]
                 counts.examined += len(rows)
                 if progress is not None:
                     progress.update(len(rows), **counts.as_fields())
@@ -144,14 +150,14 @@ async def reprocess(
 async def _page(
     connection: Connection,
     window: tuple[str, datetime | None, datetime | None],
-    after: str,
+    after: uuid.UUID | None,
     *,
     locked: bool,
 ) -> list[asyncpg.Record]:
     if not locked:
         return list(await connection.fetch(_PAGE, *window, after))
-    keys = [row["external_id"] for row in await connection.fetch(_LOCK, *window, after)]
-    return list(await connection.fetch(_LOCKED, window[0], keys)) if keys else []
+    keys = [row["record_id"] for row in await connection.fetch(_LOCK, *window, after)]
+    return list(await connection.fetch(_LOCKED, keys)) if keys else []
 
 
 def _derive(

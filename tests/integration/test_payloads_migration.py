@@ -89,7 +89,7 @@ WHERE c.record_id = $1 AND r.record_id = c.record_id AND r.revision = c.revision
 """
 
 
-@pytest.mark.timeout(90)  # 100,000 records written, migrated in 50 batches and compared
+@pytest.mark.timeout(180)  # 100,000 records written, migrated (steps 8 to 12) and compared
 async def test_100000_records_upgrade_in_place_and_keep_every_revision(
     sources: Sources,
 ) -> None:

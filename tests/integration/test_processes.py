@@ -336,6 +336,9 @@ async def test_migrate_upgrades_a_version_1_database_and_keeps_its_rows() -> Non
                 "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
                 " WHERE conname = 'call_records_pkey'"
             )
-            assert key == "PRIMARY KEY (source, external_id)"
+            # The key is call_keys' (record_id, the uuid5 of source and external id); the
+            # records are partitioned by stored_at, which their primary key holds.
+            assert key == "PRIMARY KEY (record_id, stored_at)"
+            assert await connection.fetchval("SELECT count(*) FROM call_keys") == 1
         finally:
             await connection.close()

@@ -20,6 +20,7 @@ from cdrflow.operations.reprocess import ReprocessSelection, reprocess
 from cdrflow.settings import Settings
 from schemas.jsoncodec import loads
 from schemas.providers import default_registry
+from schemas.record import record_id_for
 from schemas.sources import Sources
 from schemas.sources_file import parse_sources
 from tests.support.broker import record_tap
@@ -247,7 +248,7 @@ async def test_a_record_with_revisions_gets_the_next_one_and_keeps_the_others(
 async def test_a_push_holding_the_record_is_waited_for_and_reprocess_reads_its_content(
     settings: Settings, sources: Sources, db: asyncpg.Connection
 ) -> None:
-    """A worker's batch holds the record's row (its upsert's lock) and writes revision 2:
+    """A worker's batch holds the record's key (its first lock) and writes revision 2:
     reprocess waits, then derives revision 3 from revision 2's request, never a second
     revision 2 nor one from the request it would have read before the push."""
     pool = await create_pool(settings.database_url, 2, name="test-reprocess")
@@ -260,8 +261,9 @@ async def test_a_push_holding_the_record_is_waited_for_and_reprocess_reads_its_c
         push = Normalized()
         push.extend(normalize_envelope(later, sources, REGISTRY))
         async with pool.acquire() as worker, worker.transaction():
-            await worker.execute(
-                "SELECT 1 FROM call_records WHERE external_id = 'raced' FOR UPDATE"
+            await worker.execute(  # what a batch locks first: the record's key
+                "SELECT 1 FROM call_keys WHERE record_id = $1 FOR UPDATE",
+                record_id_for("nx-cc", "raced"),
             )
             task = asyncio.create_task(
                 reprocess(

@@ -230,7 +230,8 @@ async def test_retention_drops_exactly_the_partitions_entirely_past_the_horizon(
         kept = {r["ingest_id"] for r in await connection.fetch("SELECT ingest_id FROM deliveries")}
         assert kept == {inside, outside_same_day, stray}
         assert "1 rows in deliveries_default" in "\n".join(report)
-        assert any("not partitioned yet" in line for line in report)
+        assert "call_records: kept forever (CDRFLOW_RETENTION_RECORDS_DAYS=0)" in list(report)
+        assert "originals: kept forever (CDRFLOW_RETENTION_ORIGINALS_DAYS=0)" in list(report)
         # Rejected callbacks are kept forever by default.
         assert await apply_retention(connection, settings, now, dry_run=False)
         names = {p.name for p in await partitions_of(connection, REJECTED)}
@@ -276,7 +277,7 @@ async def _command_against_a_reader(url: str, connection: asyncpg.Connection, ol
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"deliveries: dropped {old}" in done.stdout
     assert "deliveries: dropped deliveries_legacy" in done.stdout
-    assert "not partitioned yet, so nothing is dropped from it" in done.stdout
+    assert "call_records: not partitioned (run `cdrflow migrate`)" in done.stdout  # at 7
     left = {p.name for p in await partitions_of(connection, DELIVERIES)}
     assert old not in left
     assert "deliveries_legacy" not in left

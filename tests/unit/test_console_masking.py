@@ -9,6 +9,7 @@ from console.masking import HIDDEN, Viewer, hide_secrets, mask_number
 from console.pages import _next
 from console.queries import Search, SearchError, number_prefixes
 from console.session import LoginLimiter, Session, SessionSigner
+from schemas.record import record_id_for
 
 
 def test_a_viewer_sees_numbers_masked_and_an_operator_in_full() -> None:
@@ -80,8 +81,12 @@ def test_a_number_is_searched_in_the_forms_providers_send() -> None:
 
 def test_an_external_id_without_a_source_probes_each_known_source() -> None:
     clauses, args = Search(external_id="abc", known_sources=("a", "b")).where()
-    assert clauses == ["source = ANY($1::text[])", "external_id = $2"]
-    assert args == [["a", "b"], "abc"]
+    # A record's id is the uuid5 of its key: one primary-key probe per source.
+    assert clauses == ["record_id = ANY($1::uuid[])", "external_id = $2"]
+    assert args == [[record_id_for("a", "abc"), record_id_for("b", "abc")], "abc"]
+    clauses, args = Search(source="a", external_id="abc", known_sources=("a", "b")).where()
+    assert clauses == ["source = $1", "record_id = ANY($2::uuid[])", "external_id = $3"]
+    assert args == ["a", [record_id_for("a", "abc")], "abc"]
     with pytest.raises(SearchError, match="is not a UUID"):
         Search(record_id="nope").where()
 

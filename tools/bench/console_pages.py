@@ -17,6 +17,7 @@ from tempfile import TemporaryDirectory
 import asyncpg
 
 from cdrflow.settings import Settings
+from schemas.record import record_id_for
 from tests.support.console import console_client, console_server
 from tests.support.env import AMQP_URL, scratch_database
 from workers.storage.migrate import migrate
@@ -27,7 +28,7 @@ SEED = """
 INSERT INTO call_records (record_id, source, tenant, provider, event, external_id, status,
     caller, callee, raw, schema_version, received_at, first_seen_at, last_seen_at,
     content_hash, content_received_at, content_ingest_id, content_item)
-SELECT gen_random_uuid(), ($2::text[])[1 + i % 4], 'acme', 'nxcloud', 'voice_report',
+SELECT ($3::uuid[])[i], ($2::text[])[1 + i % 4], 'acme', 'nxcloud', 'voice_report',
     'ext-' || i, (ARRAY['answered','no_answer','busy','failed'])[1 + (i / 7) % 4],
     '86' || (13000000000 + (i * 7919) % 999999999)::text,
     '+86' || (15000000000 + (i * 104729) % 999999999)::text,
@@ -35,6 +36,7 @@ SELECT gen_random_uuid(), ($2::text[])[1 + i % 4], 'acme', 'nxcloud', 'voice_rep
     now() - make_interval(secs => i * 2), '\\x00', now(), gen_random_uuid(), 0
 FROM generate_series(1::bigint, $1::bigint) AS i
 """
+KEYS = "INSERT INTO call_keys (record_id, stored_at) SELECT record_id, stored_at FROM call_records"
 DELIVERIES = """
 INSERT INTO deliveries (ingest_id, item, record_id, received_at)
 SELECT content_ingest_id, 0, record_id, received_at FROM call_records
@@ -52,7 +54,11 @@ async def seed(url: str, records: int) -> str:
     """Fill the database; returns a record id to open."""
     connection = await asyncpg.connect(url)
     try:
-        await connection.execute(SEED, records, SOURCES)
+        # Each record's id is the uuid5 of its key, as the workers make it: readers find
+        # records by it.
+        ids = [record_id_for(SOURCES[i % 4], f"ext-{i}") for i in range(1, records + 1)]
+        await connection.execute(SEED, records, SOURCES, ids)
+        await connection.execute(KEYS)
         await connection.execute(DELIVERIES)
         await connection.execute(REVISIONS)
         await connection.execute("ANALYZE")

@@ -61,7 +61,9 @@ async def database_limit(database_url: str) -> float:
     """Rows per second, from the rows a worker stored in `database_url` (the same mix)."""
     db = await asyncpg.connect(database_url)
     try:
+        # A plain table like one month of call_records, and the keys the writer claims first.
         await db.execute("CREATE TABLE bench_limit (LIKE call_records INCLUDING ALL)")
+        await db.execute("CREATE TABLE bench_keys (LIKE call_keys INCLUDING ALL)")
         await db.execute("CREATE TEMP TABLE bench_stage (LIKE call_records)")
         columns = [
             r["attname"]
@@ -72,9 +74,14 @@ async def database_limit(database_url: str) -> float:
         ]
         rows = [tuple(r) for r in await db.fetch("SELECT * FROM call_records")]
         batches = _batches(rows)
+        claim = (
+            "INSERT INTO bench_keys AS k SELECT DISTINCT record_id, stored_at FROM bench_stage"
+            " ORDER BY record_id ON CONFLICT (record_id) DO UPDATE SET stored_at = k.stored_at"
+            " WHERE false"
+        )
         upsert = (
-            "INSERT INTO bench_limit AS c SELECT * FROM bench_stage ORDER BY source, external_id "
-            "ON CONFLICT (source, external_id) DO UPDATE SET "
+            "INSERT INTO bench_limit AS c SELECT * FROM bench_stage ORDER BY record_id "
+            "ON CONFLICT (record_id, stored_at) DO UPDATE SET "
             "delivery_count = c.delivery_count + excluded.delivery_count, "
             "last_seen_at = greatest(c.last_seen_at, excluded.last_seen_at)"
         )
@@ -82,6 +89,7 @@ async def database_limit(database_url: str) -> float:
         for batch in batches:
             async with db.transaction():
                 await db.copy_records_to_table("bench_stage", records=batch, columns=columns)
+                await db.execute(claim)
                 await db.execute(upsert)
                 await db.execute("TRUNCATE bench_stage")
         elapsed = time.monotonic() - started

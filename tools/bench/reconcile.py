@@ -25,6 +25,7 @@ import aio_pika
 import asyncpg
 
 from cdrflow.settings import Settings
+from schemas.record import record_id_for
 from schemas.sources import parse_zone
 from tests.support.env import AMQP_URL, scratch_database, unique
 from tests.support.fake_nxcloud import FakeNXCloud
@@ -44,7 +45,7 @@ INSERT INTO call_records (record_id, source, tenant, provider, event, external_i
     talk_seconds, billed_seconds, rate, base_cost, raw, schema_version, received_at,
     first_seen_at, last_seen_at, content_hash, content_received_at, content_ingest_id,
     content_item)
-SELECT gen_random_uuid(), 'bench-dr', 'bench', 'nxcloud', 'voice_dr', 'bench-' || i,
+SELECT ($2::uuid[])[i + 1], 'bench-dr', 'bench', 'nxcloud', 'voice_dr', 'bench-' || i,
     'answered', 30, 60, CASE WHEN i % 100 = 1 THEN 0.05 ELSE 0.036 END, 0.005, '{}', 1,
     now(), now(), now(), '\\x00', now(), gen_random_uuid(), 0
 FROM generate_series(0, $1 - 1) AS i
@@ -104,7 +105,13 @@ async def measure(records: int, workdir: Path) -> list[str]:
             await migrate(database_url)
             connection = await asyncpg.connect(database_url)
             try:
-                await connection.execute(_STORE, records)
+                # Each record's id is the uuid5 of its key, as the workers make it.
+                ids = [record_id_for("bench-dr", f"bench-{i}") for i in range(records)]
+                await connection.execute(_STORE, records, ids)
+                await connection.execute(
+                    "INSERT INTO call_keys (record_id, stored_at)"
+                    " SELECT record_id, stored_at FROM call_records"
+                )
             finally:
                 await connection.close()
             settings = Settings(database_url=database_url, raw_queue=unique("bench.reconcile"))

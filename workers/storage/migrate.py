@@ -25,6 +25,10 @@ import asyncpg
 from cdrflow.logs import get_logger
 from workers.storage.partition_retention import bound_in_place, ensure_all_ahead, partition_in_place
 from workers.storage.payloads_migration import move_payloads
+from workers.storage.records_partitioning import STEP as STEP_RECORDS
+from workers.storage.records_partitioning import partition as partition_records
+from workers.storage.records_partitioning import prepare as prepare_records
+from workers.storage.records_partitioning import tidy as tidy_records
 from workers.storage.rehash import rehash_stored_contents
 
 log = get_logger("cdrflow.migrate")
@@ -33,12 +37,15 @@ _LOCK_KEY = 0x63647266  # "cdrf": serializes concurrent migrate runs
 _STEP = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 # 3: the content hash now covers the normalized record, not the payload.
 # 9: deliveries and rejected_callbacks partitioned by time, in place (partition_retention).
+# 12: call_records, record_revisions and originals too, and call_keys (records_partitioning).
 AFTER_STEP: dict[int, Callable[[asyncpg.Connection], Awaitable[int]]] = {
     3: rehash_stored_contents,
     9: partition_in_place,
+    12: partition_records,
 }
 BEFORE_STEP: dict[int, Callable[[asyncpg.Connection], Awaitable[None]]] = {
     9: lambda connection: bound_in_place(connection, datetime.now(UTC)),
+    12: prepare_records,
 }
 # 8: each payload once, in `originals`; the shown content only in call_records.
 DATA_STEPS: dict[int, Callable[[asyncpg.Connection], Awaitable[bool]]] = {
@@ -118,7 +125,7 @@ async def migrate(url: str) -> list[int]:
     connection = await asyncpg.connect(url)
     applied = []
     try:
-        await connection.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+        await _lock(connection)
         await connection.execute(
             "CREATE TABLE IF NOT EXISTS cdrflow_migrations ("
             " version integer PRIMARY KEY, name text NOT NULL,"
@@ -147,11 +154,23 @@ async def migrate(url: str) -> list[int]:
         for version, data_step in DATA_STEPS.items():
             if version in done or version in applied:
                 await data_step(connection)
+        if STEP_RECORDS in done or STEP_RECORDS in applied:
+            await tidy_records(connection)
         await _partitions_ahead(connection)
     finally:
         await connection.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
         await connection.close()
     return applied
+
+
+async def _lock(connection: asyncpg.Connection) -> None:
+    """Wait for the other runs, without a statement open meanwhile: a run that builds an
+    index CONCURRENTLY (step 12) waits for every open statement of the database, a
+    `pg_advisory_lock` waiting for it among them."""
+    while True:
+        if await connection.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
+            return
+        await asyncio.sleep(0.1)
 
 
 async def _partitions_ahead(connection: asyncpg.Connection) -> None:

@@ -25,8 +25,8 @@ from asyncpg.pool import PoolConnectionProxy
 from cdrflow.logs import get_logger
 from cdrflow.settings import Settings
 from workers.storage.partitions import (
-    NOT_PARTITIONED_YET,
     PARTITIONED,
+    PARTITIONED_BY_STEP,
     PartitionedTable,
     bound_literal,
     horizon,
@@ -146,7 +146,8 @@ async def _create_partition(
     async with connection.transaction():
         await connection.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
         await connection.execute(
-            f"CREATE TABLE {name} (LIKE {table.name} INCLUDING DEFAULTS INCLUDING STORAGE"
+            f"CREATE TABLE {name} (LIKE {table.name} INCLUDING DEFAULTS INCLUDING CONSTRAINTS"
+            " INCLUDING STORAGE"
             " INCLUDING COMPRESSION)"
         )
         await connection.execute(
@@ -167,9 +168,12 @@ async def ensure_all_ahead(connection: Connection, now: datetime) -> list[str]:
 
 async def hours_ahead(connection: Connection, now: datetime) -> dict[str, float]:
     """For each partitioned table, how many hours its partitions still cover from `now`
-    (0 when the current period has none, or the table is not partitioned yet)."""
+    (0 when the current period has none). A table a later schema step partitions is left
+    out until then."""
     ahead = {}
     for table in PARTITIONED.values():
+        if not await is_partitioned(connection, table):
+            continue
         ends = [p.ends for p in await partitions_of(connection, table) if p.ends is not None]
         newest = max(ends, default=now)
         ahead[table.name] = max(0.0, (newest - now).total_seconds() / 3600)
@@ -194,21 +198,46 @@ async def apply_retention(
     connection: Connection, settings: Settings, now: datetime, *, dry_run: bool
 ) -> Report:
     """For every partitioned table: create the partitions ahead, drop those past its
-    retention. Then say which tables have a retention but no partitions to drop yet."""
+    retention (a month of records after deleting its keys from `call_keys`)."""
     report = Report()
     for table in PARTITIONED.values():
         if not await is_partitioned(connection, table):
             report.lines.append(f"{table.name}: not partitioned (run `cdrflow migrate`)")
             continue
         await _retain(connection, settings, table, now, dry_run, report)
-    for setting, data in NOT_PARTITIONED_YET.items():
-        days = getattr(settings, setting)
-        kept = f"{days} days" if days else "0: kept forever"
-        report.lines.append(
-            f"{data}: CDRFLOW_{setting.upper()}={kept}; not partitioned yet, so nothing"
-            " is dropped from it"
-        )
     return report
+
+
+# The deduplication keys of a month of records leave before the month does, in chunks, each
+# its own transaction: the one exception to "never row by row" (docs/storage.md). Only the
+# key of the record as stored there goes: a record stored again since under the same id (a
+# re-push once its key was gone) keeps its own.
+KEYS_CHUNK = 10_000
+_KEYS_PAGE = """
+SELECT record_id, stored_at FROM {partition}
+WHERE $1::uuid IS NULL OR record_id > $1 ORDER BY record_id LIMIT $2
+"""
+_DELETE_KEYS = """
+DELETE FROM call_keys k
+USING unnest($1::uuid[], $2::timestamptz[]) AS u(record_id, stored_at)
+WHERE k.record_id = u.record_id AND k.stored_at = u.stored_at
+"""
+
+
+async def delete_keys(connection: Connection, partition: str, chunk: int = KEYS_CHUNK) -> int:
+    """Delete the `call_keys` rows of a partition's records; returns how many went."""
+    deleted = 0
+    after = None
+    while True:
+        rows = await connection.fetch(_KEYS_PAGE.format(partition=partition), after, chunk)
+        if not rows:
+            return deleted
+        status = await connection.execute(
+            _DELETE_KEYS, [r["record_id"] for r in rows], [r["stored_at"] for r in rows]
+        )
+        deleted += int(status.split()[-1])
+        after = rows[-1]["record_id"]
+        log.info("keys_deleted", partition=partition, deleted=deleted)
 
 
 async def _retain(
@@ -242,8 +271,12 @@ async def _retain(
     for partition in old:
         line = f"{table.name}: {_did(dry_run, 'drop', 'dropped')} {partition.name}"
         line += f" (ends {partition.ends:%Y-%m-%d %H:%M:%S}Z, older than {days} days)"
+        if table.keyed:
+            line += "; its records' keys " + ("would go" if dry_run else "deleted first")
         if not dry_run:
             try:
+                if table.keyed:
+                    await delete_keys(connection, partition.name)
                 await drop_partition(connection, table, partition.name)
             except asyncpg.LockNotAvailableError:
                 report.failed.append(partition.name)
@@ -276,12 +309,12 @@ def legacy_bound(table: PartitionedTable, now: datetime) -> datetime:
     return next_start(table.granularity, period_start(table.granularity, now + timedelta(days=1)))
 
 
-async def bound_in_place(connection: asyncpg.Connection, now: datetime) -> None:
-    """Outside any transaction, before the migration step: prove, for each plain table to
-    partition, that every key is below its legacy bound. ADD ... NOT VALID holds the
+async def bound_in_place(connection: asyncpg.Connection, now: datetime, step: int = 9) -> None:
+    """Outside any transaction, before the migration step: prove, for each plain table the
+    step partitions, that every key is below its legacy bound. ADD ... NOT VALID holds the
     table's lock for a moment; VALIDATE scans it under SHARE UPDATE EXCLUSIVE, which lets
     reads and writes go on (and new rows are checked as they come)."""
-    for table in PARTITIONED.values():
+    for table in _of_step(step):
         exists = await connection.fetchval(
             "SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1)", table.name
         )
@@ -305,14 +338,18 @@ async def bound_in_place(connection: asyncpg.Connection, now: datetime) -> None:
         log.info("partition_bound_validated", table=table.name)
 
 
-async def partition_in_place(connection: asyncpg.Connection) -> int:
+def _of_step(step: int) -> list[PartitionedTable]:
+    return [PARTITIONED[name] for name in PARTITIONED_BY_STEP[step]]
+
+
+async def partition_in_place(connection: asyncpg.Connection, step: int = 9) -> int:
     """In the migration step's transaction: each plain table becomes the first partition
     of a partitioned table of the same name, with its indexes, rights and identity
     sequence, and a DEFAULT partition. The partitions ahead are created after the commit
     (`ensure_all_ahead`), not under this transaction's locks. Returns how many tables
     were partitioned."""
     done = 0
-    for table in PARTITIONED.values():
+    for table in _of_step(step):
         kind = await connection.fetchval(
             "SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1)", table.name
         )
@@ -349,8 +386,11 @@ async def _partition_one(connection: asyncpg.Connection, table: PartitionedTable
         )
     await connection.execute(
         f"CREATE TABLE {name} (LIKE {legacy} INCLUDING DEFAULTS INCLUDING IDENTITY"
+        " INCLUDING CONSTRAINTS"
         f" INCLUDING STORAGE INCLUDING COMPRESSION) PARTITION BY RANGE ({table.key})"
     )
+    # Its CHECK constraints come along (and are checked on every partition), but the bound.
+    await connection.execute(f"ALTER TABLE {name} DROP CONSTRAINT {constraint}")
     for column in identities:
         await _continue_identity(connection, name, legacy, column["attname"])
     for index in indexes:

@@ -44,6 +44,8 @@ class PartitionedTable:
     granularity: Granularity
     retention_setting: str  # the Settings field: days kept, 0 = forever
     ahead: int  # partitions kept created beyond the current one
+    # Whether its rows have a key in `call_keys`, deleted before a partition is dropped.
+    keyed: bool = False
 
     @property
     def default_partition(self) -> str:
@@ -64,6 +66,14 @@ class PartitionedTable:
 # day, and retention (35 days by default) drops a day at a time. Monthly for rejected
 # callbacks: a few a day normally, kept for months or forever, and a partition a day would
 # leave thousands of nearly empty partitions for the planner to consider.
+#
+# Monthly for the records, their revisions and their original bytes, on `stored_at`, the
+# first commit of the row, which never changes (an upsert never moves a row between
+# partitions). A record's revisions are stored at or after the record itself, so once the
+# records of a month and before are past retention, so are the revisions of that month:
+# both follow CDRFLOW_RETENTION_RECORDS_DAYS. The exact deduplication key stays global in
+# the unpartitioned `call_keys` (docs/storage.md), whose rows of a month of records are
+# deleted before that month is dropped (`keyed`).
 PARTITIONED: dict[str, PartitionedTable] = {
     table.name: table
     for table in (
@@ -75,14 +85,25 @@ PARTITIONED: dict[str, PartitionedTable] = {
             "rejected_callbacks", "ingest_id", KeyKind.UUID7, Granularity.MONTH,
             "retention_rejected_days", ahead=2,
         ),
+        PartitionedTable(
+            "call_records", "stored_at", KeyKind.TIMESTAMP, Granularity.MONTH,
+            "retention_records_days", ahead=2, keyed=True,
+        ),
+        PartitionedTable(
+            "record_revisions", "stored_at", KeyKind.TIMESTAMP, Granularity.MONTH,
+            "retention_records_days", ahead=2,
+        ),
+        PartitionedTable(
+            "originals", "stored_at", KeyKind.TIMESTAMP, Granularity.MONTH,
+            "retention_originals_days", ahead=2,
+        ),
     )
 }  # fmt: skip
 
-# Retention settings of data not partitioned yet, and what they would apply to:
-# `cdrflow retention` says so and drops nothing.
-NOT_PARTITIONED_YET: dict[str, str] = {
-    "retention_records_days": "records (call_records)",
-    "retention_originals_days": "original bytes and revision history (originals, record_revisions)",
+# The tables each in-place migration step partitions (`workers.storage.partition_retention`).
+PARTITIONED_BY_STEP: dict[int, tuple[str, ...]] = {
+    9: ("deliveries", "rejected_callbacks"),
+    12: ("call_records", "record_revisions", "originals"),
 }
 
 

@@ -7,6 +7,9 @@
    that changes nothing (set aside, or of a stored record) is no delivery: its claim goes.
 3. COPY the contents into the staging table; then a fixed number of set-based statements,
    whatever the batch holds (no round per version):
+   - claim the records' keys in `call_keys`, in record_id order: a new key names this
+     transaction's time as its record's `stored_at` (its partition); a known one is
+     locked, so that the batch alone writes its records from then on;
    - upsert `call_records`, one row per record: a new record is inserted with its newest
      content; an existing one has its counters moved, and is locked for what follows;
      a backfill of an existing one changes nothing (it is locked, not returned);
@@ -182,7 +185,8 @@ async def _store_versions(
         records=[_stage_row(c, bundles.place(n)) for n, c in enumerate(contents)],
         columns=_COPY_COLUMNS,
     )
-    upserted = {row["record_id"]: row for row in await connection.fetch(sql.UPSERT)}
+    new_keys = [row["record_id"] for row in await connection.fetch(sql.CLAIM_KEYS)]
+    upserted = {row["record_id"]: row for row in await connection.fetch(sql.UPSERT, new_keys)}
     stored_before = [rid for rid, row in upserted.items() if not row["created"]]
     known, last = await _known_revisions(connection, stored_before)
     writes = _Writes()

@@ -14,47 +14,68 @@ ON CONFLICT DO NOTHING
 RETURNING ingest_id, item
 """
 
+# The batch's records' keys, claimed first, in one order for all workers (record_id): a new
+# one is inserted with this transaction's time, the `stored_at` of the record and of its
+# partition; a known one is locked (DO UPDATE ... WHERE false locks the row and writes
+# nothing); the new keys are returned. Two batches holding the same new call are serialized
+# here: the second waits for the first's commit, then finds the key. Everything the batch
+# then does to a record is under its key's lock, whatever partition the record is in.
+CLAIM_KEYS = f"""
+INSERT INTO call_keys AS k (record_id, stored_at)
+SELECT DISTINCT record_id, now() FROM {STAGE_TABLE} ORDER BY record_id
+ON CONFLICT (record_id) DO UPDATE SET stored_at = k.stored_at WHERE false
+RETURNING record_id
+"""  # noqa: S608
+
 # One row per record: its newest content, and the batch's counts. Updating a record that
 # has no record_revisions row yet writes it first, as the record was (migration 8's
 # trigger), so that what follows finds every revision there. A backfill (the
 # provider's books) of a record stored already changes nothing: its row is locked, so that
 # a push and a backfill of one id in two transactions are decided here, in one order, but
 # neither updated nor returned. A push for a stored record returns the row as stored
-# (`origin` among it: a backfilled record's next push replaces its content).
+# (`origin` among it: a backfilled record's next push replaces its content). A record is
+# created when its key is ($1: the keys claimed new; `xmax = 0` cannot be read from a
+# partitioned table's RETURNING).
 UPSERT = f"""
 INSERT INTO call_records AS c (
     {", ".join(RECORD_COLUMNS)}, received_at, first_seen_at, last_seen_at, delivery_count,
     revision, content_hash, content_received_at, content_ingest_id, content_item, bundle_id,
-    original_item, payload_item)
+    original_item, payload_item, stored_at)
 SELECT {", ".join(f"s.{c}" for c in RECORD_COLUMNS)}, t.first_received_at,
     t.first_received_at, t.last_received_at, t.deliveries, s.ordinal + 1, s.content_hash,
     s.last_received_at, s.ingest_id, s.item,
     -- a new record with one content is its one revision: no record_revisions row yet
     CASE WHEN t.newest = 0 THEN s.bundle_id END, CASE WHEN t.newest = 0 THEN s.original_item END,
-    CASE WHEN t.newest = 0 THEN s.payload_item END
+    CASE WHEN t.newest = 0 THEN s.payload_item END, k.stored_at
 FROM {STAGE_TABLE} s JOIN (
     SELECT record_id, max(ordinal) AS newest, sum(deliveries)::integer AS deliveries,
         min(first_received_at) AS first_received_at, max(last_received_at) AS last_received_at
     FROM {STAGE_TABLE} GROUP BY record_id
 ) t ON s.record_id = t.record_id AND s.ordinal = t.newest
-ORDER BY s.source, s.external_id  -- one lock order for all workers: no deadlocks between them
-ON CONFLICT (source, external_id) DO UPDATE SET
+JOIN call_keys k ON k.record_id = s.record_id  -- its partition: new or where it is stored
+ORDER BY s.record_id
+ON CONFLICT (record_id, stored_at) DO UPDATE SET
     delivery_count = c.delivery_count + excluded.delivery_count,
     received_at = least(c.received_at, excluded.received_at),
     first_seen_at = least(c.first_seen_at, excluded.first_seen_at),
     last_seen_at = greatest(c.last_seen_at, excluded.last_seen_at)
 WHERE excluded.origin = 'push'
-RETURNING record_id, xmax = 0 AS created, revision, origin, content_received_at,
+RETURNING record_id, record_id = ANY($1::uuid[]) AS created, revision, origin, content_received_at,
     received_at, stored_at, first_seen_at, last_seen_at, delivery_count
 """  # noqa: S608 (identifiers are constants; values are parameters)
 
 # For the contents of records stored before (and locked by the upsert): the revision each
-# one already is, if any, and the record's last revision number.
+# one already is, if any, and the record's last revision number. A record's revisions are
+# stored at or after it: only the partitions from its month on are read, and a revision of
+# an earlier record of the same id (gone by retention) is not this one's.
 KNOWN = f"""
 SELECT s.record_id, s.ordinal, r.revision AS known,
-    (SELECT max(m.revision) FROM record_revisions m WHERE m.record_id = s.record_id) AS last
+    (SELECT max(m.revision) FROM record_revisions m
+     WHERE m.record_id = s.record_id AND m.stored_at >= k.stored_at) AS last
 FROM {STAGE_TABLE} s
+JOIN call_keys k ON k.record_id = s.record_id
 LEFT JOIN record_revisions r ON r.record_id = s.record_id AND r.content_hash = s.content_hash
+    AND r.stored_at >= k.stored_at
 WHERE s.record_id = ANY($1::uuid[])
 """  # noqa: S608
 
@@ -96,7 +117,8 @@ UPDATE record_revisions r SET
     last_seen_at = greatest(r.last_seen_at, u.last_seen_at)
 FROM unnest($1::uuid[], $2::integer[], $3::integer[], $4::timestamptz[], $5::timestamptz[])
     AS u(record_id, revision, deliveries, first_seen_at, last_seen_at)
-WHERE r.record_id = u.record_id AND r.revision = u.revision
+JOIN call_keys k ON k.record_id = u.record_id
+WHERE r.record_id = u.record_id AND r.revision = u.revision AND r.stored_at >= k.stored_at
 """
 
 SHOWN = f"""
@@ -108,7 +130,8 @@ UPDATE call_records c SET
 FROM {STAGE_TABLE} s
 JOIN unnest($1::uuid[], $2::integer[], $3::integer[]) AS u(record_id, ordinal, revision)
     ON s.record_id = u.record_id AND s.ordinal = u.ordinal
-WHERE c.source = s.source AND c.external_id = s.external_id
+JOIN call_keys k ON k.record_id = s.record_id
+WHERE c.record_id = s.record_id AND c.stored_at = k.stored_at
 """  # noqa: S608
 
 # A backfill that changed nothing is no delivery: its claim is taken back (a redelivery of

@@ -1,6 +1,8 @@
 -- Table rights of cdrflow's roles (deploy/postgres/roles.sql creates them). Idempotent: run
 -- as cdrflow_owner after every `cdrflow migrate` (the Kubernetes migration Job and
--- compose.yaml do). A migration that adds a table adds its line here.
+-- compose.yaml do). A migration that adds a table adds its line here. Functions need none:
+-- PUBLIC executes a function unless revoked, and roles.sql revokes no such right
+-- (record_id_for, a record's id from its source and external id, is for every reader).
 --   psql -v ON_ERROR_STOP=1 "$OWNER_DATABASE_URL" -f deploy/postgres/grants.sql
 
 -- Workers: the upsert of call_records, every revision of a record (a new one inserted, a
@@ -8,11 +10,16 @@
 -- that changed nothing takes its claim back), rejected callbacks (stored, resolved, marked replayed), the outbox (claimed FOR
 -- UPDATE, deleted once published, from the partition named; a drained partition truncated:
 -- nothing a DELETE could not do, without the dead rows), the schema version they wait for.
--- No DDL, no other TRUNCATE, no other table. The time partitions of deliveries and
--- rejected_callbacks need no grant: every role reads and writes them through their parent
+-- No DDL, no other TRUNCATE, no other table. The time partitions of deliveries,
+-- rejected_callbacks, call_records, record_revisions and originals need no grant: every
+-- role reads and writes them through their parent
 -- (the owner's `cdrflow retention` creates and drops them). The identity columns (rejected_callbacks,
 -- outbox) need no sequence grant; the outbox's slot counter does.
 GRANT SELECT, INSERT, UPDATE ON call_records TO cdrflow_worker;
+-- The deduplication key of every record: a batch inserts its new keys and locks its known
+-- ones (ON CONFLICT DO UPDATE ... WHERE false, and `cdrflow reprocess`'s FOR UPDATE: both
+-- need UPDATE, neither writes a row). Keys leave by the owner's `cdrflow retention`.
+GRANT SELECT, INSERT, UPDATE ON call_keys TO cdrflow_worker;
 GRANT SELECT, INSERT, UPDATE ON record_revisions TO cdrflow_worker;
 GRANT SELECT ON record_history TO cdrflow_worker;
 -- The request bytes and parsed payloads of new revisions (and, through record_history,

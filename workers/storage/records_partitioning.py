@@ -1,0 +1,265 @@
+"""Schema 12 in place: `call_records`, `record_revisions` and `originals` partitioned by
+month of `stored_at`, and `call_keys`, the one unpartitioned table that keeps deduplication
+exact across partitions (docs/storage.md, "Exact deduplication across partitions").
+
+The previous release's workers upsert with `ON CONFLICT (source, external_id)`, which no
+table partitioned by time can serve: they must be stopped before this step
+(`refuse_previous_workers`). Against the new schema their statement fails with a class 42
+error, which they take for a database fault: they hold their batch and retry, losing
+nothing, but store nothing either. The ingress and the queue keep taking callbacks
+meanwhile; the new workers drain them once the step is done.
+
+Before the step's transaction (`prepare`, safe to run again), while readers go on:
+
+1. `call_keys` is made, with a trigger that gives every record inserted from then on its
+   key, and filled from `call_records` in chunks of `KEY_CHUNK`, each its own transaction.
+2. The bound of each legacy partition is proved by a validated CHECK (`bound_in_place`).
+3. The unique indexes the partitioned tables need, which hold the partition key, are built
+   on the plain tables `CONCURRENTLY`, so that attaching them scans and builds nothing.
+
+In the step's transaction (migration 0012, then `partition`): the keys' trigger and the
+old unique keys go, each table becomes the first partition of a partitioned table of its
+name (`partition_in_place`), and the triggers, functions and views are made again on the
+new tables (a view or a trigger follows the table it was made on, now the legacy
+partition). Only catalog changes run under the locks."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import asyncpg
+
+from cdrflow.logs import get_logger
+from workers.storage.partition_retention import bound_in_place, partition_in_place
+
+log = get_logger("cdrflow.migrate")
+
+STEP = 12
+KEY_CHUNK = 20_000
+WORKER_APPLICATION = "cdrflow-worker"  # workers.storage.database.create_pool's default
+
+_PREVIOUS_WORKERS = """
+SELECT count(*) FROM pg_stat_activity
+WHERE datname = current_database() AND application_name = $1 AND pid <> pg_backend_pid()
+"""
+
+
+class PreviousWorkersRunning(RuntimeError):
+    """Workers of the previous release are connected: schema 12 would stall them."""
+
+
+async def refuse_previous_workers(connection: asyncpg.Connection) -> None:
+    """Workers of this release wait for the schema before they connect their pool, so a
+    worker connected now is one of the previous release."""
+    connected = await connection.fetchval(_PREVIOUS_WORKERS, WORKER_APPLICATION)
+    if connected:
+        raise PreviousWorkersRunning(
+            f"{connected} connections of cdrflow workers are open on this database: schema"
+            " 12 partitions call_records, which the previous release's workers cannot write."
+            " Stop them first (the ingress and the queue keep taking callbacks), run"
+            " `cdrflow migrate` again, then start this release's workers"
+            " (docs/operations.md, Upgrades)"
+        )
+
+
+_CALL_KEYS = """
+-- The deduplication key of every stored record, and where its record is: its partition's
+-- `stored_at`. record_id is the uuid5 of (source, external_id) (schemas/record.py), so
+-- this is the unique key of the records, whatever partition they are in.
+CREATE TABLE IF NOT EXISTS call_keys (
+    record_id   uuid PRIMARY KEY,
+    stored_at   timestamptz NOT NULL
+);
+CREATE OR REPLACE FUNCTION call_key_of_record() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO call_keys (record_id, stored_at) VALUES (NEW.record_id, NEW.stored_at)
+    ON CONFLICT DO NOTHING;
+    RETURN NULL;
+END
+$$;
+DROP TRIGGER IF EXISTS call_records_key ON call_records;
+CREATE TRIGGER call_records_key AFTER INSERT ON call_records
+    FOR EACH ROW EXECUTE FUNCTION call_key_of_record();
+"""
+
+_NOT_VALID = """
+SELECT conrelid::regclass::text AS tbl, conname FROM pg_constraint
+WHERE conrelid IN ('call_records'::regclass, 'record_revisions'::regclass, 'originals'::regclass)
+  AND contype = 'c' AND NOT convalidated
+"""
+
+_KEY_PAGE = """
+WITH page AS (
+    SELECT record_id, stored_at FROM call_records
+    WHERE $1::uuid IS NULL OR record_id > $1 ORDER BY record_id LIMIT $2
+), added AS (
+    INSERT INTO call_keys (record_id, stored_at) SELECT record_id, stored_at FROM page
+    ON CONFLICT DO NOTHING
+)
+SELECT record_id FROM page ORDER BY record_id DESC LIMIT 1
+"""
+
+# The unique keys of the partitioned tables, which must hold the partition key. Built on
+# the plain tables while they are read and written, attached as they are.
+INDEXES = {
+    "call_records_record_key":
+        "UNIQUE INDEX CONCURRENTLY {} ON call_records (record_id, stored_at)",
+    "record_revisions_record_key":
+        "UNIQUE INDEX CONCURRENTLY {} ON record_revisions (record_id, revision, stored_at)",
+    "originals_bundle_key": "UNIQUE INDEX CONCURRENTLY {} ON originals (bundle_id, stored_at)",
+}  # fmt: skip
+# (source, external_id) is no index of the partitioned table: every reader finds a record
+# by its id, the uuid5 of that key. Schema 8's data step, while it has records left to
+# move, walks call_records in that order: the legacy partition keeps this index for it
+# alone (unique, so not copied to the parent), dropped once the step is done (`tidy`).
+LEGACY_KEY = "call_records_source_external_id_key"
+LEGACY_KEY_ATTACHED = "call_records_legacy_source_external_id_key"
+_STEP_8_DONE = """
+SELECT to_regclass('cdrflow_data_steps') IS NOT NULL AND EXISTS (
+    SELECT FROM cdrflow_data_steps WHERE version = 8 AND finished_at IS NOT NULL)
+"""
+
+
+async def prepare(connection: asyncpg.Connection, now: datetime | None = None) -> None:
+    """Before the step's transaction: the keys, the bounds and the indexes (see the module
+    doc). Safe to run again."""
+    await refuse_previous_workers(connection)
+    async with connection.transaction():
+        await connection.execute("SET LOCAL lock_timeout = '10s'")
+        await connection.execute(_CALL_KEYS)
+    after = None
+    filled = 0
+    while True:
+        last = await connection.fetchval(_KEY_PAGE, after, KEY_CHUNK)
+        if last is None:
+            break
+        after = last
+        filled += KEY_CHUNK
+        log.info("call_keys_progress", records=filled)
+    await bound_in_place(connection, now or datetime.now(UTC), STEP)
+    # A partition must hold its parent's CHECK constraints validated: validate those still
+    # NOT VALID (migration 4's origin check) while reads and writes go on.
+    for row in await connection.fetch(_NOT_VALID):
+        await connection.execute(f"ALTER TABLE {row['tbl']} VALIDATE CONSTRAINT {row['conname']}")
+    for name, definition in INDEXES.items():
+        valid = await connection.fetchval(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)", name
+        )
+        if valid:
+            continue
+        if valid is False:  # an interrupted CONCURRENTLY build leaves an invalid index
+            await connection.execute(f"DROP INDEX CONCURRENTLY {name}")
+        await connection.execute(f"CREATE {definition.format(name)}")
+        log.info("index_built", index=name)
+    if not await connection.fetchval(_STEP_8_DONE):
+        valid = await connection.fetchval(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)", LEGACY_KEY
+        )
+        if valid is False:
+            await connection.execute(f"DROP INDEX CONCURRENTLY {LEGACY_KEY}")
+        if not valid:
+            await connection.execute(
+                f"CREATE UNIQUE INDEX CONCURRENTLY {LEGACY_KEY} ON call_records"
+                " (source, external_id)"
+            )
+
+
+async def tidy(connection: asyncpg.Connection) -> None:
+    """After the data steps (every `cdrflow migrate`): once schema 8's data step is done,
+    the legacy partition's (source, external_id) index has no reader left."""
+    if await connection.fetchval(_STEP_8_DONE):
+        await connection.execute(f"DROP INDEX IF EXISTS {LEGACY_KEY_ATTACHED}")
+
+
+async def partition(connection: asyncpg.Connection) -> int:
+    """In the step's transaction, after migration 0012's SQL: partition the three tables in
+    place, then make the triggers, functions and views again on them."""
+    done = await partition_in_place(connection, STEP)
+    await connection.execute(AFTER_PARTITIONING)
+    return done
+
+
+# Made again on the partitioned tables: what migrations 8 and 10 made on the plain ones.
+AFTER_PARTITIONING = """
+-- The sequence of bundle ids belongs to the partitioned table, not to its legacy
+-- partition: dropping that partition must not drop it.
+ALTER SEQUENCE originals_bundle_seq OWNED BY originals.bundle_id;
+
+CREATE FUNCTION record_content(c call_records) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+SELECT jsonb_build_object('record_id', c.record_id, 'source', c.source, 'tenant', c.tenant,
+        'provider', c.provider, 'event', c.event, 'external_id', c.external_id,
+        'status', c.status, 'call_type', c.call_type, 'direction', c.direction,
+        'caller', c.caller, 'callee', c.callee, 'display_number', c.display_number,
+        'country_code', c.country_code, 'region', c.region, 'hangup_cause', c.hangup_cause,
+        'hangup_by', c.hangup_by, 'sip_code', c.sip_code, 'submitted_at', c.submitted_at,
+        'started_at', c.started_at, 'ringing_at', c.ringing_at, 'answered_at', c.answered_at,
+        'ended_at', c.ended_at, 'ring_seconds', c.ring_seconds, 'talk_seconds', c.talk_seconds,
+        'billed_seconds', c.billed_seconds, 'billing_increment', c.billing_increment,
+        'currency', c.currency,
+        'rate', c.rate, 'cost', c.cost, 'base_cost', c.base_cost,
+        'recording_url', c.recording_url, 'dtmf', c.dtmf, 'user_data', c.user_data,
+        'agent_id', c.agent_id, 'agent_name', c.agent_name, 'agent_account', c.agent_account,
+        'agent_group', c.agent_group, 'labels', c.labels, 'extra', c.extra,
+        'origin', c.origin)
+    || jsonb_build_object('schema_version', c.schema_version)
+$$;
+
+-- A row trigger runs on the partition, whose row type is the partition's: cast to the
+-- parent's. A record's revisions are stored at or after it (`stored_at`): the condition
+-- reads only the partitions from its month on.
+CREATE OR REPLACE FUNCTION keep_left_revision_content() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE record_revisions SET content = record_content(OLD::call_records)
+    WHERE record_id = OLD.record_id AND revision = OLD.revision
+      AND stored_at >= OLD.stored_at AND content IS NULL;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER call_records_1_write_single_revision
+    BEFORE UPDATE ON call_records
+    FOR EACH ROW WHEN (OLD.bundle_id IS NOT NULL)
+    EXECUTE FUNCTION write_single_revision();
+
+CREATE TRIGGER call_records_2_keep_left_revision_content
+    BEFORE UPDATE OF revision ON call_records
+    FOR EACH ROW WHEN (OLD.revision IS DISTINCT FROM NEW.revision)
+    EXECUTE FUNCTION keep_left_revision_content();
+
+-- As migration 10 made it, on the partitioned tables. A revision is stored at or after its
+-- record, and its bundle at or after it: each join reads only the partitions from the
+-- row's month on, and a revision of an earlier record of the same id (stored again after
+-- its record left by retention) is not this record's.
+CREATE OR REPLACE VIEW record_history AS
+SELECT c.source, c.external_id, r.record_id, r.revision,
+    r.revision = c.revision AS shown,
+    coalesce(r.content, CASE WHEN r.revision = c.revision THEN record_content(c) END)
+        AS content,
+    coalesce(r.raw, convert_from(o.items[r.payload_item], 'UTF8')::jsonb) AS raw,
+    r.content_hash, r.ingest_id, r.item, r.received_at, r.stored_at,
+    r.first_seen_at, r.last_seen_at, r.delivery_count,
+    original_header(o.items[r.original_item]) ->> 'method' AS method,
+    original_header(o.items[r.original_item]) ->> 'content_type' AS content_type,
+    original_header(o.items[r.original_item]) ->> 'query' AS query,
+    original_body(o.items[r.original_item]) AS body,
+    r.reprocessed_at
+FROM record_revisions r
+JOIN call_records c ON c.record_id = r.record_id AND r.stored_at >= c.stored_at
+LEFT JOIN originals o ON o.bundle_id = r.bundle_id AND o.stored_at >= r.stored_at
+UNION ALL
+SELECT c.source, c.external_id, c.record_id, c.revision, true, record_content(c),
+    convert_from(o.items[c.payload_item], 'UTF8')::jsonb,
+    c.content_hash, c.content_ingest_id, c.content_item, c.received_at, c.stored_at,
+    c.first_seen_at, c.last_seen_at, c.delivery_count,
+    original_header(o.items[c.original_item]) ->> 'method',
+    original_header(o.items[c.original_item]) ->> 'content_type',
+    original_header(o.items[c.original_item]) ->> 'query',
+    original_body(o.items[c.original_item]),
+    NULL::timestamptz
+FROM call_records c
+LEFT JOIN originals o ON o.bundle_id = c.bundle_id AND o.stored_at >= c.stored_at
+WHERE c.bundle_id IS NOT NULL;
+
+DROP FUNCTION record_content(call_records_legacy);
+"""
