@@ -1,4 +1,4 @@
-# cdrflow — make install | run | test | test-unit | lint | schemas | bench | profile | tools-check
+# cdrflow — make install | run | test | test-unit | coverage | lint | schemas | bench | profile | tools-check
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -46,13 +46,20 @@ run: install
 	  echo "make run: a process failed (exit $$status); the others were stopped" >&2; \
 	  exit $$status; fi
 
-# Every test, against the real RabbitMQ and PostgreSQL, with coverage (of the `cdrflow`
-# commands the tests run, too), on TEST_WORKERS pytest-xdist workers: most tests wait on
-# sockets, processes and the services, so four workers keep two cores busy
-# (docs/testing.md, "How the suite runs"). TEST_WORKERS=0 runs it in this one process.
+# Every test, against the real RabbitMQ and PostgreSQL, on TEST_WORKERS pytest-xdist
+# workers: most tests wait on sockets, processes and the services, so four workers keep two
+# cores busy (docs/testing.md, "How the suite runs"). TEST_WORKERS=0 runs it in this one
+# process.
 TEST_WORKERS ?= 4
+PYTEST_PARALLEL = $(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal
 test: install tools
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal --cov --cov-report=term $(PYTEST_ARGS)
+	$(PYTEST_PARALLEL) $(PYTEST_ARGS)
+
+# The same run with coverage, of the `cdrflow` commands the tests start too. Kept out of
+# `make test` because tracing every line makes the suite about 1.6 times as long.
+.PHONY: coverage
+coverage: install tools
+	$(PYTEST_PARALLEL) --cov --cov-report=term $(PYTEST_ARGS)
 
 # The pure tests only: seconds, and neither RabbitMQ nor PostgreSQL needed.
 test-unit: install

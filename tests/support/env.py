@@ -51,7 +51,7 @@ async def scratch_database(label: str, *, create: bool = True) -> AsyncIterator[
 def child_env(*overrides: Mapping[str, str]) -> dict[str, str]:
     """The environment of a `cdrflow` command a test runs: this process's, then `overrides`.
 
-    When this run measures coverage (`make test`), the command is measured too: this is
+    When this run measures coverage (`make coverage`), the command is measured too: this is
     what coverage's `patch = subprocess` exports to every child, given here only to the
     commands. The fault tests' busy worker processes stay unmeasured: tracing them made
     those tests several times slower, for lines their in-process twins cover anyway."""
