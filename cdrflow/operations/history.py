@@ -31,8 +31,16 @@ FROM record_history
 WHERE record_id = $1
 ORDER BY revision
 """
+# A record's deliveries: the re-pushes, through the index of re-pushes by record, and the
+# first delivery of each revision, which the revision names ($2, $3: its ingest ids and
+# items), by primary key (schema 16: docs/storage.md). Rows of the two arrays' product that
+# are deliveries of the record are its deliveries too: the same rows as all of
+# `deliveries WHERE record_id = $1`.
 DELIVERIES = """
-SELECT ingest_id, item, received_at FROM deliveries WHERE record_id = $1
+SELECT ingest_id, item, received_at FROM deliveries WHERE record_id = $1 AND repush
+UNION
+SELECT ingest_id, item, received_at FROM deliveries
+WHERE ingest_id = ANY($2::uuid[]) AND item = ANY($3::integer[]) AND record_id = $1
 ORDER BY received_at, ingest_id, item
 """
 DISCREPANCIES = """
@@ -210,7 +218,12 @@ async def load_history(
         previous = content
     deliveries = [
         Delivery(row["ingest_id"], row["item"], row["received_at"])
-        for row in await connection.fetch(DELIVERIES, record_id)
+        for row in await connection.fetch(
+            DELIVERIES,
+            record_id,
+            list({r.ingest_id for r in revisions}),
+            list({r.item for r in revisions}),
+        )
     ]
     discrepancies = [
         Discrepancy(row["field"], row["ours"], row["theirs"], row["found_at"])

@@ -63,7 +63,7 @@ async def migrated(label: str) -> AsyncIterator[tuple[str, asyncpg.Connection]]:
 async def claim(connection: asyncpg.Connection, ingest_id: uuid.UUID, record_id: uuid.UUID):  # type: ignore[no-untyped-def]
     """The ledger's own claim of one delivery: the rows it returns are the fresh ones."""
     return await connection.fetch(
-        ledger_sql.CLAIM, [ingest_id], [0], [record_id], [datetime.now(UTC)]
+        ledger_sql.CLAIM, [ingest_id], [0], [record_id], [datetime.now(UTC)], [True]
     )
 
 
@@ -283,8 +283,14 @@ async def _command_against_a_reader(url: str, connection: asyncpg.Connection, ol
     assert "deliveries_legacy" not in left
 
 
-PREVIOUS_REJECT = ledger_sql.REJECT  # the statements of the previous release are the same
-PREVIOUS_CLAIM = ledger_sql.CLAIM
+PREVIOUS_REJECT = ledger_sql.REJECT  # the statement of the previous release is the same
+# The claim of the releases before schema 16, first in their transaction (no `repush`).
+PREVIOUS_CLAIM = """
+INSERT INTO deliveries (ingest_id, item, record_id, received_at)
+SELECT * FROM unnest($1::uuid[], $2::integer[], $3::uuid[], $4::timestamptz[])
+ON CONFLICT DO NOTHING
+RETURNING ingest_id, item
+"""
 
 
 async def test_migration_keeps_every_row_and_the_previous_release_keeps_working() -> None:

@@ -71,6 +71,16 @@ def is_data_error(exc: BaseException) -> bool:
     return isinstance(exc, OverflowError | TypeError | ValueError)
 
 
+class ClaimedMeanwhile(Exception):
+    """A concurrent transaction claimed some of the batch's deliveries (the same raw
+    message, delivered again while its first worker still ran) and committed: this batch
+    counted them again and was rolled back. Trying it again drops them."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"{count} deliveries of the batch were claimed meanwhile")
+        self.count = count
+
+
 def is_transient(exc: BaseException) -> bool:
     """Anything else the database or the network says is about their state (down,
     restarting, failing over, overloaded, out of disk, not migrated, permissions
@@ -78,7 +88,10 @@ def is_transient(exc: BaseException) -> bool:
     records into rejections because the database had a bad minute would be worse."""
     if is_data_error(exc):
         return False
-    return isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | OSError | TimeoutError)
+    return isinstance(
+        exc,
+        ClaimedMeanwhile | asyncpg.PostgresError | asyncpg.InterfaceError | OSError | TimeoutError,
+    )
 
 
 class DatabaseHold:

@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 
 from cdrflow.logs import get_logger
+from workers.storage import deliveries_repush
 from workers.storage.partition_retention import bound_in_place, ensure_all_ahead, partition_in_place
 from workers.storage.payloads_migration import move_payloads
 from workers.storage.records_partitioning import STEP as STEP_RECORDS
@@ -38,14 +39,17 @@ _STEP = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 # 3: the content hash now covers the normalized record, not the payload.
 # 9: deliveries and rejected_callbacks partitioned by time, in place (partition_retention).
 # 12: call_records, record_revisions and originals too, and call_keys (records_partitioning).
+# 16: deliveries indexed by record for their re-pushes alone (deliveries_repush).
 AFTER_STEP: dict[int, Callable[[asyncpg.Connection], Awaitable[int]]] = {
     3: rehash_stored_contents,
     9: partition_in_place,
     12: partition_records,
+    deliveries_repush.STEP: deliveries_repush.attach,
 }
 BEFORE_STEP: dict[int, Callable[[asyncpg.Connection], Awaitable[None]]] = {
     9: lambda connection: bound_in_place(connection, datetime.now(UTC)),
     12: prepare_records,
+    deliveries_repush.STEP: deliveries_repush.prepare,
 }
 # 8: each payload once, in `originals`; the shown content only in call_records.
 DATA_STEPS: dict[int, Callable[[asyncpg.Connection], Awaitable[bool]]] = {

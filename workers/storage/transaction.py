@@ -1,10 +1,10 @@
 """Storing a batch in one transaction, and the deduplication ledger.
 
-1. Claim the batch's deliveries in `deliveries` (ON CONFLICT DO NOTHING): a delivery seen
-   before (a raw message delivered twice) counts once, however often it comes back.
+1. Drop the batch's deliveries that `deliveries` holds already (a raw message delivered
+   twice): a delivery counts once, however often it comes back.
 2. Set aside the backfills a push of the batch or another backfill makes redundant, then
    group the fresh deliveries per record and per content (`workers.storage.revisions`). A backfill
-   that changes nothing (set aside, or of a stored record) is no delivery: its claim goes.
+   that changes nothing (set aside, or of a stored record) is no delivery: it is not claimed.
 3. COPY the contents into the staging table; then a fixed number of set-based statements,
    whatever the batch holds (no round per version):
    - claim the records' keys in `call_keys`, in record_id order: a new key names this
@@ -21,8 +21,15 @@
      newest of them is what `call_records` shows; a late one (older than the content
      shown) is kept in the history only. Pushed content always wins: a push for a record
      whose shown content is a backfill replaces it, whenever either was received.
-4. Each new revision that `call_records` moved to gets an `outbox` row: the message.
-5. Rejections go to `rejected_callbacks`; replays that now succeed resolve theirs.
+4. Claim the deliveries in `deliveries`, each written once as it stays: `repush` NULL for
+   the first delivery of a revision created here (the revision names it: `cdrflow
+   history` finds it by primary key), true for the others (found by the index of
+   re-pushes by record). A delivery that a concurrent transaction claimed and committed
+   meanwhile (the same raw message, redelivered while its first worker still ran) was
+   counted twice: the transaction is rolled back and the batch tried again
+   (`ClaimedMeanwhile`), which then drops it at step 1.
+5. Each new revision that `call_records` moved to gets an `outbox` row: the message.
+6. Rejections go to `rejected_callbacks`; replays that now succeed resolve theirs.
 
 The statements are in `workers.storage.transaction_sql`."""
 
@@ -56,7 +63,7 @@ from workers.batch import (
 from workers.sanitize import sanitize
 from workers.storage import originals
 from workers.storage import transaction_sql as sql
-from workers.storage.database import STAGE_ONLY_COLUMNS, STAGE_TABLE
+from workers.storage.database import STAGE_ONLY_COLUMNS, STAGE_TABLE, ClaimedMeanwhile
 from workers.storage.revisions import plan_versions, set_aside_backfills
 
 log = get_logger("cdrflow.worker.store")
@@ -64,21 +71,37 @@ log = get_logger("cdrflow.worker.store")
 Connection = asyncpg.Connection | PoolConnectionProxy
 
 
+# Tries of a batch whose deliveries a concurrent transaction claimed meanwhile, at once
+# (that transaction has committed: the next try drops them), before the store's own retry.
+CLAIM_TRIES = 3
+
+
 async def write_batch(connection: Connection, normalized: Normalized) -> BatchResult:
-    """Store one batch in one transaction. Raises what the database raises."""
+    """Store one batch in one transaction. Raises what the database raises, and
+    `ClaimedMeanwhile` (transient) if concurrent transactions keep claiming its deliveries."""
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            return await _write_batch(connection, normalized)
+        except ClaimedMeanwhile as race:
+            log.info("deliveries_claimed_meanwhile", count=race.count, tries=tries)
+            if tries >= CLAIM_TRIES:
+                raise
+
+
+async def _write_batch(connection: Connection, normalized: Normalized) -> BatchResult:
     async with connection.transaction():
-        fresh = await _claim(connection, normalized.deliveries)
+        fresh = await _unseen(connection, normalized.deliveries)
         planned, ignored = set_aside_backfills(fresh)
         records = plan_versions(planned)
         published: list[OutboxEntry] = []
+        first: set[tuple[uuid.UUID, int]] = set()
         if records:
-            published, left_alone = await _store_versions(connection, records)
+            published, left_alone, first = await _store_versions(connection, records)
             if left_alone:
                 ignored += [d for d in planned if d.record.record_id in left_alone]
-        if ignored:
-            await connection.execute(
-                sql.UNCLAIM, [d.ingest_id for d in ignored], [d.item for d in ignored]
-            )
+        await _claim(connection, fresh, ignored, first)
         if published:
             await _add_to_outbox(connection, published)
         rejections = _unique_rejections(normalized.rejections)
@@ -91,7 +114,8 @@ async def write_batch(connection: Connection, normalized: Normalized) -> BatchRe
     return BatchResult(published, len(fresh), contents, rejections, len(ignored))
 
 
-async def _claim(connection: Connection, deliveries: list[Delivery]) -> list[Delivery]:
+async def _unseen(connection: Connection, deliveries: list[Delivery]) -> list[Delivery]:
+    """The batch's deliveries that no committed transaction claimed, each once."""
     unique: dict[tuple[uuid.UUID, int], Delivery] = {}
     reread: list[Delivery] = []  # `cdrflow reprocess`: a stored request, no delivery
     for delivery in deliveries:
@@ -101,18 +125,43 @@ async def _claim(connection: Connection, deliveries: list[Delivery]) -> list[Del
             unique.setdefault((delivery.ingest_id, delivery.item), delivery)
     if not unique:
         return reread
-    items = list(unique.values())
+    rows = await connection.fetch(
+        sql.SEEN,
+        list({ingest_id for ingest_id, _ in unique}),
+        list({item for _, item in unique}),
+    )
+    seen = {key for row in rows if (key := (row["ingest_id"], row["item"])) in unique}
+    if seen:
+        log.info("deliveries_seen_before", count=len(seen))
+    return [d for key, d in unique.items() if key not in seen] + reread
+
+
+async def _claim(
+    connection: Connection,
+    fresh: list[Delivery],
+    ignored: list[Delivery],
+    first: set[tuple[uuid.UUID, int]],
+) -> None:
+    """Claim the batch's deliveries but the backfills that changed nothing, in (ingest_id,
+    item) order (one order for every worker, so that two claims never wait on each other
+    in a cycle); rolled back if one was claimed meanwhile."""
+    skip = {(d.ingest_id, d.item) for d in ignored}
+    claims = sorted(
+        (d for d in fresh if not d.envelope.reprocess and (d.ingest_id, d.item) not in skip),
+        key=lambda d: (d.ingest_id, d.item),
+    )
+    if not claims:
+        return
     rows = await connection.fetch(
         sql.CLAIM,
-        [d.ingest_id for d in items],
-        [d.item for d in items],
-        [d.record.record_id for d in items],
-        [d.received_at for d in items],
+        [d.ingest_id for d in claims],
+        [d.item for d in claims],
+        [d.record.record_id for d in claims],
+        [d.received_at for d in claims],
+        [None if (d.ingest_id, d.item) in first else True for d in claims],
     )
-    claimed = {(row["ingest_id"], row["item"]) for row in rows}
-    if len(claimed) < len(items):
-        log.info("deliveries_seen_before", count=len(items) - len(claimed))
-    return [d for d in items if (d.ingest_id, d.item) in claimed] + reread
+    if len(rows) < len(claims):
+        raise ClaimedMeanwhile(len(claims) - len(rows))
 
 
 # The columns COPY writes, in the order `_stage_row` makes them: the record's values as it
@@ -175,8 +224,9 @@ class _Writes:
 
 async def _store_versions(
     connection: Connection, records: list[RecordVersions]
-) -> tuple[list[OutboxEntry], set[uuid.UUID]]:
-    """The entries to publish, and the records a backfill found stored (left alone)."""
+) -> tuple[list[OutboxEntry], set[uuid.UUID], set[tuple[uuid.UUID, int]]]:
+    """The entries to publish, the records a backfill found stored (left alone), and the
+    deliveries that brought the new revisions (which the revisions name)."""
     contents = [c for r in records for c in r.contents]
     bundles = originals.Bundles([(c.brought_by.envelope, dumps(c.record.raw)) for c in contents])
     await bundles.reserve(connection)
@@ -202,7 +252,8 @@ async def _store_versions(
     await _apply(connection, writes)
     index = {id(content): n for n, content in enumerate(contents)}
     await bundles.write(connection, {index[id(content)] for content in writes.stored})
-    return writes.published, left_alone
+    first = {(c.brought_by.ingest_id, c.brought_by.item) for c in writes.stored}
+    return writes.published, left_alone, first
 
 
 async def _known_revisions(

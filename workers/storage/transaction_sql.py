@@ -7,11 +7,12 @@ from __future__ import annotations
 from schemas.record import CONTENT_COLUMNS, RECORD_COLUMNS
 from workers.storage.database import STAGE_TABLE
 
-CLAIM = """
-INSERT INTO deliveries (ingest_id, item, record_id, received_at)
-SELECT * FROM unnest($1::uuid[], $2::integer[], $3::uuid[], $4::timestamptz[])
-ON CONFLICT DO NOTHING
-RETURNING ingest_id, item
+# Which of the batch's deliveries were claimed before (a raw message delivered again): by
+# primary key, in the partitions their ingest ids name (pruned at the executor's start).
+# The pairs of the two arrays' product are read: the caller keeps the batch's own.
+SEEN = """
+SELECT ingest_id, item FROM deliveries
+WHERE ingest_id = ANY($1::uuid[]) AND item = ANY($2::integer[])
 """
 
 # The batch's records' keys, claimed first, in one order for all workers (record_id): a new
@@ -134,12 +135,16 @@ JOIN call_keys k ON k.record_id = s.record_id
 WHERE c.record_id = s.record_id AND c.stored_at = k.stored_at
 """  # noqa: S608
 
-# A backfill that changed nothing is no delivery: its claim is taken back (a redelivery of
-# it would change nothing either).
-UNCLAIM = """
-DELETE FROM deliveries d
-USING unnest($1::uuid[], $2::integer[]) AS u(ingest_id, item)
-WHERE d.ingest_id = u.ingest_id AND d.item = u.item
+# The batch's deliveries, claimed last, once it is known which ones are the first
+# delivery of a revision this transaction created (`repush` NULL: the revision names it)
+# and which backfills changed nothing (no delivery: not claimed). In one order for all
+# workers (the caller sorts them). A delivery not returned was claimed by a transaction
+# that committed since SEEN: the batch counted it again, and is rolled back.
+CLAIM = """
+INSERT INTO deliveries (ingest_id, item, record_id, received_at, repush)
+SELECT * FROM unnest($1::uuid[], $2::integer[], $3::uuid[], $4::timestamptz[], $5::boolean[])
+ON CONFLICT DO NOTHING
+RETURNING ingest_id, item
 """
 
 OUTBOX = """
