@@ -121,6 +121,7 @@ async def partitioned_since(
                 await connection.execute(
                     "INSERT INTO cdrflow_migrations VALUES ($1, $2)", step.version, step.name
                 )
+            await migrate(url)  # the steps after 12
             month = period_start(Granularity.MONTH, since)
             while month <= datetime.now(UTC):
                 for table in MONTHLY:
@@ -312,10 +313,11 @@ async def test_schema_12_in_place_keeps_every_record_and_revision_and_dedups_old
         connection = await asyncpg.connect(url)
         try:
             # Records as the workers store them at schema 11 (the writer's statements, given
-            # the key table and index they need, taken away again before the upgrade).
+            # the key table, index and column they need, taken away again before the upgrade).
             await connection.execute(
                 "CREATE TABLE call_keys (record_id uuid PRIMARY KEY, stored_at timestamptz);"
-                "CREATE UNIQUE INDEX scaffold ON call_records (record_id, stored_at)"
+                "CREATE UNIQUE INDEX scaffold ON call_records (record_id, stored_at);"
+                "ALTER TABLE deliveries ADD COLUMN repush boolean DEFAULT true"
             )
             pool = await create_pool(url, 2, name="test-records-in-place")
             try:
@@ -327,7 +329,10 @@ async def test_schema_12_in_place_keeps_every_record_and_revision_and_dedups_old
                 await store(pool, sources, *(envelope(sample("nx-cc", c, 1)) for c in calls[:100]))
             finally:
                 await pool.close()
-            await connection.execute("DROP TABLE call_keys; DROP INDEX scaffold")
+            await connection.execute(
+                "DROP TABLE call_keys; DROP INDEX scaffold;"
+                " ALTER TABLE deliveries DROP COLUMN repush"
+            )
             before = await connection.fetchrow(HISTORY)
             assert before is not None
             assert before["revisions"] == 2_200
