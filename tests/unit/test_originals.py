@@ -50,7 +50,7 @@ def test_an_original_is_its_header_and_the_body_exactly() -> None:
 
 async def test_a_request_with_several_items_is_stored_once_and_unneeded_items_stay_empty() -> None:
     shared = request(b"[1,2]")
-    alone = request(b"3")
+    alone = request(b" 3")
     bundles = Bundles([(shared, b"1"), (shared, b"2"), (alone, b"3")])
     connection: Any = Recorder()
     await bundles.reserve(connection)
@@ -79,3 +79,22 @@ async def test_bundles_hold_at_most_their_items_and_one_not_needed_is_not_writte
     await bundles.write(connection, {0})
     assert {bundle for bundle, _ in connection.inserted} == {100}
     assert len(connection.inserted) == BUNDLE_ITEMS
+
+
+async def test_a_payload_that_is_the_body_exactly_is_the_original_item() -> None:
+    same = request(b'{"a":1}')
+    spaced = request(b'{"a": 1}')
+    shared = request(b"[1]")
+    bundles = Bundles([(same, b'{"a":1}'), (spaced, b'{"a":1}'), (shared, b"1"), (shared, b"[1]")])
+    connection: Any = Recorder()
+    await bundles.reserve(connection)
+    places = [bundles.place(n) for n in range(4)]
+    assert [(p.original_item, p.payload_item) for p in places] == [(1, 1), (2, 3), (4, 5), (4, 4)]
+    await bundles.write(connection, {0, 3})
+    assert connection.inserted == [
+        (100, original_of(same)),  # and the payload: its body
+        (100, b""),
+        (100, b""),
+        (100, original_of(shared)),
+        (100, b""),
+    ]

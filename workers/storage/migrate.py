@@ -24,7 +24,12 @@ import asyncpg
 
 from cdrflow.logs import get_logger
 from workers.storage import deliveries_repush
-from workers.storage.partition_retention import bound_in_place, ensure_all_ahead, partition_in_place
+from workers.storage.partition_retention import (
+    bound_in_place,
+    ensure_all_ahead,
+    partition_in_place,
+    relayout_partitions,
+)
 from workers.storage.payloads_migration import move_payloads
 from workers.storage.records_partitioning import STEP as STEP_RECORDS
 from workers.storage.records_partitioning import partition as partition_records
@@ -40,11 +45,13 @@ _STEP = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 # 9: deliveries and rejected_callbacks partitioned by time, in place (partition_retention).
 # 12: call_records, record_revisions and originals too, and call_keys (records_partitioning).
 # 16: deliveries indexed by record for their re-pushes alone (deliveries_repush).
+# 17: the empty partitions that have not ended made again, packed (partition_layout).
 AFTER_STEP: dict[int, Callable[[asyncpg.Connection], Awaitable[int]]] = {
     3: rehash_stored_contents,
     9: partition_in_place,
     12: partition_records,
     deliveries_repush.STEP: deliveries_repush.attach,
+    17: relayout_partitions,
 }
 BEFORE_STEP: dict[int, Callable[[asyncpg.Connection], Awaitable[None]]] = {
     9: lambda connection: bound_in_place(connection, datetime.now(UTC)),

@@ -6,7 +6,9 @@ Many to a row, because PostgreSQL compresses a value only once its row passes ab
 a callback's bytes alone never reach that, and a bundle of the calls stored together does,
 where lz4 finds their shared keys and values (docs/storage.md has the measured sizes). A
 revision names its bundle and the two items' places in it; SQL reads them back through the
-views `record_history` and `record_payloads` (migration 8)."""
+views `record_history` and `record_payloads` (migration 8). A payload that is the body as
+received, byte for byte (most JSON bodies), is not stored again: the revision names its
+original request's item as its payload's too (migration 15)."""
 
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ from schemas.jsoncodec import dumps, loads_exact
 Connection = asyncpg.Connection | PoolConnectionProxy
 
 # Enough calls for lz4 to find what they share (50 calls compress to 0.28 of their bytes,
-# 10 to 0.36), few enough that reading one revision decompresses some 60 KB, not a batch.
+# 10 to 0.36), few enough that reading one revision decompresses some 70 KB, not a batch:
+# 64 calls with a payload of their own, up to 127 whose payload is their body.
 BUNDLE_ITEMS = 128
 _HEADER_END = b"\n"
 
@@ -56,9 +59,18 @@ def read_original(original: bytes) -> tuple[dict[str, Any], bytes]:
     return loads_exact(header), body
 
 
+def payload_is_body(envelope: RawEnvelope, payload: bytes) -> bool:
+    """Whether the parsed payload's bytes are the body as received, exactly: then it is
+    not stored again (the body is valid UTF-8 JSON, since the payload is)."""
+    return payload == envelope.body
+
+
 @dataclass(frozen=True, slots=True)
 class Place:
-    """Where a revision's original request and parsed payload are."""
+    """Where a revision's original request and parsed payload are. A payload whose bytes
+    are the request's body exactly (a JSON body as our writer renders it: most are) is not
+    stored again: its `payload_item` is then the `original_item`, and the payload is that
+    item's body (migration 15)."""
 
     bundle_id: int
     original_item: int  # 1-based, as SQL arrays count
@@ -99,6 +111,9 @@ class Bundles:
                 owners.append([])
                 original = originals[envelope.ingest_id] = len(items)
             owners[original - 1].append(index)
+            if payload_is_body(envelope, payload):
+                self._places.append((len(self._items) - 1, original, original))
+                continue
             items.append(payload)
             owners.append([index])
             self._places.append((len(self._items) - 1, original, len(items)))

@@ -24,6 +24,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from cdrflow.logs import get_logger
 from cdrflow.settings import Settings
+from workers.storage.partition_layout import create_like, drop_empty_current
 from workers.storage.partitions import (
     PARTITIONED,
     PARTITIONED_BY_STEP,
@@ -139,17 +140,14 @@ async def ensure_ahead(
 async def _create_partition(
     connection: Connection, table: PartitionedTable, name: str, start: datetime, end: datetime
 ) -> None:
-    """Made as a plain table, then attached: ATTACH locks the parent in SHARE UPDATE
-    EXCLUSIVE mode, which lets reads and writes go on (CREATE TABLE ... PARTITION OF would
-    take ACCESS EXCLUSIVE). The parent's indexes are built on the empty table as it is
-    attached; its DEFAULT partition is scanned for rows of the new range (it has none)."""
+    """Made as a plain table, its columns packed (`workers.storage.partition_layout`), then
+    attached: ATTACH locks the parent in SHARE UPDATE EXCLUSIVE mode, which lets reads and
+    writes go on (CREATE TABLE ... PARTITION OF would take ACCESS EXCLUSIVE). The parent's
+    indexes are built on the empty table as it is attached; its DEFAULT partition is
+    scanned for rows of the new range (it has none)."""
     async with connection.transaction():
         await connection.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-        await connection.execute(
-            f"CREATE TABLE {name} (LIKE {table.name} INCLUDING DEFAULTS INCLUDING CONSTRAINTS"
-            " INCLUDING STORAGE"
-            " INCLUDING COMPRESSION)"
-        )
+        await create_like(connection, table.name, name)
         await connection.execute(
             f"ALTER TABLE {table.name} ATTACH PARTITION {name} FOR VALUES"
             f" FROM ({bound_literal(table.kind, start)}) TO ({bound_literal(table.kind, end)})"
@@ -164,6 +162,19 @@ async def ensure_all_ahead(connection: Connection, now: datetime) -> list[str]:
         if await is_partitioned(connection, table):
             created += await ensure_ahead(connection, table, now)
     return created
+
+
+async def relayout_partitions(connection: asyncpg.Connection) -> int:
+    """Migration 17, in its transaction: the partitions that have not ended and hold no
+    row are made again, packed (`workers.storage.partition_layout`); returns how many."""
+    now = datetime.now(UTC)
+    made = 0
+    for table in PARTITIONED.values():
+        if await is_partitioned(connection, table) and await drop_empty_current(
+            connection, table, now
+        ):
+            made += len(await ensure_ahead(connection, table, now))
+    return made
 
 
 async def hours_ahead(connection: Connection, now: datetime) -> dict[str, float]:

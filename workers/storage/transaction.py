@@ -12,7 +12,10 @@
      locked, so that the batch alone writes its records from then on;
    - upsert `call_records`, one row per record: a new record is inserted with its newest
      content; an existing one has its counters moved, and is locked for what follows;
-     a backfill of an existing one changes nothing (it is locked, not returned);
+     a backfill of an existing one changes nothing (it is locked, not returned). A record
+     whose one revision is kept in `call_records` alone, delivered again with that
+     content only, is done: its counters are the revision's. Brought another content, it
+     gets its revision's `record_revisions` row here (migration 14's trigger);
    - look up which contents are earlier revisions (`record_revisions`, by content hash):
      those count as deliveries of that revision and change nothing else;
    - every other content becomes a new revision (numbered in order of its newest report),
@@ -236,8 +239,9 @@ async def _store_versions(
         columns=_COPY_COLUMNS,
     )
     new_keys = [row["record_id"] for row in await connection.fetch(sql.CLAIM_KEYS)]
+    await connection.execute(sql.KEEPS_SINGLE_REVISION)
     upserted = {row["record_id"]: row for row in await connection.fetch(sql.UPSERT, new_keys)}
-    stored_before = [rid for rid, row in upserted.items() if not row["created"]]
+    stored_before = [rid for rid, row in upserted.items() if not (row["created"] or row["alone"])]
     known, last = await _known_revisions(connection, stored_before)
     writes = _Writes()
     left_alone: set[uuid.UUID] = set()
@@ -247,6 +251,9 @@ async def _store_versions(
             left_alone.add(versions.record_id)
         elif row["created"]:
             _plan_new_record(versions, row, writes)
+        elif row["alone"]:
+            # Its one revision, delivered again: the upsert counted it in call_records.
+            continue
         else:
             _plan_stored_record(versions, row, known, last.get(versions.record_id), writes)
     await _apply(connection, writes)

@@ -28,9 +28,24 @@ ON CONFLICT (record_id) DO UPDATE SET stored_at = k.stored_at WHERE false
 RETURNING record_id
 """  # noqa: S608
 
-# One row per record: its newest content, and the batch's counts. Updating a record that
-# has no record_revisions row yet writes it first, as the record was (migration 8's
-# trigger), so that what follows finds every revision there. A backfill (the
+# This transaction nulls `bundle_id` itself when a record kept in call_records alone gets
+# a second revision (UPSERT): migration 14's trigger then writes the first one's row only
+# then, not on every update of the record.
+KEEPS_SINGLE_REVISION = "SET LOCAL cdrflow.keeps_single_revision = 'on'"
+
+# The batch brings one content for a stored record, the one it shows: `excluded.revision`
+# is 1 when the batch holds one content for the record (its ordinal 0), and a record's
+# contents in a batch differ from each other (`workers.storage.revisions`).
+_SAME = "excluded.revision = 1 AND excluded.content_hash = c.content_hash"
+
+# One row per record: its newest content, and the batch's counts. A record whose one
+# revision is kept in call_records alone (`bundle_id` set, no record_revisions row) stays
+# so when the batch brings that content only: call_records' counts and times are the
+# revision's, moved here (`alone` in what is returned: nothing else to write for it).
+# When the batch brings another content, `bundle_id` goes NULL, and migration 14's trigger
+# writes the revision's row first, as the record was, so that what follows finds every
+# revision there (the transaction sets `cdrflow.keeps_single_revision`; without it the
+# trigger writes the row on any update, as before schema 14). A backfill (the
 # provider's books) of a record stored already changes nothing: its row is locked, so that
 # a push and a backfill of one id in two transactions are decided here, in one order, but
 # neither updated nor returned. A push for a stored record returns the row as stored
@@ -59,10 +74,14 @@ ON CONFLICT (record_id, stored_at) DO UPDATE SET
     delivery_count = c.delivery_count + excluded.delivery_count,
     received_at = least(c.received_at, excluded.received_at),
     first_seen_at = least(c.first_seen_at, excluded.first_seen_at),
-    last_seen_at = greatest(c.last_seen_at, excluded.last_seen_at)
+    last_seen_at = greatest(c.last_seen_at, excluded.last_seen_at),
+    bundle_id = CASE WHEN {_SAME} THEN c.bundle_id END,
+    original_item = CASE WHEN {_SAME} THEN c.original_item END,
+    payload_item = CASE WHEN {_SAME} THEN c.payload_item END
 WHERE excluded.origin = 'push'
 RETURNING record_id, record_id = ANY($1::uuid[]) AS created, revision, origin, content_received_at,
-    received_at, stored_at, first_seen_at, last_seen_at, delivery_count
+    received_at, stored_at, first_seen_at, last_seen_at, delivery_count,
+    bundle_id IS NOT NULL AS alone
 """  # noqa: S608 (identifiers are constants; values are parameters)
 
 # For the contents of records stored before (and locked by the upsert): the revision each
