@@ -223,7 +223,7 @@ async def test_step_16_in_place_keeps_every_delivery_found_by_record(sources: So
                 "UPDATE pg_index SET indisvalid = false WHERE indexrelid = $1::regclass",
                 deliveries_repush.partition_index("deliveries_default"),
             )
-            assert await migrate(url) == [deliveries_repush.STEP]
+            assert deliveries_repush.STEP in await migrate(url)
 
             indexes = await connection.fetch(
                 "SELECT indexrelid::regclass::text AS name, indisvalid,"
