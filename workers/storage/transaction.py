@@ -208,7 +208,8 @@ async def _store_versions(
             _plan_stored_record(versions, row, known, last.get(versions.record_id), writes)
     await _apply(connection, writes)
     index = {id(content): n for n, content in enumerate(contents)}
-    await bundles.write(connection, {index[id(content)] for content in writes.stored})
+    latest = max((row["stored_at"] for row in upserted.values()), default=None)
+    await bundles.write(connection, {index[id(content)] for content in writes.stored}, latest)
     return writes.published, left_alone
 
 
