@@ -248,6 +248,28 @@ async def test_pushes_and_backfills_of_the_same_records_at_once(
     assert len(backfill_result.published) == len(created_by_backfill)
 
 
+async def test_a_push_that_began_before_the_backfill_storing_its_record_is_in_the_history(
+    pool: asyncpg.Pool, sources: Sources, db: asyncpg.Connection
+) -> None:
+    """The push's transaction began (its `now()`) before the backfill's, which stored the
+    record first: the push's revision, and its original bytes, are stored at the record's
+    time, not before it, where every reader of the history bounds them."""
+    async with pool.acquire() as connection, connection.transaction():
+        began = await connection.fetchval("SELECT now()")
+        await asyncio.sleep(0.05)
+        await store(pool, sources, backfilled("b-late"))
+        result = await write_batch(connection, normalized(sources, pushed("b-late", seconds=60)))
+    assert [e.revision for e in result.published] == [2]
+    assert await revisions(db, "b-late") == [(1, "backfill", 1), (2, "push", 1)]
+    rows = await db.fetch(
+        "SELECT h.revision, h.stored_at, h.raw IS NOT NULL AS has_raw FROM record_history h"
+        " WHERE h.record_id = $1 ORDER BY h.revision",
+        record_id_for("nx-dr", "b-late"),
+    )
+    assert [(r["revision"], r["has_raw"]) for r in rows] == [(1, True), (2, True)]
+    assert rows[1]["stored_at"] >= rows[0]["stored_at"] > began
+
+
 async def test_a_worker_counts_an_ignored_backfill_apart_from_duplicates(
     settings: Settings, sources: Sources, channel: AbstractChannel, db: asyncpg.Connection
 ) -> None:

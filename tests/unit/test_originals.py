@@ -36,7 +36,9 @@ class Recorder:
     async def fetchval(self, query: str, count: int) -> list[int]:
         return [100 + n for n in range(count)]
 
-    async def execute(self, query: str, ids: list[int], items: list[bytes]) -> None:
+    async def execute(
+        self, query: str, ids: list[int], items: list[bytes], stored_at: datetime | None
+    ) -> None:
         self.inserted += list(zip(ids, items, strict=True))
 
 
@@ -60,7 +62,7 @@ async def test_a_request_with_several_items_is_stored_once_and_unneeded_items_st
         (100, 1, 3),
         (100, 4, 5),
     ]
-    await bundles.write(connection, {1})  # only the second item is a new revision
+    await bundles.write(connection, {1}, None)  # only the second item is a new revision
     assert connection.inserted == [
         (100, original_of(shared)),
         (100, b""),
@@ -76,7 +78,7 @@ async def test_bundles_hold_at_most_their_items_and_one_not_needed_is_not_writte
     connection: Any = Recorder()
     await bundles.reserve(connection)
     assert {bundles.place(n).bundle_id for n in range(len(requests))} == {100, 101}
-    await bundles.write(connection, {0})
+    await bundles.write(connection, {0}, None)
     assert {bundle for bundle, _ in connection.inserted} == {100}
     assert len(connection.inserted) == BUNDLE_ITEMS
 
@@ -90,7 +92,7 @@ async def test_a_payload_that_is_the_body_exactly_is_the_original_item() -> None
     await bundles.reserve(connection)
     places = [bundles.place(n) for n in range(4)]
     assert [(p.original_item, p.payload_item) for p in places] == [(1, 1), (2, 3), (4, 5), (4, 4)]
-    await bundles.write(connection, {0, 3})
+    await bundles.write(connection, {0, 3}, None)
     assert connection.inserted == [
         (100, original_of(same)),  # and the payload: its body
         (100, b""),

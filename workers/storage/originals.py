@@ -15,6 +15,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -79,9 +80,11 @@ class Place:
 
 _RESERVE = "SELECT array_agg(nextval('originals_bundle_seq')) FROM generate_series(1, $1)"
 # With the ids taken before (`Bundles.reserve`): the batch's rows name them already.
+# Stored at or after every record and revision that names it ($3: the latest `stored_at`
+# of the batch's records), as readers bound it: see NEW_REVISIONS.
 _INSERT_RESERVED = """
-INSERT INTO originals (bundle_id, items)
-SELECT u.bundle_id, array_agg(u.item ORDER BY u.n)
+INSERT INTO originals (bundle_id, items, stored_at)
+SELECT u.bundle_id, array_agg(u.item ORDER BY u.n), greatest(now(), $3::timestamptz)
 FROM unnest($1::bigint[], $2::bytea[]) WITH ORDINALITY AS u(bundle_id, item, n)
 GROUP BY u.bundle_id
 """
@@ -127,8 +130,11 @@ class Bundles:
         bundle, original, payload = self._places[index]
         return Place(self._ids[bundle], original, payload)
 
-    async def write(self, connection: Connection, kept: set[int]) -> None:
-        """Store the bundles, with the items of the contents in `kept` (by index)."""
+    async def write(
+        self, connection: Connection, kept: set[int], records_stored_at: datetime | None
+    ) -> None:
+        """Store the bundles, with the items of the contents in `kept` (by index), at or
+        after `records_stored_at`, the latest `stored_at` of the records they belong to."""
         ids: list[int] = []
         items: list[bytes] = []
         for bundle_id, bundle, owners in zip(self._ids, self._items, self._owners, strict=True):
@@ -138,4 +144,4 @@ class Bundles:
                 ids.append(bundle_id)
                 items.append(item if kept.intersection(owner) else _EMPTY)
         if ids:
-            await connection.execute(_INSERT_RESERVED, ids, items)
+            await connection.execute(_INSERT_RESERVED, ids, items, records_stored_at)

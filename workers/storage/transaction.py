@@ -258,7 +258,8 @@ async def _store_versions(
             _plan_stored_record(versions, row, known, last.get(versions.record_id), writes)
     await _apply(connection, writes)
     index = {id(content): n for n, content in enumerate(contents)}
-    await bundles.write(connection, {index[id(content)] for content in writes.stored})
+    latest = max((row["stored_at"] for row in upserted.values()), default=None)
+    await bundles.write(connection, {index[id(content)] for content in writes.stored}, latest)
     first = {(c.brought_by.ingest_id, c.brought_by.item) for c in writes.stored}
     return writes.published, left_alone, first
 

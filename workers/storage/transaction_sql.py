@@ -116,18 +116,24 @@ def _content_object(alias: str) -> str:
 # shows (`u.keep`): the shown content is call_records' own columns, and the trigger of
 # migration 8 writes it here when call_records moves on. Its original request and parsed
 # payload are in `originals` (`workers.storage.originals`).
+#
+# A revision is stored at or after its record (every reader of record_revisions bounds it
+# so, partitions by month): this transaction's time, or the record's when a transaction
+# that started after this one stored the record first (its key was waited for).
 NEW_REVISIONS = f"""
 INSERT INTO record_revisions (record_id, revision, content_hash, content, ingest_id,
     item, received_at, first_seen_at, last_seen_at, delivery_count, bundle_id,
-    original_item, payload_item, reprocessed_at)
+    original_item, payload_item, reprocessed_at, stored_at)
 SELECT s.record_id, u.revision, s.content_hash,
     CASE WHEN u.keep THEN {_content_object("s")} END, s.ingest_id, s.item,
     s.first_received_at, s.first_received_at, s.last_received_at, s.deliveries,
-    s.bundle_id, s.original_item, s.payload_item, CASE WHEN u.reprocessed THEN now() END
+    s.bundle_id, s.original_item, s.payload_item, CASE WHEN u.reprocessed THEN now() END,
+    greatest(now(), k.stored_at)
 FROM {STAGE_TABLE} s
 JOIN unnest($1::uuid[], $2::integer[], $3::integer[], $4::boolean[], $5::boolean[])
     AS u(record_id, ordinal, revision, keep, reprocessed)
     ON s.record_id = u.record_id AND s.ordinal = u.ordinal
+JOIN call_keys k ON k.record_id = s.record_id
 """  # noqa: S608
 
 EARLIER_DELIVERED = """
