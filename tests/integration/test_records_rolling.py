@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import asyncpg
 import pytest
@@ -25,6 +26,12 @@ from workers.storage.database import STAGE_TABLE, create_pool, is_transient
 from workers.storage.migrate import available, complete_partitioning, migrate
 
 TABLES = ("call_records", "record_revisions", "originals")
+T = TypeVar("T")
+# HISTORY's digest, of the calls stored before the partitioning (not `rolling...`).
+HISTORY_BEFORE_ROLLING = HISTORY.replace(
+    "AS digest\nFROM record_history",
+    "AS digest\nFROM record_history WHERE external_id NOT LIKE 'rolling%'",
+).replace("SELECT count(*) AS revisions, md5(", "SELECT md5(")
 
 # The previous release's batch statements (schema 11), as its workers run them: the
 # record's upsert on (source, external_id), no key of its own in call_keys (the trigger of
@@ -121,6 +128,40 @@ async def test_schema_12_rolls_while_previous_release_workers_store(
         sent.update(call for call, _ in calls)
         return [e.revision for e in result.published]
 
+    async def storing_while(
+        pool: asyncpg.Pool, prefix: str, previous: bool, work: Awaitable[T]
+    ) -> tuple[T, int]:
+        """`work` done while `pool` keeps storing batches of a new call and a re-push of
+        an old one; what it returned, and how many batches were stored meanwhile."""
+        stop = asyncio.Event()
+
+        async def keep_storing() -> int:
+            n = 0
+            while not stop.is_set():
+                # A re-push of an old call by the previous release, of one of its own by
+                # this one (the calls stored before keep their history while it partitions).
+                again = f"old{200 + n % 800}" if previous else f"{prefix}{max(n - 1, 0)}"
+                batch = ((f"{prefix}{n}", 0), (again, 0))
+                try:
+                    await send(pool, *batch, previous=previous)
+                except Exception as exc:  # as a worker does: hold the batch, store it again
+                    if not is_transient(exc):
+                        raise
+                    await asyncio.sleep(0.05)
+                    continue
+                n += 1
+                await asyncio.sleep(0)
+            return n
+
+        writer = asyncio.create_task(keep_storing())
+        try:
+            done = await work
+            await asyncio.sleep(0.2)
+        finally:
+            stop.set()
+            stored = await writer
+        return done, stored
+
     async with scratch_database("records_rolling") as url:
         with schema_up_to(11):
             await migrate(url)
@@ -134,33 +175,7 @@ async def test_schema_12_rolls_while_previous_release_workers_store(
 
             # The previous release keeps storing new calls and re-pushes of old ones while
             # `cdrflow migrate` runs.
-            stop = asyncio.Event()
-            retried = 0
-
-            async def keep_storing() -> int:
-                nonlocal retried
-                n = 0
-                while not stop.is_set():
-                    batch = ((f"during{n}", 0), (f"old{200 + n % 800}", 0))
-                    try:
-                        await send(previous, *batch, previous=True)
-                    except Exception as exc:  # as the worker does: hold the batch, retry
-                        if not is_transient(exc):
-                            raise
-                        retried += 1
-                        await asyncio.sleep(0.05)
-                        continue
-                    n += 1
-                    await asyncio.sleep(0)
-                return n
-
-            writer = asyncio.create_task(keep_storing())
-            try:
-                applied = await migrate(url)
-                await asyncio.sleep(0.2)
-            finally:
-                stop.set()
-                during = await writer
+            applied, during = await storing_while(previous, "during", True, migrate(url))
             assert during > 0
             assert applied == [m.version for m in available() if m.version > 11]
             assert await kinds(db) == ["r", "r", "r"]  # the partitioning waits for them
@@ -171,47 +186,47 @@ async def test_schema_12_rolls_while_previous_release_workers_store(
 
             # This release's workers write beside them, on the plain tables.
             mine = await create_pool(url, 2)
-            try:
-                assert await send(mine, ("old5", 0), ("during0", 0), previous=False) == []
-                assert await send(mine, ("old5", 1), previous=False) == []  # revision 2
-                assert await send(mine, ("old500", 1), previous=False) == [2]
-                assert await send(mine, ("mine0", 0), previous=False) == [1]
-                # The previous release's, again: re-pushes of calls either release stored,
-                # and a new one.
-                assert (
-                    await send(previous, ("mine0", 0), ("old500", 1), ("old501", 0), previous=True)
-                    == []
-                )
-                assert await send(previous, ("late0", 0), previous=True) == [1]
-                assert await send(mine, ("late0", 0), previous=False) == []
-            finally:
-                await mine.close()
+            assert await send(mine, ("old5", 0), ("during0", 0), previous=False) == []
+            assert await send(mine, ("old5", 1), previous=False) == []  # revision 2
+            assert await send(mine, ("old500", 1), previous=False) == [2]
+            assert await send(mine, ("mine0", 0), previous=False) == [1]
+            # The previous release's, again: re-pushes of calls either release stored, and
+            # a new one.
+            assert (
+                await send(previous, ("mine0", 0), ("old500", 1), ("old501", 0), previous=True)
+                == []
+            )
+            assert await send(previous, ("late0", 0), previous=True) == [1]
+            assert await send(mine, ("late0", 0), previous=False) == []
         finally:
             await previous.close()
 
-        # They have stopped: the next run partitions.
-        before = await db.fetchrow(HISTORY)
-        assert await migrate(url) == []
-        assert await kinds(db) == ["p", "p", "p"]
-        assert not await records_partitioning.is_pending(db)
-        assert await db.fetchrow(HISTORY) == before
-        trigger = await db.fetchval(
-            "SELECT pg_get_triggerdef(oid) FROM pg_trigger"
-            " WHERE tgname = 'call_records_1_write_single_revision'"
-            " AND tgrelid = 'call_records'::regclass"
-        )
-        assert "keeps_single_revision" in trigger  # schema 14's form, made again
-
-        # The previous release's statements could no longer write (why it waited for them).
-        gone = await create_pool(url, 1, name="test-previous-after")
         try:
-            with pytest.raises(asyncpg.InvalidColumnReferenceError):
-                await send(gone, ("old8", 0), previous=True)
-        finally:
-            await gone.close()
+            # They have stopped: the next run partitions, while this release's workers keep
+            # storing new calls and re-pushes.
+            before = await db.fetchrow(HISTORY)
+            applied, rolling = await storing_while(mine, "rolling", False, migrate(url))
+            assert applied == []
+            assert rolling > 0
+            assert await kinds(db) == ["p", "p", "p"]
+            assert not await records_partitioning.is_pending(db)
+            # Every revision stored before says the same.
+            assert await db.fetchval(HISTORY_BEFORE_ROLLING) == before["digest"]
+            trigger = await db.fetchval(
+                "SELECT pg_get_triggerdef(oid) FROM pg_trigger"
+                " WHERE tgname = 'call_records_1_write_single_revision'"
+                " AND tgrelid = 'call_records'::regclass"
+            )
+            assert "keeps_single_revision" in trigger  # schema 14's form, made again
 
-        mine = await create_pool(url, 2)
-        try:
+            # The previous release's statements could no longer write (why it waited).
+            gone = await create_pool(url, 1, name="test-previous-after")
+            try:
+                with pytest.raises(asyncpg.InvalidColumnReferenceError):
+                    await send(gone, ("old8", 0), previous=True)
+            finally:
+                await gone.close()
+
             again = [("old7", 0), ("old7", 1), ("old900", 0), ("during0", 0), ("mine0", 0)]
             assert await send(mine, *again[:1], previous=False) == []
             assert await send(mine, *again[1:], previous=False) == []

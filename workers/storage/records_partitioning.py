@@ -236,6 +236,13 @@ async def partition(connection: asyncpg.Connection, remade: Sequence[str] = ()) 
 BEFORE_PARTITIONING = """
 SET LOCAL lock_timeout = '10s';
 
+-- This release's workers keep writing: the locks are taken in the order their batches
+-- take theirs (the bundles' sequence, then call_records, record_revisions, originals), so
+-- that a batch under way finishes first and the next waits, instead of one of them
+-- deadlocking with this transaction.
+ALTER SEQUENCE originals_bundle_seq OWNED BY NONE;
+LOCK TABLE call_records, record_revisions, originals IN ACCESS EXCLUSIVE MODE;
+
 -- From now on the workers write the keys themselves.
 DROP TRIGGER call_records_key ON call_records;
 DROP FUNCTION call_key_of_record();
@@ -253,7 +260,6 @@ ALTER TABLE record_revisions DROP CONSTRAINT record_revisions_pkey;
 ALTER TABLE record_revisions ADD CONSTRAINT record_revisions_pkey
     PRIMARY KEY USING INDEX record_revisions_record_key;
 
-ALTER SEQUENCE originals_bundle_seq OWNED BY NONE;
 ALTER TABLE originals DROP CONSTRAINT originals_pkey;
 ALTER TABLE originals ADD CONSTRAINT originals_pkey
     PRIMARY KEY USING INDEX originals_bundle_key;
