@@ -8,7 +8,9 @@ transaction (for work that must not hold its locks, such as validating a constra
 writes go on). A `BEFORE_STEP` part must be safe to run again. A step that rewrites rows of
 the live tables has its data step in `DATA_STEPS` instead: run after the SQL steps, in
 short transactions of its own while workers keep writing, and gone on with by the next run
-when interrupted. Every run ends by creating the time partitions ahead."""
+when interrupted. Schema 12's partitioning waits for the previous release's workers to
+disconnect (`workers.storage.records_partitioning`): each run does it if it is still
+pending and they have gone. Every run ends by creating the time partitions ahead."""
 
 from __future__ import annotations
 
