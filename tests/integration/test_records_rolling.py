@@ -15,6 +15,7 @@ from typing import TypeVar
 import asyncpg
 import pytest
 
+from cdrflow.operations.pipeline_status import PipelineStatus, read_database
 from schemas.record import RECORD_COLUMNS
 from schemas.sources import Sources
 from tests.integration.test_records_partitions import HISTORY, schema_up_to, store
@@ -182,6 +183,9 @@ async def test_schema_12_rolls_while_previous_release_workers_store(
             assert await records_partitioning.is_pending(db)
             assert await migrate(url) == []  # still connected: still pending
             assert await complete_partitioning(db) is False  # nor `cdrflow retention`
+            status = PipelineStatus()
+            await read_database(db, status, [])
+            assert status.records_partitioning_pending  # `cdrflow status` says so
             assert await records_partitioning.is_pending(db)
 
             # This release's workers write beside them, on the plain tables.
