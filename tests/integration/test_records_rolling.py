@@ -209,6 +209,7 @@ async def test_schema_12_rolls_while_previous_release_workers_store(
             # They have stopped: the next run partitions, while this release's workers keep
             # storing new calls and re-pushes.
             before = await db.fetchrow(HISTORY)
+            assert before is not None
             applied, rolling = await storing_while(mine, "rolling", False, migrate(url))
             assert applied == []
             assert rolling > 0
