@@ -34,10 +34,19 @@ def add_commands(commands: Subcommands) -> None:
 
 
 def run_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from workers.storage.migrate import LATEST, migrate
+    from workers.storage.migrate import LATEST, migrate, partitioning_pending
+    from workers.storage.records_partitioning import PREVIOUS_WORKERS
 
     applied = asyncio.run(migrate(settings.database_url))
     print(f"schema at version {LATEST}" + (f" (applied {applied})" if applied else " (up to date)"))
+    if asyncio.run(partitioning_pending(settings.database_url)):
+        # Not an error: this release's workers run on it; the next run completes it.
+        print(
+            "schema 12's partitioning of call_records, record_revisions and originals is"
+            f" pending: workers of the previous release (application_name {PREVIOUS_WORKERS!r})"
+            " are connected. Run `cdrflow migrate` again once they have stopped"
+            " (docs/operations.md, Upgrades)"
+        )
     return 0
 
 

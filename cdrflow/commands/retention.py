@@ -29,11 +29,28 @@ def add_commands(commands: Subcommands) -> None:
 
 
 def run_retention(settings: Settings, args: argparse.Namespace) -> int:
+    from workers.storage.migrate import complete_partitioning
     from workers.storage.partition_retention import apply_retention
+    from workers.storage.records_partitioning import is_pending
 
     async def run() -> int:
         connection = await asyncpg.connect(settings.database_url)
         try:
+            # Schema 12's partitioning, left pending by `cdrflow migrate` while workers of
+            # the previous release were connected, is done by the first run after they stop.
+            if await is_pending(connection):
+                if args.dry_run:
+                    print(
+                        "schema 12's partitioning of the records is pending: would do it now"
+                        " unless workers of the previous release are connected"
+                    )
+                elif await complete_partitioning(connection):
+                    print("schema 12's partitioning of the records: done now")
+                else:
+                    print(
+                        "schema 12's partitioning of the records: pending (workers of the"
+                        " previous release connected, or `cdrflow migrate` running)"
+                    )
             report = await apply_retention(
                 connection, settings, datetime.now(UTC), dry_run=args.dry_run
             )

@@ -85,6 +85,9 @@ class PipelineStatus:
     sources: list[SourceState] = field(default_factory=list)
     schema_version: int | None = None
     latest_schema: int = 0
+    # Schema 12's partitioning left for a `cdrflow migrate` run after the previous release's
+    # workers have gone (workers.storage.records_partitioning).
+    records_partitioning_pending: bool = False
     # Per time-partitioned table: hours its partitions still cover (`cdrflow retention`).
     partitions_ahead_hours: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
@@ -134,6 +137,7 @@ class PipelineStatus:
             ],
             "schema_version": self.schema_version,
             "latest_schema_version": self.latest_schema,
+            "records_partitioning_pending": self.records_partitioning_pending,
             "partitions_ahead_hours": self.partitions_ahead_hours,
             "problems": self.problems(outbox_limit_seconds),
         }
@@ -202,6 +206,9 @@ async def read_database(
         row["reason"]: int(row["open"]) for row in await connection.fetch(_OPEN_REJECTIONS)
     }
     status.sources = await source_states(connection, sources)
+    from workers.storage.records_partitioning import is_pending
+
+    status.records_partitioning_pending = await is_pending(connection)
     if status.schema_version >= PARTITIONED_SINCE:
         from workers.storage.partition_retention import hours_ahead
 
@@ -259,6 +266,12 @@ def render(status: PipelineStatus, outbox_limit_seconds: float) -> str:
     if status.schema_version is not None:
         lines.append(
             f"{'schema':<14}version {status.schema_version} (this release: {status.latest_schema})"
+            + (
+                "; records' partitioning pending (`cdrflow migrate` once the previous"
+                " release's workers have stopped)"
+                if status.records_partitioning_pending
+                else ""
+            )
         )
     if status.sources:
         lines.append("")

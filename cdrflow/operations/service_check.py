@@ -38,12 +38,14 @@ async def check_broker(settings: Settings) -> ServiceAnswer:
 
 async def check_database(settings: Settings) -> ServiceAnswer:
     from workers.storage.migrate import LATEST, schema_version
+    from workers.storage.records_partitioning import is_pending
 
     try:
         async with asyncio.timeout(ANSWER_TIMEOUT):
             connection = await asyncpg.connect(settings.database_url)
             try:
                 version = await schema_version(connection)
+                pending = await is_pending(connection)
             finally:
                 await connection.close()
     except asyncpg.PostgresError as exc:  # it answered, with an error
@@ -53,6 +55,13 @@ async def check_database(settings: Settings) -> ServiceAnswer:
     if version < LATEST:
         needed = f"schema version {version}, this release needs {LATEST}: run `cdrflow migrate`"
         return ServiceAnswer("database", False, f"answers, but {needed}")
+    if pending:
+        return ServiceAnswer(
+            "database",
+            True,
+            f"answers, schema version {version} (its records' partitioning pending: run"
+            " `cdrflow migrate` once the previous release's workers have stopped)",
+        )
     return ServiceAnswer("database", True, f"answers, schema version {version}")
 
 

@@ -26,7 +26,12 @@ from workers.storage import migrate as migrate_module
 from workers.storage import originals, records_partitioning
 from workers.storage.database import create_pool
 from workers.storage.migrate import available, migrate
-from workers.storage.partition_retention import apply_retention, ensure_ahead, partitions_of
+from workers.storage.partition_retention import (
+    apply_retention,
+    bound_in_place,
+    ensure_ahead,
+    partitions_of,
+)
 from workers.storage.partitions import PARTITIONED, Granularity, next_start, period_start
 from workers.storage.transaction import write_batch
 
@@ -113,7 +118,8 @@ async def partitioned_since(
             await migrate(url)
         connection = await asyncpg.connect(url)
         try:
-            await records_partitioning.prepare(connection, since)
+            await records_partitioning.prepare(connection)
+            await bound_in_place(connection, since, records_partitioning.STEP)
             step = next(m for m in available() if m.version == records_partitioning.STEP)
             async with connection.transaction():
                 await connection.execute(step.sql)
@@ -344,14 +350,19 @@ async def test_schema_12_in_place_keeps_every_record_and_revision_and_dedups_old
             assert before is not None
             assert before["revisions"] == 2_200
 
-            # A worker of the previous release still connected: the step is refused.
-            previous = await create_pool(url, 1)
+            # A worker of the previous release still connected: the partitioning waits
+            # (test_records_rolling.py has them writing meanwhile).
+            previous = await create_pool(url, 1, name=records_partitioning.PREVIOUS_WORKERS)
             try:
-                with pytest.raises(records_partitioning.PreviousWorkersRunning):
-                    await migrate(url)
+                assert 12 in await migrate(url)
+                assert await records_partitioning.is_pending(connection)
+                assert await connection.fetchrow(HISTORY) == before
             finally:
                 await previous.close()
-            assert 12 in await migrate(url)
+            # Gone: the next `cdrflow retention` (or `cdrflow migrate`) partitions.
+            assert await migrate_module.complete_partitioning(connection) is True
+            assert not await records_partitioning.is_pending(connection)
+            assert await migrate(url) == []
 
             for table in MONTHLY:
                 kind = await connection.fetchval(

@@ -39,7 +39,13 @@ async def _prepare_connection(connection: asyncpg.Connection) -> None:
     await connection.execute(_CREATE_STAGE)
 
 
-async def create_pool(url: str, size: int, name: str = "cdrflow-worker") -> asyncpg.Pool:
+# The application name of this release's workers. The previous release's connect as
+# "cdrflow-worker": `cdrflow migrate` tells them apart by it, and partitions the records
+# (schema 12) once none of theirs is connected (workers.storage.records_partitioning).
+WORKER_APPLICATION = "cdrflow-worker/2"
+
+
+async def create_pool(url: str, size: int, name: str = WORKER_APPLICATION) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         url,
         min_size=1,

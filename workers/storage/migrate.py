@@ -8,7 +8,9 @@ transaction (for work that must not hold its locks, such as validating a constra
 writes go on). A `BEFORE_STEP` part must be safe to run again. A step that rewrites rows of
 the live tables has its data step in `DATA_STEPS` instead: run after the SQL steps, in
 short transactions of its own while workers keep writing, and gone on with by the next run
-when interrupted. Every run ends by creating the time partitions ahead."""
+when interrupted. Schema 12's partitioning waits for the previous release's workers to
+disconnect (`workers.storage.records_partitioning`): each run does it if it is still
+pending and they have gone. Every run ends by creating the time partitions ahead."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 import asyncpg
 
 from cdrflow.logs import get_logger
-from workers.storage import deliveries_repush
+from workers.storage import deliveries_repush, records_partitioning
 from workers.storage.partition_retention import (
     bound_in_place,
     ensure_all_ahead,
@@ -32,7 +34,6 @@ from workers.storage.partition_retention import (
 )
 from workers.storage.payloads_migration import move_payloads
 from workers.storage.records_partitioning import STEP as STEP_RECORDS
-from workers.storage.records_partitioning import partition as partition_records
 from workers.storage.records_partitioning import prepare as prepare_records
 from workers.storage.records_partitioning import tidy as tidy_records
 from workers.storage.rehash import rehash_stored_contents
@@ -43,13 +44,14 @@ _LOCK_KEY = 0x63647266  # "cdrf": serializes concurrent migrate runs
 _STEP = re.compile(r"(\d{4})_([a-z0-9_]+)\.sql")
 # 3: the content hash now covers the normalized record, not the payload.
 # 9: deliveries and rejected_callbacks partitioned by time, in place (partition_retention).
-# 12: call_records, record_revisions and originals too, and call_keys (records_partitioning).
+# 12: call_keys, and the unique keys call_records, record_revisions and originals need once
+#     partitioned; the partitioning itself is a part of its own, done once no worker of the
+#     previous release is connected (`_partition_records`; records_partitioning).
 # 16: deliveries indexed by record for their re-pushes alone (deliveries_repush).
 # 17: the empty partitions that have not ended made again, packed (partition_layout).
 AFTER_STEP: dict[int, Callable[[asyncpg.Connection], Awaitable[int]]] = {
     3: rehash_stored_contents,
     9: partition_in_place,
-    12: partition_records,
     deliveries_repush.STEP: deliveries_repush.attach,
     17: relayout_partitions,
 }
@@ -162,16 +164,63 @@ async def migrate(url: str) -> list[int]:
                 )
             applied.append(step.version)
             log.info("migration_applied", version=step.version, name=step.name)
+            if step.version == STEP_RECORDS:
+                # At once when no worker of the previous release is connected: the later
+                # steps then find the tables partitioned, as on a new database.
+                await _partition_records(connection, [*done, *applied])
         for version, data_step in DATA_STEPS.items():
             if version in done or version in applied:
                 await data_step(connection)
         if STEP_RECORDS in done or STEP_RECORDS in applied:
+            await _partition_records(connection, [*done, *applied])
             await tidy_records(connection)
         await _partitions_ahead(connection)
     finally:
         await connection.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
         await connection.close()
     return applied
+
+
+async def _partition_records(connection: asyncpg.Connection, versions: list[int]) -> bool:
+    """Step 12's partitioning, unless done or still waiting for the previous release's
+    workers to stop (then said in the log: the next run does it). The later steps applied
+    already that made something on the records' tables make it again on the partitioned
+    ones."""
+    remade = [
+        m.sql
+        for m in available()
+        if m.version in records_partitioning.REMADE and m.version in versions
+    ]
+    return await records_partitioning.complete(connection, remade)
+
+
+async def complete_partitioning(connection: asyncpg.Connection) -> bool | None:
+    """For `cdrflow retention` (hourly, as the schema owner): schema 12's partitioning, if
+    it is pending and no worker of the previous release is connected any more. True when
+    the tables are partitioned, False when it is still pending, None when a `cdrflow
+    migrate` run holds the lock (it does it)."""
+    if not await records_partitioning.is_pending(connection):
+        return True
+    if not await connection.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_KEY):
+        return None
+    try:
+        versions = [
+            row["version"]
+            for row in await connection.fetch("SELECT version FROM cdrflow_migrations")
+        ]
+        return await _partition_records(connection, versions)
+    finally:
+        await connection.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+
+
+async def partitioning_pending(url: str) -> bool:
+    """Schema 12's partitioning not done yet (workers of the previous release were still
+    connected when `cdrflow migrate` last ran)."""
+    connection = await asyncpg.connect(url)
+    try:
+        return await records_partitioning.is_pending(connection)
+    finally:
+        await connection.close()
 
 
 async def _lock(connection: asyncpg.Connection) -> None:

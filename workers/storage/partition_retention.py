@@ -349,6 +349,20 @@ async def bound_in_place(connection: asyncpg.Connection, now: datetime, step: in
         log.info("partition_bound_validated", table=table.name)
 
 
+async def unbound_in_place(connection: asyncpg.Connection, step: int) -> None:
+    """Drop the bounds `bound_in_place` proved, when the step that needed them did not run:
+    a bound left behind would refuse the rows of every period after it."""
+    for table in _of_step(step):
+        exists = await connection.fetchval(
+            "SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1)", table.name
+        )
+        if exists == "r":
+            constraint = _BOUND_CONSTRAINT.format(table=table.name)
+            await connection.execute(
+                f"ALTER TABLE {table.name} DROP CONSTRAINT IF EXISTS {constraint}"
+            )
+
+
 def _of_step(step: int) -> list[PartitionedTable]:
     return [PARTITIONED[name] for name in PARTITIONED_BY_STEP[step]]
 

@@ -2,64 +2,69 @@
 month of `stored_at`, and `call_keys`, the one unpartitioned table that keeps deduplication
 exact across partitions (docs/storage.md, "Exact deduplication across partitions").
 
-The previous release's workers upsert with `ON CONFLICT (source, external_id)`, which no
-table partitioned by time can serve: they must be stopped before this step
-(`refuse_previous_workers`). Against the new schema their statement fails with a class 42
-error, which they take for a database fault: they hold their batch and retry, losing
-nothing, but store nothing either. The ingress and the queue keep taking callbacks
-meanwhile; the new workers drain them once the step is done.
+A rolling step. The previous release's workers upsert with `ON CONFLICT (source,
+external_id)`, which no table partitioned by time can serve; this release's claim the
+record's key in `call_keys` first and upsert on `(record_id, stored_at)`. Both work on the
+plain tables once the step's first part is done, so the step is in two parts:
 
-Before the step's transaction (`prepare`, safe to run again), while readers go on:
-
-1. `call_keys` is made, with a trigger that gives every record inserted from then on its
-   key, and filled from `call_records` in chunks of `KEY_CHUNK`, each its own transaction.
-2. The bound of each legacy partition is proved by a validated CHECK (`bound_in_place`).
-3. The unique indexes the partitioned tables need, which hold the partition key, are built
-   on the plain tables `CONCURRENTLY`, so that attaching them scans and builds nothing.
-
-In the step's transaction (migration 0012, then `partition`): the keys' trigger and the
-old unique keys go, each table becomes the first partition of a partitioned table of its
-name (`partition_in_place`), and the triggers, functions and views are made again on the
-new tables (a view or a trigger follows the table it was made on, now the legacy
-partition). Only catalog changes run under the locks."""
+1. The step itself (`prepare` before its transaction, safe to run again, while reads and
+   writes go on; then migration 0012): `call_keys` is made, with a trigger that gives every
+   record inserted from then on its key (the previous release's workers write none; this
+   release's have claimed theirs first, and the trigger finds it there), and filled from
+   `call_records` in chunks of `KEY_CHUNK`, each its own transaction; the CHECK constraints
+   still NOT VALID are validated; the unique indexes the partitioned tables need, which
+   hold the partition key, are built on the plain tables `CONCURRENTLY` (this release's
+   workers upsert on them from then on, and attaching them later scans and builds
+   nothing). The old keys stay, for the previous release's workers. The schema is then at
+   version 12: this release's workers start.
+2. The partitioning (`complete`), by a run of `cdrflow migrate` that finds no connection of
+   the previous release's workers (`PREVIOUS_WORKERS`, their application name; this
+   release's connect as `workers.storage.database.WORKER_APPLICATION`): right after the
+   step on a database they do not use, else on the first run after the last of them
+   stopped; until then each run says it is pending, and why. Outside a transaction, the
+   bound of each legacy partition is proved by a validated CHECK (`bound_in_place`); then
+   in one transaction the keys' trigger and the old unique keys go, each table becomes the
+   first partition of a partitioned table of its name (`partition_in_place`), and the
+   triggers, functions and views are made again on the new tables (a view or a trigger
+   follows the table it was made on, now the legacy partition), with the later steps' own
+   forms of them (`REMADE`). Only catalog changes run under the locks."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import asyncpg
 
 from cdrflow.logs import get_logger
-from workers.storage.partition_retention import bound_in_place, partition_in_place
+from workers.storage.partition_retention import (
+    bound_in_place,
+    partition_in_place,
+    unbound_in_place,
+)
 
 log = get_logger("cdrflow.migrate")
 
 STEP = 12
 KEY_CHUNK = 20_000
-WORKER_APPLICATION = "cdrflow-worker"  # workers.storage.database.create_pool's default
+# The application name the previous release's workers connect with (its create_pool's
+# default). This release's workers connect with another (database.WORKER_APPLICATION).
+PREVIOUS_WORKERS = "cdrflow-worker"
+# The later steps that make something on the records' tables again, in its newest form: a
+# partitioning done after them makes it again with theirs (their SQL is run again after
+# AFTER_PARTITIONING, which has step 12's forms).
+# 14: the trigger writing a single revision; 15: record_history.
+REMADE = (14, 15)
 
-_PREVIOUS_WORKERS = """
+_PREVIOUS_CONNECTED = """
 SELECT count(*) FROM pg_stat_activity
 WHERE datname = current_database() AND application_name = $1 AND pid <> pg_backend_pid()
 """
 
 
-class PreviousWorkersRunning(RuntimeError):
-    """Workers of the previous release are connected: schema 12 would stall them."""
-
-
-async def refuse_previous_workers(connection: asyncpg.Connection) -> None:
-    """Workers of this release wait for the schema before they connect their pool, so a
-    worker connected now is one of the previous release."""
-    connected = await connection.fetchval(_PREVIOUS_WORKERS, WORKER_APPLICATION)
-    if connected:
-        raise PreviousWorkersRunning(
-            f"{connected} connections of cdrflow workers are open on this database: schema"
-            " 12 partitions call_records, which the previous release's workers cannot write."
-            " Stop them first (the ingress and the queue keep taking callbacks), run"
-            " `cdrflow migrate` again, then start this release's workers"
-            " (docs/operations.md, Upgrades)"
-        )
+async def previous_workers(connection: asyncpg.Connection) -> int:
+    """How many connections of the previous release's workers are open on the database."""
+    return int(await connection.fetchval(_PREVIOUS_CONNECTED, PREVIOUS_WORKERS))
 
 
 _CALL_KEYS = """
@@ -120,10 +125,9 @@ SELECT to_regclass('cdrflow_data_steps') IS NOT NULL AND EXISTS (
 """
 
 
-async def prepare(connection: asyncpg.Connection, now: datetime | None = None) -> None:
-    """Before the step's transaction: the keys, the bounds and the indexes (see the module
-    doc). Safe to run again."""
-    await refuse_previous_workers(connection)
+async def prepare(connection: asyncpg.Connection) -> None:
+    """Before the step's transaction: the keys and the indexes (see the module doc). Safe
+    to run again, while workers of either release write."""
     async with connection.transaction():
         await connection.execute("SET LOCAL lock_timeout = '10s'")
         await connection.execute(_CALL_KEYS)
@@ -136,7 +140,6 @@ async def prepare(connection: asyncpg.Connection, now: datetime | None = None) -
         after = last
         filled += KEY_CHUNK
         log.info("call_keys_progress", records=filled)
-    await bound_in_place(connection, now or datetime.now(UTC), STEP)
     # A partition must hold its parent's CHECK constraints validated: validate those still
     # NOT VALID (migration 4's origin check) while reads and writes go on.
     for row in await connection.fetch(_NOT_VALID):
@@ -171,12 +174,96 @@ async def tidy(connection: asyncpg.Connection) -> None:
         await connection.execute(f"DROP INDEX IF EXISTS {LEGACY_KEY_ATTACHED}")
 
 
-async def partition(connection: asyncpg.Connection) -> int:
-    """In the step's transaction, after migration 0012's SQL: partition the three tables in
-    place, then make the triggers, functions and views again on them."""
+async def is_pending(connection: asyncpg.Connection) -> bool:
+    """Step 12 applied, its partitioning not done yet."""
+    kind = await connection.fetchval(
+        "SELECT relkind::text FROM pg_class WHERE oid = to_regclass('call_records')"
+    )
+    return bool(kind == "r") and bool(
+        await connection.fetchval(
+            "SELECT to_regclass('cdrflow_migrations') IS NOT NULL AND EXISTS ("
+            " SELECT FROM cdrflow_migrations WHERE version = $1)",
+            STEP,
+        )
+    )
+
+
+async def complete(
+    connection: asyncpg.Connection, remade: Sequence[str] = (), now: datetime | None = None
+) -> bool:
+    """The step's second part (see the module doc), outside any transaction: True when the
+    tables are partitioned (now or before), False when it is still pending because workers
+    of the previous release are connected. `remade`: the SQL of the later steps of
+    `REMADE` applied already, run again on the partitioned tables."""
+    if not await is_pending(connection):
+        return True
+    connected = await previous_workers(connection)
+    if connected:
+        log.warning(
+            "records_partitioning_pending",
+            previous_workers=connected,
+            hint="call_records, record_revisions and originals are partitioned by the first"
+            " `cdrflow migrate` run after the previous release's workers (application_name"
+            f" {PREVIOUS_WORKERS!r}) have stopped; meanwhile both releases write the plain"
+            " tables",
+        )
+        return False
+    await bound_in_place(connection, now or datetime.now(UTC), STEP)
+    try:
+        async with connection.transaction():
+            await partition(connection, remade)
+    except BaseException:
+        await unbound_in_place(connection, STEP)
+        raise
+    log.info("records_partitioned")
+    return True
+
+
+async def partition(connection: asyncpg.Connection, remade: Sequence[str] = ()) -> int:
+    """In a transaction, after `bound_in_place`: the old keys and the keys' trigger go,
+    the three tables are partitioned in place, and the triggers, functions and views are
+    made again on them (step 12's forms, then the later steps' `remade`)."""
+    await connection.execute(BEFORE_PARTITIONING)
     done = await partition_in_place(connection, STEP)
     await connection.execute(AFTER_PARTITIONING)
+    for sql in remade:
+        await connection.execute(sql)
     return done
+
+
+# What migration 0012 did in its transaction before the partitioning was a part of its own:
+# no worker left that needs the old keys or the keys' trigger.
+BEFORE_PARTITIONING = """
+SET LOCAL lock_timeout = '10s';
+
+-- This release's workers keep writing: the locks are taken in the order their batches
+-- take theirs (the bundles' sequence, then call_records, record_revisions, originals), so
+-- that a batch under way finishes first and the next waits, instead of one of them
+-- deadlocking with this transaction.
+ALTER SEQUENCE originals_bundle_seq OWNED BY NONE;
+LOCK TABLE call_records, record_revisions, originals IN ACCESS EXCLUSIVE MODE;
+
+-- From now on the workers write the keys themselves.
+DROP TRIGGER call_records_key ON call_records;
+DROP FUNCTION call_key_of_record();
+
+-- Made again on the partitioned table (AFTER_PARTITIONING).
+DROP TRIGGER call_records_1_write_single_revision ON call_records;
+DROP TRIGGER call_records_2_keep_left_revision_content ON call_records;
+
+ALTER TABLE call_records DROP CONSTRAINT call_records_pkey;
+DROP INDEX call_records_record_id_idx;   -- the new primary key's first column
+ALTER TABLE call_records ADD CONSTRAINT call_records_pkey
+    PRIMARY KEY USING INDEX call_records_record_key;
+
+ALTER TABLE record_revisions DROP CONSTRAINT record_revisions_pkey;
+ALTER TABLE record_revisions ADD CONSTRAINT record_revisions_pkey
+    PRIMARY KEY USING INDEX record_revisions_record_key;
+
+ALTER TABLE originals DROP CONSTRAINT originals_pkey;
+ALTER TABLE originals ADD CONSTRAINT originals_pkey
+    PRIMARY KEY USING INDEX originals_bundle_key;
+"""
 
 
 # Made again on the partitioned tables: what migrations 8 and 10 made on the plain ones.
