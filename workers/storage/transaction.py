@@ -149,13 +149,12 @@ async def _claim(
     item) order (one order for every worker, so that two claims never wait on each other
     in a cycle); rolled back if one was claimed meanwhile."""
     skip = {(d.ingest_id, d.item) for d in ignored}
-    claims = sorted(
-        (d for d in fresh if not d.envelope.reprocess and (d.ingest_id, d.item) not in skip),
-        key=lambda d: (d.ingest_id, d.item),
-    )
+    claims = [d for d in fresh if not d.envelope.reprocess and (d.ingest_id, d.item) not in skip]
     if not claims:
         return
-    rows = await connection.fetch(
+    # Ordered by the statement (sorting by UUID in Python costs about 1 µs a delivery), and
+    # counted by its status ("INSERT 0 n"), not rows sent back.
+    status = await connection.execute(
         sql.CLAIM,
         [d.ingest_id for d in claims],
         [d.item for d in claims],
@@ -163,8 +162,9 @@ async def _claim(
         [d.received_at for d in claims],
         [None if (d.ingest_id, d.item) in first else True for d in claims],
     )
-    if len(rows) < len(claims):
-        raise ClaimedMeanwhile(len(claims) - len(rows))
+    inserted = int(status.rsplit(" ", 1)[1])
+    if inserted < len(claims):
+        raise ClaimedMeanwhile(len(claims) - inserted)
 
 
 # The columns COPY writes, in the order `_stage_row` makes them: the record's values as it

@@ -168,8 +168,8 @@ WHERE c.record_id = s.record_id AND c.stored_at = k.stored_at
 CLAIM = """
 INSERT INTO deliveries (ingest_id, item, record_id, received_at, repush)
 SELECT * FROM unnest($1::uuid[], $2::integer[], $3::uuid[], $4::timestamptz[], $5::boolean[])
+ORDER BY 1, 2
 ON CONFLICT DO NOTHING
-RETURNING ingest_id, item
 """
 
 OUTBOX = """
