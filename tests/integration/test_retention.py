@@ -60,11 +60,12 @@ async def migrated(label: str) -> AsyncIterator[tuple[str, asyncpg.Connection]]:
             await connection.close()
 
 
-async def claim(connection: asyncpg.Connection, ingest_id: uuid.UUID, record_id: uuid.UUID):  # type: ignore[no-untyped-def]
-    """The ledger's own claim of one delivery: the rows it returns are the fresh ones."""
-    return await connection.fetch(
+async def claim(connection: asyncpg.Connection, ingest_id: uuid.UUID, record_id: uuid.UUID) -> int:
+    """The ledger's own claim of one delivery: how many rows it inserted (1 when fresh)."""
+    status = await connection.execute(
         ledger_sql.CLAIM, [ingest_id], [0], [record_id], [datetime.now(UTC)], [True]
     )
+    return int(status.rsplit(" ", 1)[1])
 
 
 async def partition_of(connection: asyncpg.Connection, table: str, ingest_id: uuid.UUID) -> str:
@@ -108,8 +109,8 @@ async def test_rows_either_side_of_midnight_land_in_two_partitions_and_are_both_
         before = uuid7_at(datetime(2031, 1, 31, 23, 59, 59, 999_000, tzinfo=UTC))
         after = uuid7_at(datetime(2031, 2, 1, tzinfo=UTC))
         record = uuid.uuid4()
-        assert len(await claim(connection, before, record)) == 1
-        assert len(await claim(connection, after, record)) == 1
+        assert await claim(connection, before, record) == 1
+        assert await claim(connection, after, record) == 1
         assert await partition_of(connection, "deliveries", before) == "deliveries_p20310131"
         assert await partition_of(connection, "deliveries", after) == "deliveries_p20310201"
         found = await connection.fetch(
@@ -117,8 +118,8 @@ async def test_rows_either_side_of_midnight_land_in_two_partitions_and_are_both_
         )
         assert [r["ingest_id"] for r in found] == [before, after]
         # Claimed again (a raw message delivered twice): seen, in its own partition.
-        assert await claim(connection, before, record) == []
-        assert await claim(connection, after, record) == []
+        assert await claim(connection, before, record) == 0
+        assert await claim(connection, after, record) == 0
 
 
 async def test_a_re_push_across_midnight_and_a_week_later_is_a_delivery_of_the_same_record(
