@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from cdrflow.logs import get_logger
-
-log = get_logger("cdrflow.migrate")
+from workers.storage.concurrent_index import build_concurrently
 
 STEP = 16
 INDEX = "deliveries_repush_record_id_idx"
@@ -46,7 +44,6 @@ _PARTITIONS = """
 SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
 WHERE i.inhparent = 'deliveries'::regclass ORDER BY c.relname
 """
-_VALID = "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)"
 
 
 def partition_index(partition: str) -> str:
@@ -65,14 +62,11 @@ async def prepare(connection: asyncpg.Connection) -> None:
         await connection.execute(_ADD_COLUMN)
     for row in await connection.fetch(_PARTITIONS):
         partition = row["relname"]
-        name = partition_index(partition)
-        valid = await connection.fetchval(_VALID, name)
-        if valid:
-            continue
-        if valid is False:  # an interrupted CONCURRENTLY build leaves an invalid index
-            await connection.execute(f"DROP INDEX CONCURRENTLY {name}")
-        await connection.execute(f"CREATE INDEX CONCURRENTLY {_definition(partition)}")
-        log.info("index_built", index=name)
+        await build_concurrently(
+            connection,
+            partition_index(partition),
+            f"CREATE INDEX CONCURRENTLY {_definition(partition)}",
+        )
 
 
 async def attach(connection: asyncpg.Connection) -> int:

@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from cdrflow.logs import get_logger
+from workers.storage.concurrent_index import build_concurrently
 from workers.storage.partition_retention import (
     bound_in_place,
     partition_in_place,
@@ -145,26 +146,13 @@ async def prepare(connection: asyncpg.Connection) -> None:
     for row in await connection.fetch(_NOT_VALID):
         await connection.execute(f"ALTER TABLE {row['tbl']} VALIDATE CONSTRAINT {row['conname']}")
     for name, definition in INDEXES.items():
-        valid = await connection.fetchval(
-            "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)", name
-        )
-        if valid:
-            continue
-        if valid is False:  # an interrupted CONCURRENTLY build leaves an invalid index
-            await connection.execute(f"DROP INDEX CONCURRENTLY {name}")
-        await connection.execute(f"CREATE {definition.format(name)}")
-        log.info("index_built", index=name)
+        await build_concurrently(connection, name, f"CREATE {definition.format(name)}")
     if not await connection.fetchval(_STEP_8_DONE):
-        valid = await connection.fetchval(
-            "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)", LEGACY_KEY
+        await build_concurrently(
+            connection,
+            LEGACY_KEY,
+            f"CREATE UNIQUE INDEX CONCURRENTLY {LEGACY_KEY} ON call_records (source, external_id)",
         )
-        if valid is False:
-            await connection.execute(f"DROP INDEX CONCURRENTLY {LEGACY_KEY}")
-        if not valid:
-            await connection.execute(
-                f"CREATE UNIQUE INDEX CONCURRENTLY {LEGACY_KEY} ON call_records"
-                " (source, external_id)"
-            )
 
 
 async def tidy(connection: asyncpg.Connection) -> None:
