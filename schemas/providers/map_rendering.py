@@ -21,8 +21,10 @@ Reading is linear in the text (the key order is weighed for at most
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -105,6 +107,7 @@ def _last_of_each_name(anchored: list[re.Match[str]]) -> list[int]:
     return [m.start() for m in anchored if last[m.group(2)] == m.start()]
 
 
+@functools.lru_cache(maxsize=1024)  # the documented names, over and over
 def _java_order(name: str) -> bytes:
     """Java's String.compareTo order (UTF-16 code units), the order a TreeMap renders."""
     return name.encode("utf-16-be", "surrogatepass")
@@ -120,17 +123,31 @@ def _sorted_reading(
     if not anchored or len(anchored) > MAX_FIELDS_TO_MERGE:
         return None
     first_key = inner[: anchored[0].start()].partition("=")[0].strip()
-    names = [first_key, *(m.group(2) for m in anchored)]  # the first key is no value's
-    fixed = [m for m in anchored if m.group(2) in documented and names.count(m.group(2)) == 1]
-    keys = [_java_order(first_key), *(_java_order(m.group(2)) for m in fixed)]
+    # The first key is no value's; a name met twice can be either.
+    names = [m.group(2) for m in anchored]
+    met = Counter(names)
+    met[first_key] += 1
+    chosen = [
+        (m, name)
+        for m, name in zip(anchored, names, strict=True)
+        if name in documented and met[name] == 1
+    ]
+    fixed = [m for m, _ in chosen]
+    keys = [_java_order(first_key), *(_java_order(name) for _, name in chosen)]
     if len(keys) < MIN_SORTED_KEYS or keys != sorted(set(keys)):
         return None
+    # Only the other boundaries are weighed, segment by segment. The usual body (every name
+    # documented and met once) has none: its cuts are the fixed keys'.
+    fixed_starts = {m.start() for m in fixed}
+    loose = [m for m in anchored if m.start() not in fixed_starts]
+    if not loose:
+        return [m.start() for m in fixed]
     cuts: list[int] = []
     bounds = [*fixed, None]
     for low, high, segment_end in zip(keys, [*keys[1:], None], bounds, strict=True):
         stop = len(inner) if segment_end is None else segment_end.start()
-        between = [m for m in anchored if (cuts[-1] if cuts else -1) < m.start() < stop]
-        between = [m for m in between if m not in fixed]
+        after = cuts[-1] if cuts else -1
+        between = [m for m in loose if after < m.start() < stop]
         cuts += _longest_in_order(between, low, high, documented)
         if segment_end is not None:
             cuts.append(segment_end.start())
