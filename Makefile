@@ -1,4 +1,4 @@
-# cdrflow — make install | run | test | test-unit | coverage | lint | schemas | bench | profile | tools-check
+# cdrflow — make install | run | test | test-unit | coverage | lint | schemas | bench | bench-compare | profile | tools-check
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -89,6 +89,13 @@ bench: install tools
 	$(BIN)/python -m tools.bench $(BENCH_ARGS)
 	$(BIN)/python -m tools.bench.reconcile
 	$(BIN)/python -m tools.bench.console_pages
+
+# This tree's end-to-end row against BASE's (a git revision), alternating on this machine in
+# one run (docs/benchmarks.md): make bench-compare BASE=<revision> [COMPARE_ARGS="--rounds 10"].
+.PHONY: bench-compare
+bench-compare: install tools
+	$(if $(BASE),,$(error name the revision to compare with: make bench-compare BASE=<revision>))
+	$(BIN)/python -m tools.bench.compare --base $(BASE) $(COMPARE_ARGS)
 
 # `cdrflow reconcile` over a day of 100,000 records in a local NXCloud voice-record query
 # (docs/reconciliation.md): its own time, CPU and peak RSS against the provider's rate.

@@ -19,6 +19,7 @@ from pathlib import Path
 import asyncpg
 
 from tools.bench import cpu
+from tools.bench.checkout import Checkout
 from tools.bench.options import Options
 from tools.bench.pipeline import topology, until_drained
 from tools.bench.processes import Served, bench_settings, ingress, workers
@@ -66,15 +67,21 @@ async def offer_load(served: Served, running: list[Served], options: Options) ->
 
 
 async def end_to_end(
-    services: Services, database_url: str, options: Options, worker_count: int, workdir: Path
+    services: Services,
+    database_url: str,
+    options: Options,
+    worker_count: int,
+    workdir: Path,
+    code: Checkout | None = None,
 ) -> EndToEnd:
+    """`code`: the tree whose ingress and workers run (this one when None)."""
     settings = bench_settings(services.amqp_url, database_url, workdir)
     db = await asyncpg.connect(database_url)
     try:
         async with (
             topology(settings) as broker,
-            workers(settings, workdir, worker_count) as running,
-            ingress(settings, workdir) as served,
+            workers(settings, workdir, worker_count, code=code) as running,
+            ingress(settings, workdir, code) as served,
         ):
             await broker.until_consumed_by(worker_count)
             offered = await offer_load(served, running, options)

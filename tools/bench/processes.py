@@ -20,6 +20,7 @@ from tests.support.env import unique
 from tests.support.processes import free_port
 from tests.support.sources import ENVIRON, SOURCES_TOML
 from tests.support.workers import settings_env
+from tools.bench.checkout import Checkout
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 CLI = ("cdrflow.cli",)
@@ -71,8 +72,13 @@ class Served:
 
 
 def _spawn(
-    args: list[str], settings: Settings | None, workdir: Path, log: str
+    args: list[str],
+    settings: Settings | None,
+    workdir: Path,
+    log: str,
+    code: Checkout | None = None,
 ) -> subprocess.Popen[bytes]:
+    """`python -m args`, from this tree or from `code`'s."""
     env = dict(os.environ)
     if settings is not None:
         sources = workdir / "sources.toml"
@@ -80,7 +86,11 @@ def _spawn(
         env.update({**ENVIRON, **settings_env(settings), "CDRFLOW_SOURCES": str(sources)})
     with (workdir / log).open("ab") as output:
         return subprocess.Popen(
-            [sys.executable, "-m", *args], env=env, stdout=output, stderr=subprocess.STDOUT
+            [sys.executable, "-m", *args],
+            env=env if code is None else code.environment(env),
+            cwd=None if code is None else code.root,
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )
 
 
@@ -122,10 +132,12 @@ async def bare_handler(workdir: Path) -> AsyncIterator[Served]:
 
 
 @contextlib.asynccontextmanager
-async def ingress(settings: Settings, workdir: Path) -> AsyncIterator[Served]:
+async def ingress(
+    settings: Settings, workdir: Path, code: Checkout | None = None
+) -> AsyncIterator[Served]:
     port = free_port()
     args = ["cdrflow.cli", "ingress", "--host", "127.0.0.1", "--port", str(port)]
-    process = _spawn(args, settings, workdir, f"{settings.raw_queue}.ingress.log")
+    process = _spawn(args, settings, workdir, f"{settings.raw_queue}.ingress.log", code)
     served = Served(
         process, f"http://127.0.0.1:{port}", workdir / f"{settings.raw_queue}.ingress.log"
     )
@@ -138,12 +150,18 @@ async def ingress(settings: Settings, workdir: Path) -> AsyncIterator[Served]:
 
 @contextlib.asynccontextmanager
 async def workers(
-    settings: Settings, workdir: Path, count: int = 1, command: tuple[str, ...] = CLI
+    settings: Settings,
+    workdir: Path,
+    count: int = 1,
+    command: tuple[str, ...] = CLI,
+    code: Checkout | None = None,
 ) -> AsyncIterator[list[Served]]:
-    """`command`: how each process starts (`python -m` and its first arguments)."""
+    """`command`: how each process starts (`python -m` and its first arguments); `code`:
+    the tree it starts in (this one when None)."""
     logs = [workdir / f"{settings.raw_queue}.worker{n}.log" for n in range(count)]
     served = [
-        Served(_spawn([*command, "worker"], settings, workdir, log.name), "", log) for log in logs
+        Served(_spawn([*command, "worker"], settings, workdir, log.name, code), "", log)
+        for log in logs
     ]
     try:
         yield served

@@ -5,6 +5,7 @@ Stopped on the way out, also on failure."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import glob
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 import asyncpg
 
 from tests.support.env import AMQP_URL, POSTGRES_URL, RUN_ID
+from tools.bench.checkout import Checkout
 
 RABBITMQ_PORT, RABBITMQ_DIST_PORT, POSTGRES_PORT = 5721, 25721, 5434
 NODE = "cdrflow-bench@localhost"
@@ -31,13 +33,17 @@ class Services:
     postgres_url: str  # without a database name
     private: bool
 
-    async def fresh_database(self, label: str) -> str:
-        """A database of its own for one measurement, migrated; dropped by `drop_databases`."""
+    async def fresh_database(self, label: str, code: Checkout | None = None) -> str:
+        """A database of its own for one measurement, migrated (by `code`'s release when
+        given); dropped by `drop_databases`."""
         from workers.storage.migrate import migrate
 
         url = f"{self.postgres_url}/cdrflow_bench_{label}_{RUN_ID}"
         await self.drop(url)
-        await migrate(url)
+        if code is None:
+            await migrate(url)
+        else:
+            await asyncio.to_thread(code.migrate, url)
         return url
 
     async def drop(self, url: str) -> None:
