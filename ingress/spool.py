@@ -238,10 +238,12 @@ class Spool:
         self.records -= len(batch.payloads)
         self.bytes -= batch.size
         self.metrics.spool_drained.inc(len(batch.payloads))
+        if self.records == 0:
+            self.oldest_ms = None  # a scrape during the await below sees the gauges agree
         if batch.end >= segment.size and (segment is not self._active or not self._writing):
             await self._retire_first()
         self._save_position()
-        self._note_oldest()
+        self._note_oldest()  # then tells who waits for an empty spool: the position is saved
 
     async def _retire_first(self) -> None:
         segment = self._segments.popleft()

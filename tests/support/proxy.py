@@ -21,13 +21,16 @@ class TcpProxy:
         self._pumps: set[asyncio.Task[None]] = set()
         self._flowing = asyncio.Event()
         self._flowing.set()
+        self._open = False  # accepting: false from `cut` until `restore`
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
+        self._open = True
 
     async def cut(self) -> None:
         """Refuse new connections and drop every open one."""
+        self._open = False
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -61,6 +64,10 @@ class TcpProxy:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
             writer.transport.abort()
+            return
+        if not self._open:  # accepted before a cut that came while the upstream connected
+            writer.transport.abort()
+            up_writer.transport.abort()
             return
         self._writers.update((writer, up_writer))
         for source, sink in ((reader, up_writer), (up_reader, writer)):
