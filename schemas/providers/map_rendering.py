@@ -93,18 +93,40 @@ def _inside_braces(text: str) -> str:
     return inner[1:-1]
 
 
-def _anchored(candidates: list[re.Match[str]], documented: frozenset[str]) -> list[re.Match[str]]:
-    """Boundaries before documented names and in Java's own `, name=` form."""
+class _Boundary(NamedTuple):
+    """A `,name=` the text could be cut at: the comma's place, and the spaces around."""
+
+    start: int
+    space_before: str
+    name: str
+    space_after: str
+
+
+def _candidates(inner: str) -> list[_Boundary]:
+    """Every `,name=` outside the braces and brackets of a value (read once: a match's
+    groups cost a call each)."""
+    if not _BRACKET.search(inner):  # the common body: flat values
+        return [_Boundary(m.start(), *m.groups()) for m in _BOUNDARY.finditer(inner)]
+    depth = _depths(inner)
     return [
-        m for m in candidates if m.group(2) in documented or (m.group(1) == " " and not m.group(3))
+        _Boundary(m.start(), *m.groups()) for m in _BOUNDARY.finditer(inner) if not depth[m.start()]
     ]
 
 
-def _last_of_each_name(anchored: list[re.Match[str]]) -> list[int]:
+def _anchored(candidates: list[_Boundary], documented: frozenset[str]) -> list[_Boundary]:
+    """Boundaries before documented names and in Java's own `, name=` form."""
+    return [
+        b
+        for b in candidates
+        if b.name in documented or (b.space_before == " " and not b.space_after)
+    ]
+
+
+def _last_of_each_name(anchored: list[_Boundary]) -> list[int]:
     """A name that appears twice was inside a value the first time (in Java's sorted
     rendering the real field comes later): only its last boundary counts."""
-    last = {m.group(2): m.start() for m in anchored}
-    return [m.start() for m in anchored if last[m.group(2)] == m.start()]
+    last = {b.name: b.start for b in anchored}
+    return [b.start for b in anchored if last[b.name] == b.start]
 
 
 @functools.lru_cache(maxsize=1024)  # the documented names, over and over
@@ -114,7 +136,7 @@ def _java_order(name: str) -> bytes:
 
 
 def _sorted_reading(
-    inner: str, anchored: list[re.Match[str]], documented: frozenset[str]
+    inner: str, anchored: list[_Boundary], documented: frozenset[str]
 ) -> list[int] | None:
     """The boundaries of a TreeMap's rendering, or None when the body does not show it is
     one. The keys no value can fake (the first; documented names met once) must be sorted;
@@ -122,62 +144,56 @@ def _sorted_reading(
     (the documented ones preferred on a tie): a name out of order was inside a value."""
     if not anchored or len(anchored) > MAX_FIELDS_TO_MERGE:
         return None
-    first_key = inner[: anchored[0].start()].partition("=")[0].strip()
+    first_key = inner[: anchored[0].start].partition("=")[0].strip()
     # The first key is no value's; a name met twice can be either.
-    names = [m.group(2) for m in anchored]
-    met = Counter(names)
+    met = Counter(b.name for b in anchored)
     met[first_key] += 1
-    chosen = [
-        (m, name)
-        for m, name in zip(anchored, names, strict=True)
-        if name in documented and met[name] == 1
-    ]
-    fixed = [m for m, _ in chosen]
-    keys = [_java_order(first_key), *(_java_order(name) for _, name in chosen)]
+    fixed = [b for b in anchored if b.name in documented and met[b.name] == 1]
+    keys = [_java_order(first_key), *(_java_order(b.name) for b in fixed)]
     if len(keys) < MIN_SORTED_KEYS or keys != sorted(set(keys)):
         return None
     # Only the other boundaries are weighed, segment by segment. The usual body (every name
     # documented and met once) has none: its cuts are the fixed keys'.
-    fixed_starts = {m.start() for m in fixed}
-    loose = [m for m in anchored if m.start() not in fixed_starts]
+    fixed_starts = {b.start for b in fixed}
+    loose = [b for b in anchored if b.start not in fixed_starts]
     if not loose:
-        return [m.start() for m in fixed]
+        return [b.start for b in fixed]
     cuts: list[int] = []
     bounds = [*fixed, None]
     for low, high, segment_end in zip(keys, [*keys[1:], None], bounds, strict=True):
-        stop = len(inner) if segment_end is None else segment_end.start()
+        stop = len(inner) if segment_end is None else segment_end.start
         after = cuts[-1] if cuts else -1
-        between = [m for m in loose if after < m.start() < stop]
+        between = [b for b in loose if after < b.start < stop]
         cuts += _longest_in_order(between, low, high, documented)
         if segment_end is not None:
-            cuts.append(segment_end.start())
+            cuts.append(segment_end.start)
     return cuts
 
 
 def _longest_in_order(
-    boundaries: list[re.Match[str]], low: bytes, high: bytes | None, documented: frozenset[str]
+    boundaries: list[_Boundary], low: bytes, high: bytes | None, documented: frozenset[str]
 ) -> list[int]:
     """The most boundaries whose names rise strictly between `low` and `high`, the most
     documented names among them on a tie (at most `MAX_FIELDS_TO_MERGE`: quadratic)."""
     fits = [
-        m
-        for m in boundaries
-        if low < _java_order(m.group(2)) and (high is None or _java_order(m.group(2)) < high)
+        b
+        for b in boundaries
+        if low < _java_order(b.name) and (high is None or _java_order(b.name) < high)
     ]
     best: list[tuple[int, int, int]] = []  # (boundaries, documented ones, previous index)
-    for i, m in enumerate(fits):
-        score = (1, int(m.group(2) in documented), -1)
+    for i, b in enumerate(fits):
+        score = (1, int(b.name in documented), -1)
         for j in range(i):
-            if _java_order(fits[j].group(2)) < _java_order(m.group(2)):
+            if _java_order(fits[j].name) < _java_order(b.name):
                 length, known, _ = best[j]
-                score = max(score, (length + 1, known + int(m.group(2) in documented), j))
+                score = max(score, (length + 1, known + int(b.name in documented), j))
         best.append(score)
     if not best:
         return []
     at = max(range(len(best)), key=lambda i: best[i][:2])
     chosen: list[int] = []
     while at >= 0:
-        chosen.append(fits[at].start())
+        chosen.append(fits[at].start)
         at = best[at][2]
     return chosen[::-1]
 
@@ -194,16 +210,15 @@ class _Boundaries(NamedTuple):
 
 def _boundaries(text: str, documented: frozenset[str]) -> _Boundaries:
     inner = _inside_braces(text)
-    depth = _depths(inner)
-    candidates = [m for m in _BOUNDARY.finditer(inner) if depth[m.start()] == 0]
+    candidates = _candidates(inner)
     anchored = _anchored(candidates, documented)
     sorted_cuts = _sorted_reading(inner, anchored, documented)
     return _Boundaries(
         inner,
         _last_of_each_name(anchored) if sorted_cuts is None else sorted_cuts,
-        [m.start() for m in candidates if m.group(2) in documented],
-        [m.start() for m in candidates],
-        [m.start() for m in anchored],
+        [b.start for b in candidates if b.name in documented],
+        [b.start for b in candidates],
+        [b.start for b in anchored],
     )
 
 
@@ -258,8 +273,6 @@ def _pair(pair: str) -> tuple[str, str]:
 
 def _depths(text: str) -> list[int]:
     """Brace and bracket depth at each character; all 0 when they do not balance."""
-    if not _BRACKET.search(text):  # the common body: flat values, every depth 0
-        return [0] * len(text)
     depths, depth = [], 0
     for char in text:
         if char in _CLOSING:
