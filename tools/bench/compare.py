@@ -2,7 +2,7 @@
 revision's (an earlier release), on the same machine in the same run.
 
     make bench-compare BASE=v0.4.0                     # 6 rounds, 2 workers: 8 to 12 minutes
-    make bench-compare BASE=HEAD~3 COMPARE_ARGS="--rounds 10 --workers 1"
+    make bench-compare BASE=HEAD~3 COMPARE_ARGS="--rounds 10 --workers 1 --drain 30000"
 
 The machines here are shared and their speed moves by a third within minutes, so two
 releases are only compared in one run: each round runs the design limit, then one of the
@@ -10,8 +10,11 @@ two trees end to end (HTTP to committed and published, `tools.bench.flow`), then
 limit again and the other tree, the trees taking turns to go first. A tree's figure is its
 rate over the design limit's just before it; the table gives every round's and their mean,
 with the workers' and PostgreSQL's CPU per callback (PostgreSQL's against the design
-limit's in the same round). The other revision is checked out with `git worktree` beside
-this one and runs with this venv, on a database its own `cdrflow migrate` made."""
+limit's in the same round). With `--drain N`, each round also has the tree's one worker
+drain a backlog of N callbacks (`tools.bench.drain`): its own CPU per callback, without
+the ingress, RabbitMQ and PostgreSQL competing for the cores. The other revision is checked
+out with `git worktree` beside this one and runs with this venv, on a database its own
+`cdrflow migrate` made."""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cdrflow import logs
-from tools.bench import design, flow
+from tools.bench import design, drain, flow
 from tools.bench.checkout import Checkout, worktree
 from tools.bench.mix import write_wrk_requests
 from tools.bench.options import Options
@@ -42,6 +45,7 @@ class Round:
     # PostgreSQL's CPU per callback over the design limit's: None on the shared services,
     # whose PostgreSQL processes are not told apart from other runs'
     postgres_x: float | None
+    drain_us: float | None = None  # one worker's own CPU per callback draining (--drain)
 
     @property
     def ratio(self) -> float:
@@ -61,13 +65,14 @@ class Tree:
             f"{', '.join(f'{x:.2f}' for x in ratios)} | "
             f"{statistics.fmean(r.rate for r in self.rounds):,.0f} | "
             f"{statistics.median(r.workers_us for r in self.rounds):.0f} | "
-            f"{_median_or_na([r.postgres_x for r in self.rounds])} |"
+            f"{_median_or_na([r.postgres_x for r in self.rounds])} | "
+            f"{_median_or_na([r.drain_us for r in self.rounds], '.0f')} |"
         )
 
 
-def _median_or_na(values: list[float | None]) -> str:
+def _median_or_na(values: list[float | None], form: str = ".2f") -> str:
     known = [v for v in values if v is not None]
-    return f"{statistics.median(known):.2f}" if known else "n/a"
+    return format(statistics.median(known), form) if known else "n/a"
 
 
 def _say(text: str) -> None:
@@ -75,7 +80,7 @@ def _say(text: str) -> None:
 
 
 async def one_round(
-    tree: Tree, where: Services, options: Options, workers: int, workdir: Path
+    tree: Tree, where: Services, options: Options, workers: int, backlog: int, workdir: Path
 ) -> Round:
     url = await where.fresh_database("design")
     limit = await design.design_limit(where, url, options, workers, workdir)
@@ -85,21 +90,27 @@ async def one_round(
     await where.drop(url)
     spent = result.cpu.per_callback(result.callbacks)
     floor = limit.cpu.per_callback(limit.callbacks)["postgres"]
-    return Round(
+    measured = Round(
         result.callbacks / result.seconds,
         limit.callbacks / limit.seconds,
         spent["workers"],
         spent["postgres"] / floor if where.private and floor else None,
     )
+    if backlog:
+        url = await where.fresh_database("drained", tree.code)
+        drained = await drain.drain(where, url, backlog, workdir, tree.code)
+        await where.drop(url)
+        measured.drain_us = drained.cpu_seconds / drained.callbacks * 1e6
+    return measured
 
 
 async def compare(
-    trees: list[Tree], where: Services, options: Options, rounds: int, workers: int, workdir: Path
+    trees: list[Tree], where: Services, options: Options, args: argparse.Namespace, workdir: Path
 ) -> None:
-    for number in range(rounds):
+    for number in range(args.rounds):
         for tree in trees if number % 2 == 0 else trees[::-1]:
             _say(f"round {number + 1}: design limit, then {tree.name}")
-            measured = await one_round(tree, where, options, workers, workdir)
+            measured = await one_round(tree, where, options, args.workers, args.drain, workdir)
             tree.rounds.append(measured)
             _say(f"round {number + 1}: {tree.name} at {measured.ratio:.2f} of the design limit")
 
@@ -110,8 +121,9 @@ def render(trees: list[Tree], rounds: int, workers: int) -> str:
             f"end to end, 1 ingress, {workers} worker(s), {rounds} alternating round(s)",
             "",
             "| tree | of design limit, mean | rounds | callbacks/s, mean "
-            "| workers' CPU µs a callback, median | PostgreSQL x design limit, median |",
-            "|---|---:|---|---:|---:|---:|",
+            "| workers' CPU µs a callback, median | PostgreSQL x design limit, median "
+            "| draining, one worker's CPU µs a callback, median |",
+            "|---|---:|---|---:|---:|---:|---:|",
             *(tree.row() for tree in trees),
         ]
     )
@@ -122,6 +134,7 @@ def main() -> None:
     parser.add_argument("--base", required=True, help="the revision to compare with (git)")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--drain", type=int, default=0, help="callbacks a worker drains a round")
     parser.add_argument("--smoke", action="store_true", help="seconds a run: proves it works")
     parser.add_argument("--shared", action="store_true", help="the shared RabbitMQ and PostgreSQL")
     parser.add_argument("--json", type=Path, help="also write every round here")
@@ -140,7 +153,7 @@ def main() -> None:
         write_wrk_requests(options.requests_file, options.templates)
         trees = [Tree("this tree", None), Tree(base.name, base)]
         try:
-            asyncio.run(compare(trees, where, options, args.rounds, args.workers, workdir))
+            asyncio.run(compare(trees, where, options, args, workdir))
         finally:
             asyncio.run(where.drop_databases())
     print(render(trees, args.rounds, args.workers))

@@ -13,6 +13,7 @@ from pathlib import Path
 import asyncpg
 
 from tools.bench import mix
+from tools.bench.checkout import Checkout
 from tools.bench.pipeline import fill, stored, topology, until_drained
 from tools.bench.processes import alive, bench_settings, cpu_seconds, peak_rss_mb, workers
 from tools.bench.services import Services
@@ -26,13 +27,20 @@ class Drain:
     rss_mb: float
 
 
-async def drain(services: Services, database_url: str, backlog: int, workdir: Path) -> Drain:
+async def drain(
+    services: Services,
+    database_url: str,
+    backlog: int,
+    workdir: Path,
+    code: Checkout | None = None,
+) -> Drain:
+    """`code`: the tree whose worker drains (this one when None)."""
     settings = bench_settings(services.amqp_url, database_url, workdir)
     db = await asyncpg.connect(database_url)
     try:
         async with topology(settings) as broker:
             total = await fill(broker, mix.callbacks(backlog, seed=backlog))
-            async with workers(settings, workdir) as (worker,):
+            async with workers(settings, workdir, code=code) as (worker,):
                 # From the moment it consumes: its start-up is not draining.
                 await broker.until_consumed_by(1)
                 started, cpu_started = time.monotonic(), cpu_seconds(worker.pid)

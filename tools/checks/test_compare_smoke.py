@@ -1,6 +1,6 @@
 """`make bench-compare` works: a smoke round of this tree against a revision checked out
-beside it (HEAD) gives both a positive rate and ratio, prints both rows, and leaves no
-worktree behind. Nothing here is timed."""
+beside it (HEAD) gives both a positive rate, ratio and draining CPU, prints both rows, and
+leaves no worktree behind. Nothing here is timed."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def _worktrees() -> str:
 def test_a_smoke_comparison_measures_both_trees(tmp_path: Path) -> None:
     output = tmp_path / "rounds.json"
     command = [sys.executable, "-m", "tools.bench.compare", "--base", "HEAD", "--smoke"]
-    command += ["--shared", "--rounds", "1", "--workers", "1", "--json", str(output)]
+    command += ["--shared", "--rounds", "1", "--workers", "1", "--drain", "300"]
+    command += ["--json", str(output)]
     run = subprocess.run(command, capture_output=True, text=True, timeout=360, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     rounds = json.loads(output.read_text())
@@ -35,5 +36,6 @@ def test_a_smoke_comparison_measures_both_trees(tmp_path: Path) -> None:
         assert measured[0]["design"] > 0
         assert 0 < measured[0]["ratio"] == measured[0]["rate"] / measured[0]["design"]
         assert measured[0]["workers_us"] > 0
+        assert measured[0]["drain_us"] > 0
         assert f"| {name} | " in run.stdout
     assert "cdrflow-base-" not in _worktrees()
